@@ -1,0 +1,75 @@
+"""The group representation on the vector of partial derivatives.
+
+For a field ``f`` and an orthogonal ``g`` acting on the plane, ``(g.f)(x) = f(g^-1 x)`` has derivatives
+``d(g.f)(0) = D(g) df(0)``, where ``df = [d^a f]_a`` is the derivative vector in the library's order.
+Since ``grad (g.f)(x) = g grad f(g^-1 x)``, ``d_x^i d_y^j (g.f) = (g_00 d_x + g_01 d_y)^i (g_10 d_x + g_11 d_y)^j f``:
+``D = D_0 + D_1 + ... + D_max_order`` (block diagonal), ``D_k`` the action on homogeneous polynomials
+of degree k.  Derivative stencils obey the same law on grid symmetries:  ``S_a(g z) = sum_b D(g)_ab S_b(z)``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import scipy.linalg
+from escnn.group import Representation
+from escnn.group.representation import build_from_discrete_group_representation
+from escnn.gspaces import GSpace2D
+
+from epdo.diffops.multiindex import check_max_order, multi_indices
+
+
+def derivative_matrix(g: np.ndarray, max_order: int = 4) -> np.ndarray:
+    """``D(g)`` for a 2x2 matrix ``g`` acting on the plane; shape ``(n_ops, n_ops)``."""
+    check_max_order(max_order)
+    blocks = []
+    for k in range(max_order + 1):
+        block = np.zeros((k + 1, k + 1))
+        for row, (i, j) in enumerate(multi_indices(k)[-(k + 1) :]):
+            # coefficients of the polynomial in (d_x, d_y), indexed by the power of d_y
+            poly = np.array([1.0])
+            for _ in range(i):
+                poly = np.convolve(poly, [g[0, 0], g[0, 1]])
+            for _ in range(j):
+                poly = np.convolve(poly, [g[1, 0], g[1, 1]])
+            block[row] = poly
+        blocks.append(block)
+    return scipy.linalg.block_diag(*blocks)
+
+
+_CACHE: Dict[Tuple[str, int, bool], Representation] = {}
+
+
+def _check_gspace(gspace: GSpace2D) -> None:
+    if not isinstance(gspace, GSpace2D) or gspace.fibergroup.order() <= 0:
+        raise ValueError(
+            "expected a gspace of a finite group acting on the plane (rot2dOnR2(N) or flipRot2dOnR2(N)), "
+            f"got {gspace!r}"
+        )
+
+
+def _build(gspace: GSpace2D, max_order: int, dual: bool) -> Representation:
+    _check_gspace(gspace)
+    check_max_order(max_order)
+    key = (gspace.name, max_order, dual)
+    if key not in _CACHE:
+        group = gspace.fibergroup
+        matrices = {}
+        for element in group.elements:
+            d = derivative_matrix(gspace.basespace_action(element), max_order)
+            matrices[element] = np.linalg.inv(d).T if dual else d
+        name = f"{'dual_' if dual else ''}derivatives{max_order}@{gspace.name}"
+        _CACHE[key] = build_from_discrete_group_representation(matrices, name, group, [])
+    return _CACHE[key]
+
+
+def derivative_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
+    """escnn ``Representation`` ``D`` of ``gspace.fibergroup`` on the derivative vector (cached)."""
+    return _build(gspace, max_order, dual=False)
+
+
+def coefficient_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
+    """The contragredient ``D^-T(g) = D(g^-1)^T``: how PDO coefficients ``A`` with ``sum_a A_a d^a f`` invariant
+    transform (cached)."""
+    return _build(gspace, max_order, dual=True)

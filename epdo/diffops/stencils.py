@@ -1,0 +1,169 @@
+"""Discrete derivative stencils on a square grid.
+
+Convention (the same as escnn/e2cnn): for a ``size x size`` stencil ``S`` with centre ``c = size // 2``,
+the entry ``S[u, v]`` is the weight of the pixel at ``x = v - c`` (column offset, to the right) and
+``y = c - u`` (row offset, upward).  A stencil is applied by cross-correlation (``F.conv2d``) and gives
+the derivative at the centre pixel:  ``(S * f)(p) = sum_{u,v} S[u, v] f(p + (u - c, v - c)) ~ d^a f(p)``.
+
+Stencils are stacked in the order of :func:`epdo.diffops.multi_indices`: orders ``k = 0..max_order``
+and, within an order, ``[d_x^k, d_x^(k-1) d_y, ..., d_y^k]``.  Every method gives ``d_x^i d_y^j`` a
+positive response to the monomial ``x^i y^j``.
+
+Methods:
+
+* ``"fd"``: central finite differences, separable, exact on every monomial of degree ``<= k + 1``.
+* ``"gauss"``: derivatives of ``exp(-(eps r)^2)`` (``eps = 0.99``) sampled on the grid, separable;
+  each order ``k`` is scaled once so that ``d_x^k`` is exact on ``x^k`` (a per-order scale keeps the
+  stack steerable).
+* ``"rbffd"``: polyharmonic-spline (``r^5``) RBF-FD weights with polynomial augmentation of degree 4
+  (degree 2 on a 3x3 grid): exact on every polynomial of that degree, not separable.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from epdo.diffops.multiindex import check_max_order, multi_indices
+
+GAUSS_EPS = 0.99
+PHS_POWER = 5
+
+# Central differences of order 0..4 on the offsets -2..2 (the minimal symmetric support of each order).
+_FD_1D = np.array(
+    [
+        [0.0, 0.0, 1.0, 0.0, 0.0],
+        [0.0, -0.5, 0.0, 0.5, 0.0],
+        [0.0, 1.0, -2.0, 1.0, 0.0],
+        [-0.5, 1.0, 0.0, -1.0, 0.5],
+        [1.0, -4.0, 6.0, -4.0, 1.0],
+    ]
+)
+
+
+def grid_coordinates(size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of every stencil entry, each of shape ``(size, size)``; x to the right, y upward."""
+    c = size // 2
+    offsets = np.arange(size) - c
+    return offsets[None, :].repeat(size, 0).astype(float), -offsets[:, None].repeat(size, 1).astype(float)
+
+
+def _separable(one_d: Callable[[int, np.ndarray], np.ndarray], max_order: int, size: int) -> np.ndarray:
+    """Stack of ``p_i(x) p_j(y)`` for every ``(i, j)``; ``one_d(n, t)`` is the order-n 1-D stencil at t."""
+    x, y = grid_coordinates(size)
+    return np.stack([one_d(i, x) * one_d(j, y) for i, j in multi_indices(max_order)])
+
+
+def _fd(max_order: int, size: int) -> np.ndarray:
+    if size < 3 or (max_order >= 3 and size < 5):
+        raise ValueError(f"fd stencils of order {max_order} need size >= {5 if max_order >= 3 else 3}, got {size}")
+
+    def one_d(n: int, t: np.ndarray) -> np.ndarray:
+        inside = np.abs(t) <= 2
+        out = np.zeros_like(t)
+        out[inside] = _FD_1D[n][(t[inside] + 2).astype(int)]
+        return out
+
+    return _separable(one_d, max_order, size)
+
+
+def _gauss(max_order: int, size: int) -> np.ndarray:
+    eps = GAUSS_EPS
+
+    def one_d(n: int, t: np.ndarray) -> np.ndarray:
+        # (-1)^n d^n/dt^n exp(-(eps t)^2) = eps^n H_n(eps t) exp(-(eps t)^2)  (physicists' Hermite H_n)
+        hermite = np.polynomial.hermite.hermval(eps * t, [0.0] * n + [1.0])
+        return eps**n * hermite * np.exp(-((eps * t) ** 2))
+
+    stack = _separable(one_d, max_order, size)
+    x, _ = grid_coordinates(size)
+    for k in range(max_order + 1):
+        first = k * (k + 1) // 2  # index of d_x^k
+        scale = np.sum(stack[first] * x**k) / math.factorial(k)
+        stack[first : first + k + 1] /= scale
+    return stack
+
+
+def _phs_derivative(i: int, j: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``d_x^i d_y^j r^m`` at the points ``(x, y)``, with ``m = PHS_POWER`` and ``i + j < m``.
+
+    Terms ``c x^p y^q r^e`` are differentiated symbolically: ``d_x (x^p r^e) = p x^(p-1) r^e + e x^(p+1) r^(e-2)``.
+    """
+    terms: Dict[Tuple[int, int, int], float] = {(0, 0, PHS_POWER): 1.0}
+    for axis in [0] * i + [1] * j:
+        new: Dict[Tuple[int, int, int], float] = {}
+        for (p, q, e), c in terms.items():
+            own = p if axis == 0 else q
+            if own:
+                key = (p - 1, q, e) if axis == 0 else (p, q - 1, e)
+                new[key] = new.get(key, 0.0) + c * own
+            key = (p + 1, q, e - 2) if axis == 0 else (p, q + 1, e - 2)
+            new[key] = new.get(key, 0.0) + c * e
+        terms = new
+    r = np.hypot(x, y)
+    safe_r = np.where(r > 0, r, 1.0)
+    value = sum(c * x**p * y**q * safe_r**e for (p, q, e), c in terms.items())
+    # Every term is homogeneous of degree m - i - j > 0, so the derivative vanishes at r = 0.
+    return np.where(r > 0, value, 0.0)
+
+
+def _rbffd(max_order: int, size: int) -> np.ndarray:
+    degree = min(4, size - 1)
+    if size < 3 or max_order > degree:
+        raise ValueError(f"rbffd stencils of order {max_order} need size >= {max_order + 1} (odd), got {size}")
+    x, y = (t.ravel() for t in grid_coordinates(size))
+    monomials = multi_indices(degree)
+    phi = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) ** PHS_POWER
+    poly = np.stack([x**p * y**q for p, q in monomials], axis=1)
+    n, m = len(x), len(monomials)
+    system = np.block([[phi, poly], [poly.T, np.zeros((m, m))]])
+    rhs = np.zeros((n + m, len(multi_indices(max_order))))
+    for col, (i, j) in enumerate(multi_indices(max_order)):
+        rhs[:n, col] = _phs_derivative(i, j, -x, -y)  # L applied to |. - z_j|^m at the centre
+        rhs[n + monomials.index((i, j)), col] = math.factorial(i) * math.factorial(j)
+    weights = np.linalg.solve(system, rhs)[:n]
+    return weights.T.reshape(-1, size, size)
+
+
+_METHODS: Dict[str, Callable[[int, int], np.ndarray]] = {"fd": _fd, "gauss": _gauss, "rbffd": _rbffd}
+METHODS = tuple(_METHODS)
+
+
+def check_method(method: str) -> None:
+    """Raise ``ValueError`` unless ``method`` names a discretization."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown discretization {method!r}; valid ones are {', '.join(METHODS)}")
+
+
+@lru_cache(maxsize=None)
+def _stencils_float64(method: str, max_order: int, size: int) -> np.ndarray:
+    check_method(method)
+    check_max_order(max_order)
+    if not isinstance(size, int) or size % 2 == 0:
+        raise ValueError(f"stencil size must be an odd integer, got {size!r}")
+    stack = _METHODS[method](max_order, size)
+    stack.setflags(write=False)
+    return stack
+
+
+def stencils_numpy(method: str, max_order: int = 4, size: int = 5) -> np.ndarray:
+    """float64 ``(n_ops, size, size)`` stencil stack (read-only, cached); see :func:`stencils`."""
+    return _stencils_float64(method, max_order, size)
+
+
+def stencils(
+    method: str, max_order: int = 4, size: int = 5, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """Derivative stencils, shape ``(n_ops, size, size)``, ``n_ops = (max_order + 1)(max_order + 2) / 2``.
+
+    Args:
+        method: ``"fd"``, ``"gauss"`` or ``"rbffd"``.
+        max_order: highest derivative order, 0..4.
+        size: odd stencil width.
+        dtype: torch dtype of the result (default: ``torch.get_default_dtype()``); computed in float64.
+    """
+    return torch.tensor(stencils_numpy(method, max_order, size), dtype=dtype or torch.get_default_dtype())

@@ -1,0 +1,107 @@
+"""Shared machinery of convolutions whose filter is expanded from an equivariant basis."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+
+from epdo.kernels import intertwiner_basis
+from epdo.nn.basis_expansion import BasisFn, BlockBasisExpansion
+from epdo.nn.cached_weight import CachedWeight
+from epdo.nn.checks import check_field_types, check_input
+
+
+class BasisConv(CachedWeight, EquivariantModule):
+    """``conv2d`` (stride 1, same padding) with an equivariant filter ``sum_k theta_k B_k`` and invariant bias.
+
+    With ``groups > 1`` the fields of ``in_type`` and ``out_type`` are split into ``groups`` consecutive groups
+    (all input groups of the same types) and group ``i`` of the output only sees group ``i`` of the input.
+
+    Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        in_type: FieldType,
+        out_type: FieldType,
+        basis: BasisFn,
+        size: int,
+        bias: bool = False,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        check_field_types(name, in_type, out_type)
+        group_in_type = _group_type(name, in_type, out_type, groups)
+        self.name = name
+        self.in_type, self.out_type = in_type, out_type
+        self.space = in_type.gspace
+        self.size, self.groups = size, groups
+        self.filter_expansion = BlockBasisExpansion(group_in_type, out_type, basis)
+        self.bias_expansion: Optional[BlockBasisExpansion] = None
+        if bias:
+            trivial = FieldType(self.space, [self.space.trivial_repr])
+            self.bias_expansion = BlockBasisExpansion(trivial, out_type, intertwiner_basis)
+            for parameter in self.bias_expansion.parameters():
+                torch.nn.init.zeros_(parameter)
+
+    def filter_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(filter (c_out, c_in / groups, size, size), bias (c_out,) or None)``; cached in eval mode without grad."""
+
+        def compute() -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+            weight = self.filter_expansion()
+            if weight.dim() == 2:
+                weight = weight[:, :, None, None]
+            bias = None if self.bias_expansion is None else self.bias_expansion().reshape(-1)
+            return weight, bias
+
+        return self.cached(compute)
+
+    def forward(self, x: GeometricTensor) -> GeometricTensor:
+        check_input(self.name, x, self.in_type)
+        weight, bias = self.filter_and_bias()
+        out = F.conv2d(x.tensor, weight, bias, padding=self.size // 2, groups=self.groups)
+        return GeometricTensor(out, self.out_type)
+
+    def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        if len(input_shape) != 4 or input_shape[1] != self.in_type.size:
+            raise ValueError(f"{self.name}: expected shape (B, {self.in_type.size}, H, W), got {tuple(input_shape)}")
+        return (input_shape[0], self.out_type.size, *input_shape[2:])
+
+    @torch.no_grad()
+    def export(self) -> torch.nn.Conv2d:
+        """A plain ``torch.nn.Conv2d`` computing the same map on ``.tensor``s."""
+        weight, bias = self.filter_and_bias()
+        conv = torch.nn.Conv2d(
+            self.in_type.size,
+            self.out_type.size,
+            self.size,
+            padding=self.size // 2,
+            groups=self.groups,
+            bias=bias is not None,
+        ).to(device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+        return conv
+
+
+def _group_type(name: str, in_type: FieldType, out_type: FieldType, groups: int) -> FieldType:
+    """The field type of one input group; checks that ``groups`` splits both types evenly."""
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive integer, got {groups!r}")
+    if len(in_type) % groups or len(out_type) % groups:
+        raise ValueError(
+            f"{name}: groups={groups} must divide the number of input fields ({len(in_type)}) "
+            f"and of output fields ({len(out_type)})"
+        )
+    per_group = len(in_type) // groups
+    reprs = in_type.representations
+    first = [rho.name for rho in reprs[:per_group]]
+    for i in range(1, groups):
+        if [rho.name for rho in reprs[i * per_group : (i + 1) * per_group]] != first:
+            raise ValueError(f"{name}: with groups={groups}, every input group must hold the same field types")
+    return FieldType(in_type.gspace, list(reprs[:per_group]))

@@ -1,0 +1,99 @@
+"""Expansion of a weight tensor from per-field-pair equivariant bases."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from escnn.group import Representation
+from escnn.nn import FieldType
+
+BasisFn = Callable[[Representation, Representation], np.ndarray]
+
+
+class BlockBasisExpansion(torch.nn.Module):
+    """``weight[o, i, ...] = sum_k theta[f_o, f_i, k] B_(rho_fi, rho_fo)[k, o', i', ...]`` over field pairs.
+
+    Fields are grouped by their pair of representations; every group has one parameter tensor
+    ``(n_out_fields, n_in_fields, n_basis)`` and one basis ``(n_basis, d_out, d_in, *kernel)``
+    (a non-persistent buffer: it is rebuilt from the configuration, never stored in a ``state_dict``).
+
+    Args:
+        in_type: input fields.
+        out_type: output fields.
+        basis: ``basis(rho_in, rho_out) -> (n_basis, d_out, d_in, *kernel)`` float64 array.
+    """
+
+    def __init__(self, in_type: FieldType, out_type: FieldType, basis: BasisFn) -> None:
+        super().__init__()
+        self.in_size = in_type.size
+        self.out_size = out_type.size
+        pairs: Dict[Tuple[str, str], Tuple[Representation, Representation]] = {}
+        for rho_in in in_type.representations:
+            for rho_out in out_type.representations:
+                pairs[(rho_in.name, rho_out.name)] = (rho_in, rho_out)
+        in_fields = _fields_by_name(in_type)
+        out_fields = _fields_by_name(out_type)
+        self._blocks: List[Tuple[str, str]] = []  # (attribute suffix, output representation name)
+        fan_in: Dict[str, float] = {}
+        kernel_shape: Tuple[int, ...] = ()
+        for index, ((name_in, name_out), (rho_in, rho_out)) in enumerate(pairs.items()):
+            array = basis(rho_in, rho_out)
+            kernel_shape = array.shape[3:]
+            if array.shape[0] == 0:
+                continue
+            ins, outs = in_fields[name_in], out_fields[name_out]
+            suffix = str(index)
+            self.register_buffer(f"basis_{suffix}", torch.tensor(array, dtype=torch.get_default_dtype()), persistent=False)
+            self.register_parameter(f"weights_{suffix}", torch.nn.Parameter(torch.zeros(len(outs), len(ins), array.shape[0])))
+            self.register_buffer(f"out_index_{suffix}", _channels(out_type, outs), persistent=False)
+            self.register_buffer(f"in_index_{suffix}", _channels(in_type, ins), persistent=False)
+            fan_in[name_out] = fan_in.get(name_out, 0.0) + len(ins) * array.shape[0] / rho_out.size
+            self._blocks.append((suffix, name_out))
+        self.kernel_shape = kernel_shape
+        self._fan_in = fan_in
+        self._dense = len(self._blocks) == 1 and all(
+            len(set(t.representations)) == 1 for t in (in_type, out_type)
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """He-style init ``N(0, 1 / f)``, ``f = sum over inputs of n_basis * n_in_fields / d_out`` per output type."""
+        for suffix, name_out in self._blocks:
+            weights = getattr(self, f"weights_{suffix}")
+            weights.normal_(0.0, float(np.sqrt(1.0 / self._fan_in[name_out])))
+
+    def forward(self) -> torch.Tensor:
+        """The expanded weight, shape ``(out_size, in_size, *kernel)``."""
+        blocks = []
+        for suffix, _ in self._blocks:
+            theta = getattr(self, f"weights_{suffix}")
+            basis = getattr(self, f"basis_{suffix}")
+            n_out, n_in, _ = theta.shape
+            block = torch.einsum("oik,kxy...->oxiy...", theta, basis)
+            blocks.append(block.reshape(n_out * basis.shape[1], n_in * basis.shape[2], *self.kernel_shape))
+        if self._dense:
+            return blocks[0]
+        weight = torch.zeros(self.out_size, self.in_size, *self.kernel_shape, dtype=blocks[0].dtype if blocks else None,
+                             device=blocks[0].device if blocks else None)
+        for (suffix, _), block in zip(self._blocks, blocks):
+            out_index = getattr(self, f"out_index_{suffix}")
+            in_index = getattr(self, f"in_index_{suffix}")
+            weight[out_index[:, None], in_index[None, :]] = block
+        return weight
+
+
+def _fields_by_name(ftype: FieldType) -> Dict[str, List[int]]:
+    fields: Dict[str, List[int]] = {}
+    for position, rho in enumerate(ftype.representations):
+        fields.setdefault(rho.name, []).append(position)
+    return fields
+
+
+def _channels(ftype: FieldType, positions: List[int]) -> torch.Tensor:
+    starts = np.cumsum([0] + [rho.size for rho in ftype.representations])
+    return torch.tensor(
+        [c for p in positions for c in range(starts[p], starts[p] + ftype.representations[p].size)], dtype=torch.long
+    )

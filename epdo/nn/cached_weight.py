@@ -1,0 +1,34 @@
+"""A module whose forward weight is a function of its parameters, cached only while it cannot go stale."""
+
+from __future__ import annotations
+
+import itertools
+from typing import List, Optional, Tuple
+
+import torch
+
+
+class CachedWeight:
+    """Mixin: ``self.cached(compute)`` returns ``compute()``, reusing the last result in eval mode under ``no_grad``.
+
+    The cache is keyed on the storage address and version counter of every parameter and buffer, and it holds
+    a reference to those storages, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place edit
+    invalidates it.  In training mode, or when gradients are being recorded, nothing is cached.
+    """
+
+    _cache_value: Optional[torch.Tensor] = None
+    _cache_key: Optional[Tuple] = None
+    _cache_refs: List[torch.Tensor] = []
+
+    def cached(self, compute) -> torch.Tensor:
+        module: torch.nn.Module = self  # type: ignore[assignment]
+        if module.training or torch.is_grad_enabled():
+            self._cache_value = None
+            return compute()
+        tensors = [t.detach() for t in itertools.chain(module.parameters(), module.buffers())]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if self._cache_value is None or key != self._cache_key:
+            self._cache_value = compute()
+            self._cache_key = key
+            self._cache_refs = tensors
+        return self._cache_value

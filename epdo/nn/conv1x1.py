@@ -1,0 +1,27 @@
+"""Equivariant 1x1 convolution (a pointwise intertwiner between field types)."""
+
+from __future__ import annotations
+
+from escnn.nn import FieldType
+
+from epdo.kernels import intertwiner_basis
+from epdo.nn.basis_conv import BasisConv
+
+
+class Conv1x1(BasisConv):
+    """Pointwise equivariant linear map ``out(x) = W f(x)``, ``W`` in ``Hom_G(rho_in, rho_out)`` per field pair.
+
+    The basis is escnn's intertwiner space (``escnn.group.homomorphism_space``).  Unlike ``escnn.nn.R2Conv``,
+    the eval-mode filter cache cannot go stale and ``state_dict`` keys do not depend on the mode.
+
+    Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
+
+    Args:
+        in_type: input field type.
+        out_type: output field type of the same gspace.
+        bias: add an invariant bias.
+        groups: split both types into this many groups of fields, mapped independently (as ``conv2d``'s ``groups``).
+    """
+
+    def __init__(self, in_type: FieldType, out_type: FieldType, bias: bool = False, groups: int = 1) -> None:
+        super().__init__("Conv1x1", in_type, out_type, intertwiner_basis, 1, bias=bias, groups=groups)

@@ -1,0 +1,51 @@
+"""Static steerable PDO convolution (PDO-eConv / steerable PDO layer)."""
+
+from __future__ import annotations
+
+from escnn.nn import FieldType
+
+from epdo.diffops.multiindex import check_max_order
+from epdo.diffops.stencils import check_method
+from epdo.kernels import pdo_filter_basis
+from epdo.nn.basis_conv import BasisConv
+
+
+class PDOConv(BasisConv):
+    r"""Equivariant linear PDO ``out = sum_a W_a d^a f`` with constant, steerable coefficients.
+
+    ``W`` spans ``Hom_G(rho_in (x) D, rho_out)`` per field pair (:func:`epdo.kernels.pdo_filter_basis`); the
+    derivatives ``d^a`` are discretized by ``size x size`` stencils, so the layer is one ``conv2d`` with the
+    filter ``sum_a W_a S_a`` (same padding, stride 1).  Basis filters have unit norm.
+
+    Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
+
+    Args:
+        in_type: input field type (any representations of a finite group on the plane).
+        out_type: output field type of the same gspace.
+        discretization: ``"fd"``, ``"gauss"`` or ``"rbffd"``.
+        max_order: highest derivative order (0..4).
+        bias: add an invariant bias (on the trivial components of the output fields).
+        size: stencil width.
+    """
+
+    def __init__(
+        self,
+        in_type: FieldType,
+        out_type: FieldType,
+        discretization: str = "fd",
+        max_order: int = 4,
+        bias: bool = False,
+        size: int = 5,
+    ) -> None:
+        check_method(discretization)
+        check_max_order(max_order)
+        space = in_type.gspace if isinstance(in_type, FieldType) else None
+
+        def basis(rho_in, rho_out):
+            return pdo_filter_basis(space, rho_in, rho_out, discretization, max_order, size)
+
+        super().__init__("PDOConv", in_type, out_type, basis, size, bias=bias)
+        self.discretization, self.max_order = discretization, max_order
+
+    def extra_repr(self) -> str:
+        return f"discretization={self.discretization!r}, max_order={self.max_order}, size={self.size}"
