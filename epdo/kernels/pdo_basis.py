@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import numpy as np
-from escnn.group import Representation, homomorphism_space
+from escnn.group import Representation
 from escnn.gspaces import GSpace2D
 
 from epdo.diffops import derivative_representation, stencils_numpy
@@ -29,10 +29,28 @@ def intertwiner_basis(rho_in: Representation, rho_out: Representation) -> np.nda
         raise ValueError(f"representations of different groups: {rho_in.group} and {rho_out.group}")
     key = (rho_in.group.name, rho_in.name, rho_out.name)
     if key not in _INTERTWINERS:
-        basis = homomorphism_space(rho_in, rho_out)
+        basis = _homomorphisms(rho_in, rho_out)
         basis.setflags(write=False)
         _INTERTWINERS[key] = basis
     return _INTERTWINERS[key]
+
+
+def _homomorphisms(rho_in: Representation, rho_out: Representation) -> np.ndarray:
+    """``Q_out (+)_(matching irreps) End(psi) Q_in^-1``: escnn's irrep endomorphisms in the representations' bases."""
+    group = rho_in.group
+    in_offsets = np.cumsum([0] + [group.irrep(*i).size for i in rho_in.irreps])
+    out_offsets = np.cumsum([0] + [group.irrep(*i).size for i in rho_out.irreps])
+    blocks = []
+    for i, in_id in enumerate(rho_in.irreps):
+        for j, out_id in enumerate(rho_out.irreps):
+            if in_id == out_id:
+                for endomorphism in group.irrep(*in_id).endomorphism_basis():
+                    block = np.zeros((rho_out.size, rho_in.size))
+                    block[out_offsets[j] : out_offsets[j + 1], in_offsets[i] : in_offsets[i + 1]] = endomorphism
+                    blocks.append(block)
+    if not blocks:
+        return np.zeros((0, rho_out.size, rho_in.size))
+    return rho_out.change_of_basis @ np.stack(blocks) @ rho_in.change_of_basis_inv
 
 
 def pdo_filter_basis(

@@ -1,0 +1,155 @@
+"""The Neural ePDO layer: a spatially adaptive equivariant PDO whose coefficients an equivariant MLP generates."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from escnn.group import Representation
+from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+
+from epdo.diffops import coefficient_representation, num_operators, stencils
+from epdo.diffops.multiindex import check_max_order
+from epdo.diffops.stencils import check_method
+from epdo.nn.checks import check_field_types, check_input
+from epdo.nn.conv1x1 import Conv1x1
+from epdo.nn.field_norm import FieldNorm
+from epdo.nn.functional import adaptive_pdo
+
+
+def is_permutation_representation(rho: Representation) -> bool:
+    """Whether every ``rho(g)`` of the (finite) group is a permutation matrix."""
+    for element in rho.group.elements:
+        m = rho(element)
+        if not (np.allclose(m, np.round(m), atol=1e-8) and np.allclose(np.abs(m).sum(0), 1) and (m > -1e-8).all()):
+            return False
+    return True
+
+
+class NeuralePDO(EquivariantModule):
+    r"""Neural ePDO: ``out = Mix( sum_a A_a(f(x)) d^a f(x) )`` with coefficients generated from the local feature.
+
+    1. Generator (an equivariant MLP of 1x1 maps): ``z`` rho-fields -> ``M`` regular fields
+       (``M = floor(z d / (reduction |G|))``) -> per-field normalization -> ReLU -> ``g`` fields of the coefficient
+       representation ``rho (x) D^-T`` (a 1x1 map with ``s`` groups).
+    2. Each coefficient field is scaled by 1/5 and divided by the L1 norm of its composed ``d x 5 x 5`` taps + 0.01.
+    3. The input's ``q = z / g`` partitions of ``g`` fields share these coefficients: channel ``(p, j, c)`` gets
+       ``sum_a A[j, c, a] (S_a * f_(p, j, c))``; computed as stencil convolutions and a per-pixel contraction.
+    4. An equivariant 1x1 map ``z`` rho-fields -> ``out_type``.
+
+    Shapes: input ``(B, z d, H, W)``, output ``(B, out_type.size, H, W)``.
+
+    Args:
+        in_type: ``z`` fields of one permutation representation (regular, quotient, or a direct sum of them).
+        out_type: any field type of the same gspace.
+        g: fields per partition (divides ``z``).
+        s: groups of the generator's output map (divides ``g`` and ``M``).
+        reduction: hidden width reduction ``r``.
+        discretization: ``"fd"``, ``"gauss"`` or ``"rbffd"``.
+        max_order: highest derivative order (0..4).
+        size: stencil width.
+    """
+
+    def __init__(
+        self,
+        in_type: FieldType,
+        out_type: FieldType,
+        g: int = 4,
+        s: int = 1,
+        reduction: int = 1,
+        discretization: str = "fd",
+        max_order: int = 4,
+        size: int = 5,
+    ) -> None:
+        super().__init__()
+        check_field_types("NeuralePDO", in_type, out_type)
+        check_method(discretization)
+        check_max_order(max_order)
+        rho = _single_permutation_representation(in_type)
+        space = in_type.gspace
+        z, d, order = len(in_type), rho.size, space.fibergroup.order()
+        for name, value in (("g", g), ("s", s), ("reduction", reduction)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NeuralePDO: {name} must be a positive integer, got {value!r}")
+        hidden = z * d // (reduction * order)
+        if z % g:
+            raise ValueError(f"NeuralePDO: g={g} must divide the number of input fields z={z}")
+        if hidden < 1:
+            raise ValueError(
+                f"NeuralePDO: hidden width M = floor(z*d/(reduction*|G|)) = floor({z}*{d}/({reduction}*{order})) = 0; "
+                "use more input fields or a smaller reduction"
+            )
+        if g % s or hidden % s:
+            raise ValueError(f"NeuralePDO: s={s} must divide g={g} and the hidden width M={hidden}")
+        self.in_type, self.out_type, self.space = in_type, out_type, space
+        self.g, self.s, self.reduction, self.hidden = g, s, reduction, hidden
+        self.discretization, self.max_order, self.size = discretization, max_order, size
+
+        hidden_type = FieldType(space, [space.regular_repr] * hidden)
+        coefficient_rep = rho.tensor(coefficient_representation(space, max_order))
+        self.coefficient_type = FieldType(space, [coefficient_rep] * g)
+        self.generator_in = Conv1x1(in_type, hidden_type)
+        self.generator_norm = FieldNorm(hidden_type)
+        self.generator_out = Conv1x1(hidden_type, self.coefficient_type, groups=s)
+        self.mix = Conv1x1(in_type, out_type)
+        self.register_buffer("stencils", stencils(discretization, max_order, size), persistent=False)
+        assert coefficient_rep.size == d * num_operators(max_order)
+
+    def coefficients(self, x: GeometricTensor) -> GeometricTensor:
+        """The generator's raw output: ``g`` fields of ``rho (x) D^-T``, shape ``(B, g d n_ops, H, W)``."""
+        hidden = self.generator_norm(self.generator_in(x))
+        return self.generator_out(GeometricTensor(F.relu(hidden.tensor), hidden.type))
+
+    def forward(self, x: GeometricTensor) -> GeometricTensor:
+        check_input("NeuralePDO", x, self.in_type)
+        y = adaptive_pdo(x.tensor, self.coefficients(x).tensor, self.stencils, self.g)
+        return self.mix(GeometricTensor(y, self.in_type))
+
+    def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        if len(input_shape) != 4 or input_shape[1] != self.in_type.size:
+            raise ValueError(f"NeuralePDO: expected shape (B, {self.in_type.size}, H, W), got {tuple(input_shape)}")
+        return (input_shape[0], self.out_type.size, *input_shape[2:])
+
+    @torch.no_grad()
+    def export(self) -> "ExportedNeuralePDO":
+        """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on ``.tensor``s."""
+        generator = torch.nn.Sequential(
+            self.generator_in.export(), self.generator_norm.export(), torch.nn.ReLU(), self.generator_out.export()
+        )
+        return ExportedNeuralePDO(generator, self.mix.export(), self.stencils.clone(), self.g)
+
+    def extra_repr(self) -> str:
+        return (
+            f"g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, "
+            f"discretization={self.discretization!r}, max_order={self.max_order}"
+        )
+
+
+class ExportedNeuralePDO(torch.nn.Module):
+    """The exported form of :class:`NeuralePDO`: the same computation on plain tensors ``(B, C, H, W)``."""
+
+    def __init__(self, generator: torch.nn.Module, mix: torch.nn.Module, stencil: torch.Tensor, g: int) -> None:
+        super().__init__()
+        self.generator, self.mix, self.g = generator, mix, g
+        self.register_buffer("stencils", stencil)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(adaptive_pdo(x, self.generator(x), self.stencils, self.g))
+
+
+def _single_permutation_representation(in_type: FieldType) -> Representation:
+    names = {rho.name for rho in in_type.representations}
+    if len(names) != 1:
+        raise ValueError(
+            f"NeuralePDO: in_type must hold fields of one representation, got {sorted(names)}; the per-channel "
+            "coefficient form needs all fields alike"
+        )
+    rho = in_type.representations[0]
+    if not is_permutation_representation(rho):
+        raise ValueError(
+            f"NeuralePDO: in_type's representation {rho.name!r} is not a permutation representation (regular, "
+            "quotient or a direct sum of them); the per-channel coefficient form needs one"
+        )
+    return rho
