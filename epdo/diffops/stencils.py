@@ -22,7 +22,7 @@ Methods:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -139,7 +139,7 @@ def check_method(method: str) -> None:
         raise ValueError(f"unknown discretization {method!r}; valid ones are {', '.join(METHODS)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stencils_float64(method: str, max_order: int, size: int) -> np.ndarray:
     check_method(method)
     check_max_order(max_order)
@@ -155,9 +155,7 @@ def stencils_numpy(method: str, max_order: int = 4, size: int = 5) -> np.ndarray
     return _stencils_float64(method, max_order, size)
 
 
-def stencils(
-    method: str, max_order: int = 4, size: int = 5, dtype: Optional[torch.dtype] = None
-) -> torch.Tensor:
+def stencils(method: str, max_order: int = 4, size: int = 5, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Derivative stencils, shape ``(n_ops, size, size)``, ``n_ops = (max_order + 1)(max_order + 2) / 2``.
 
     Args:

@@ -45,17 +45,17 @@ class BlockBasisExpansion(torch.nn.Module):
                 continue
             ins, outs = in_fields[name_in], out_fields[name_out]
             suffix = str(index)
-            self.register_buffer(f"basis_{suffix}", torch.tensor(array, dtype=torch.get_default_dtype()), persistent=False)
-            self.register_parameter(f"weights_{suffix}", torch.nn.Parameter(torch.zeros(len(outs), len(ins), array.shape[0])))
+            basis_tensor = torch.tensor(array, dtype=torch.get_default_dtype())
+            self.register_buffer(f"basis_{suffix}", basis_tensor, persistent=False)
+            weights = torch.nn.Parameter(torch.zeros(len(outs), len(ins), array.shape[0]))
+            self.register_parameter(f"weights_{suffix}", weights)
             self.register_buffer(f"out_index_{suffix}", _channels(out_type, outs), persistent=False)
             self.register_buffer(f"in_index_{suffix}", _channels(in_type, ins), persistent=False)
             fan_in[name_out] = fan_in.get(name_out, 0.0) + len(ins) * array.shape[0] / rho_out.size
             self._blocks.append((suffix, name_out))
         self.kernel_shape = kernel_shape
         self._fan_in = fan_in
-        self._dense = len(self._blocks) == 1 and all(
-            len(set(t.representations)) == 1 for t in (in_type, out_type)
-        )
+        self._dense = len(self._blocks) == 1 and all(len(set(t.representations)) == 1 for t in (in_type, out_type))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -76,8 +76,13 @@ class BlockBasisExpansion(torch.nn.Module):
             blocks.append(block.reshape(n_out * basis.shape[1], n_in * basis.shape[2], *self.kernel_shape))
         if self._dense:
             return blocks[0]
-        weight = torch.zeros(self.out_size, self.in_size, *self.kernel_shape, dtype=blocks[0].dtype if blocks else None,
-                             device=blocks[0].device if blocks else None)
+        weight = torch.zeros(
+            self.out_size,
+            self.in_size,
+            *self.kernel_shape,
+            dtype=blocks[0].dtype if blocks else None,
+            device=blocks[0].device if blocks else None,
+        )
         for (suffix, _), block in zip(self._blocks, blocks):
             out_index = getattr(self, f"out_index_{suffix}")
             in_index = getattr(self, f"in_index_{suffix}")

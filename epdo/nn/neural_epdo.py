@@ -113,7 +113,7 @@ class NeuralePDO(EquivariantModule):
         return (input_shape[0], self.out_type.size, *input_shape[2:])
 
     @torch.no_grad()
-    def export(self) -> "ExportedNeuralePDO":
+    def export(self) -> ExportedNeuralePDO:
         """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on ``.tensor``s."""
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), torch.nn.ReLU(), self.generator_out.export()

@@ -1,0 +1,32 @@
+# One-command entry points; each target does its own set-up (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := gfortran dataset-fashion-mnist
+
+.PHONY: setup demo test lint bench
+
+$(PY):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	elif ! command -v gfortran >/dev/null; then \
+		echo "escnn's dependency py3nj needs gfortran: run 'sudo apt-get install $(APT_PACKAGES)' first"; exit 1; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+
+setup: $(PY)
+
+demo: setup
+	$(PY) -m epdo.demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check epdo tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/layer_speed.py

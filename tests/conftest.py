@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+import torch
+from escnn import group, gspaces
+
+from epdo.equivariance import grid_elements
+
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def space(name: str):
+    """'C4' -> rot2dOnR2(4), 'D8' -> flipRot2dOnR2(8)."""
+    n = int(name[1:])
+    return gspaces.flipRot2dOnR2(n) if name[0] == "D" else gspaces.rot2dOnR2(n)
+
+
+def quotient(gs, n: int = 2):
+    """The quotient representation by the rotation subgroup of order n (D_N: by the rotations of order n)."""
+    return gs.quotient_repr((None, n)) if gs.flips_order > 0 else gs.quotient_repr(n)
+
+
+def regular_plus_quotient(gs):
+    return group.directsum([gs.regular_repr, quotient(gs)])
+
+
+def off_grid(gs):
+    """Rotations by 45 and 22.5 degrees, where the group has them."""
+    return [e for e in gs.fibergroup.elements if e not in grid_elements(gs)][:3]

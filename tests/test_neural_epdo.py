@@ -1,0 +1,179 @@
+import pytest
+import torch
+from conftest import TOL, off_grid, quotient, regular_plus_quotient, space
+from escnn import gspaces, nn
+
+from epdo.diffops import METHODS
+from epdo.equivariance import equivariance_errors, smooth_field
+from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations, adaptive_pdo
+from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS
+
+REPRESENTATIONS = {
+    "regular": lambda gs: gs.regular_repr,
+    "quotient": quotient,
+    "regular+quotient": regular_plus_quotient,
+}
+
+
+def randomize(module: torch.nn.Module) -> None:
+    """Non-trivial FieldNorm affine parameters, so that no part of the layer is at an identity-like init."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "generator_norm" in name:
+                p.normal_()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("group_name", ["C4", "C8", "C16", "D4", "D8", "D16"])
+def test_equivariance_exact_on_grid(group_name, method):
+    gs = space(group_name)
+    in_type = nn.FieldType(gs, [gs.regular_repr] * 4)
+    out_type = nn.FieldType(gs, [gs.regular_repr] * 2 + [gs.trivial_repr])
+    layer = NeuralePDO(in_type, out_type, g=2, s=1, discretization=method).train()
+    randomize(layer)
+    x = nn.GeometricTensor(torch.randn(2, in_type.size, 11, 11), in_type)
+    errors = equivariance_errors(layer, x)
+    assert max(errors.values()) <= TOL, errors
+    if off_grid(gs) and method == "fd":
+        off = equivariance_errors(layer, smooth_field(in_type, 2, 29), off_grid(gs), margin=4)
+        print(f"\nNeuralePDO {group_name} {method} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()})
+
+
+@pytest.mark.parametrize("rep", REPRESENTATIONS)
+@pytest.mark.parametrize("group_name", ["C8", "D4"])
+def test_equivariance_quotient_fields(group_name, rep):
+    gs = space(group_name)
+    in_type = nn.FieldType(gs, [REPRESENTATIONS[rep](gs)] * 4)
+    layer = NeuralePDO(in_type, in_type, g=4, s=1, reduction=2, discretization="gauss")
+    randomize(layer)
+    x = nn.GeometricTensor(torch.randn(2, in_type.size, 10, 10), in_type)
+    assert max(equivariance_errors(layer, x).values()) <= TOL
+
+
+def test_mixed_network_stays_equivariant():
+    gs = gspaces.flipRot2dOnR2(4)
+    reg = nn.FieldType(gs, [gs.regular_repr] * 4)
+    triv = nn.FieldType(gs, [gs.trivial_repr])
+    net = nn.SequentialModule(
+        PDOConv(triv, reg, "fd"),
+        nn.ReLU(reg),
+        NeuralePDO(reg, reg, g=2, discretization="fd"),
+        nn.ReLU(reg),
+        NeuralePDO(reg, reg, g=4, s=2, discretization="gauss"),
+        nn.R2Conv(reg, reg, 5, padding=2),
+        nn.ReLU(reg),
+        PDOConv(reg, reg, "rbffd"),
+        NeuralePDO(reg, nn.FieldType(gs, [gs.regular_repr] * 2), g=4, discretization="rbffd"),
+    ).train()
+    x = nn.GeometricTensor(torch.randn(2, 1, 12, 12), triv)
+    assert max(equivariance_errors(net, x).values()) <= TOL
+
+
+def test_a_broken_convention_is_detected():
+    """The reference's gauss stencils ran [d_y^k .. d_x^k] with a (-1)^k sign; such a layer must fail the test."""
+    gs = gspaces.rot2dOnR2(4)
+    reg = nn.FieldType(gs, [gs.regular_repr] * 2)
+    layer = NeuralePDO(reg, reg, g=2, discretization="gauss")
+    with torch.no_grad():
+        orders = [layer.stencils[k * (k + 1) // 2 : (k + 1) * (k + 2) // 2] for k in range(5)]
+        flipped = torch.cat([s.flip(0) * (-1) ** k for k, s in enumerate(orders)])
+        layer.stencils.copy_(flipped)
+    x = nn.GeometricTensor(torch.randn(2, reg.size, 11, 11), reg)
+    assert max(equivariance_errors(layer, x).values()) > 1e-2
+
+
+def test_restriction_d16_to_c16_fields():
+    gs = gspaces.flipRot2dOnR2(16)
+    t = nn.FieldType(gs, [gs.regular_repr] * 2)
+    restrict = RestrictToRotations(t)
+    assert len(restrict.out_type) == 4 and all(r.name == "regular" for r in restrict.out_type.representations)
+    after = NeuralePDO(restrict.out_type, restrict.out_type, g=4, s=1)
+    x = nn.GeometricTensor(torch.randn(2, t.size, 9, 9), t)
+    inclusion = gs.restrict((None, 16))[1]
+    y = after(restrict(x))
+    for e in restrict.out_type.gspace.fibergroup.elements[::4]:
+        z = after(restrict(x.transform(inclusion(e)))).tensor
+        assert (z - y.transform(e).tensor).norm() / y.tensor.norm() <= TOL
+
+
+def test_parameter_count_matches_the_design_formula():
+    gs = gspaces.rot2dOnR2(16)
+    n, z, z_out, g, s = 16, 16, 24, 4, 4
+    layer = NeuralePDO(nn.FieldType(gs, [gs.regular_repr] * z), nn.FieldType(gs, [gs.regular_repr] * z_out), g=g, s=s)
+    m = z  # reduction 1: M = z d / |G|
+    # design doc: N z M + 4M + (M/s) g 15 N + N z z_out. The reference normalizes with GroupNorm (affine, 2M) and
+    # then applies its own per-field affine (2M more): two affine maps in a row compose to one, so we keep one (2M).
+    formula = n * z * m + 4 * m + (m // s) * g * 15 * n + n * z * z_out
+    assert sum(p.numel() for p in layer.parameters()) == formula - 2 * m == 14144 - 32
+
+
+def test_gradcheck_float64():
+    gs = gspaces.rot2dOnR2(4)
+    t = nn.FieldType(gs, [gs.regular_repr] * 2)
+    layer = NeuralePDO(t, t, g=2).double()
+    x = torch.randn(1, t.size, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: layer(nn.GeometricTensor(v, t)).tensor, (x,))
+    coefficients = torch.randn(1, 2 * 4 * 15, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, a: adaptive_pdo(v, a, layer.stencils, 2), (x, coefficients))
+
+
+def test_adaptive_pdo_matches_unfold_reference():
+    torch.manual_seed(1)
+    b, q, g, d, n_ops, h, w = 2, 3, 2, 4, 15, 7, 8
+    stencils = torch.randn(n_ops, 5, 5, dtype=torch.float64)
+    x = torch.randn(b, q * g * d, h, w, dtype=torch.float64)
+    a = torch.randn(b, g * d * n_ops, h, w, dtype=torch.float64)
+    taps = torch.einsum("bjcaz,ap->bjcpz", a.view(b, g, d, n_ops, h * w) * COEFFICIENT_SCALE, stencils.view(n_ops, 25))
+    taps = taps / (taps.abs().sum(dim=(2, 3), keepdim=True) + NORM_EPS)
+    patches = torch.nn.functional.unfold(x, 5, padding=2).view(b, q, g, d, 25, h * w)
+    expected = (patches * taps[:, None]).sum(4).view(b, q * g * d, h, w)
+    torch.testing.assert_close(adaptive_pdo(x, a, stencils, g), expected)
+
+
+def test_export_and_state_dict_round_trip():
+    gs = gspaces.flipRot2dOnR2(4)
+    t, out = nn.FieldType(gs, [gs.regular_repr] * 4), nn.FieldType(gs, [gs.regular_repr] * 3)
+    layer = NeuralePDO(t, out, g=2, discretization="rbffd")
+    randomize(layer)
+    layer.eval()
+    x = torch.randn(2, t.size, 9, 10)
+    with torch.no_grad():
+        expected = layer(nn.GeometricTensor(x, t)).tensor
+        torch.testing.assert_close(layer.export()(x), expected)
+        fresh = NeuralePDO(t, out, g=2, discretization="rbffd").eval()
+        fresh.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(fresh(nn.GeometricTensor(x, t)).tensor, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    gs = gspaces.rot2dOnR2(8)
+    t = nn.FieldType(gs, [gs.regular_repr] * 4)
+    layer = NeuralePDO(t, t, g=2, s=2)
+    x = torch.randn(2, t.size, 12, 12)
+    expected = layer(nn.GeometricTensor(x, t)).tensor
+    got = layer.cuda()(nn.GeometricTensor(x.cuda(), t)).tensor
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+    assert max(equivariance_errors(layer, nn.GeometricTensor(x.cuda(), t)).values()) <= 1e-4
+
+
+def test_bad_configurations_are_refused_with_numbers():
+    gs = gspaces.rot2dOnR2(8)
+    reg = nn.FieldType(gs, [gs.regular_repr] * 4)
+    with pytest.raises(ValueError, match="g=3 must divide .* z=4"):
+        NeuralePDO(reg, reg, g=3)
+    with pytest.raises(ValueError, match="s=3 must divide g=4"):
+        NeuralePDO(reg, reg, g=4, s=3)
+    with pytest.raises(ValueError, match=r"M = floor\(z\*d/\(reduction\*\|G\|\)\)"):
+        NeuralePDO(reg, reg, g=4, reduction=5)
+    with pytest.raises(ValueError, match="not a permutation representation"):
+        NeuralePDO(nn.FieldType(gs, [gs.irrep(1)] * 4), reg)
+    with pytest.raises(ValueError, match="one representation"):
+        NeuralePDO(nn.FieldType(gs, [gs.regular_repr, gs.trivial_repr]), reg, g=1)
+    with pytest.raises(ValueError, match="positive integer"):
+        NeuralePDO(reg, reg, g=0)
+    layer = NeuralePDO(reg, reg, g=2)
+    with pytest.raises(TypeError, match="GeometricTensor"):
+        layer(torch.randn(1, reg.size, 8, 8))
+    with pytest.raises(ValueError, match="expected input of type"):
+        layer(nn.GeometricTensor(torch.randn(1, 8, 8, 8), nn.FieldType(gs, [gs.regular_repr])))

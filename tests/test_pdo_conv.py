@@ -1,0 +1,133 @@
+import time
+
+import pytest
+import torch
+from conftest import TOL, off_grid, quotient, space
+from escnn import gspaces, nn
+
+from epdo.diffops import METHODS
+from epdo.equivariance import equivariance_errors, grid_elements, smooth_field
+from epdo.kernels import pdo_filter_basis
+from epdo.nn import PDOConv
+
+FIELDS = {
+    "trivial": lambda gs: gs.trivial_repr,
+    "regular": lambda gs: gs.regular_repr,
+    "quotient": lambda gs: quotient(gs),
+    "irrep": lambda gs: gs.irrep(*gs.fibergroup.irreps()[2].id),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("group_name", ["C4", "C8", "C16", "D4", "D8"])
+def test_equivariance_exact_on_grid(group_name, method):
+    gs = space(group_name)
+    in_type = nn.FieldType(gs, [f(gs) for f in FIELDS.values()])
+    out_type = nn.FieldType(gs, [f(gs) for f in reversed(FIELDS.values())] + [gs.regular_repr])
+    layer = PDOConv(in_type, out_type, method, bias=True).train()
+    x = nn.GeometricTensor(torch.randn(2, in_type.size, 13, 13), in_type)
+    errors = equivariance_errors(layer, x)
+    assert len(errors) == len(grid_elements(gs))
+    assert max(errors.values()) <= TOL, errors
+    off = equivariance_errors(layer, smooth_field(in_type, 2, 29), off_grid(gs), margin=4)
+    if off:
+        print(f"\nPDOConv {group_name} {method} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()})
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_equivariance_per_field_kind(name):
+    gs = gspaces.flipRot2dOnR2(4)
+    t = nn.FieldType(gs, [FIELDS[name](gs)] * 2)
+    layer = PDOConv(t, t, "gauss")
+    x = nn.GeometricTensor(torch.randn(2, t.size, 11, 11), t)
+    assert max(equivariance_errors(layer, x).values()) <= TOL
+
+
+def test_basis_sizes_follow_frobenius_reciprocity():
+    gs = gspaces.rot2dOnR2(16)
+    assert pdo_filter_basis(gs, gs.trivial_repr, gs.regular_repr, "fd").shape == (15, 16, 1, 5, 5)
+    assert pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, "fd").shape[0] == 15 * 16
+    d16 = gspaces.flipRot2dOnR2(16)
+    assert pdo_filter_basis(d16, d16.trivial_repr, d16.regular_repr, "fd").shape[0] == 15
+
+
+def test_build_time_with_cached_basis():
+    gs = gspaces.rot2dOnR2(16)
+    a, b = nn.FieldType(gs, [gs.regular_repr] * 24), nn.FieldType(gs, [gs.regular_repr] * 32)
+    PDOConv(a, b)
+    start = time.perf_counter()
+    layer = PDOConv(a, b)
+    assert time.perf_counter() - start < 1.0
+    assert sum(p.numel() for p in layer.parameters()) == 24 * 32 * 15 * 16
+
+
+def _pair(gs=None):
+    gs = gs or gspaces.rot2dOnR2(8)
+    a, b = nn.FieldType(gs, [gs.regular_repr] * 2), nn.FieldType(gs, [gs.regular_repr, gs.trivial_repr])
+    return a, b
+
+
+def test_export_matches_eval_output():
+    a, b = _pair()
+    layer = PDOConv(a, b, "rbffd", bias=True)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    layer.eval()
+    x = torch.randn(3, a.size, 10, 12)
+    with torch.no_grad():
+        expected = layer(nn.GeometricTensor(x, a)).tensor
+        exported = layer.export()
+        assert isinstance(exported, torch.nn.Conv2d)
+        torch.testing.assert_close(exported(x), expected)
+
+
+def test_eval_cache_never_stale():
+    a, b = _pair()
+    x = nn.GeometricTensor(torch.randn(2, a.size, 9, 9), a)
+    layer, other = PDOConv(a, b).eval(), PDOConv(a, b)
+    with torch.no_grad():
+        before = layer(x).tensor
+        layer.load_state_dict(other.state_dict())  # the reference code evaluated with stale kernels here
+        after = layer(x).tensor
+        torch.testing.assert_close(after, other.eval()(x).tensor)
+    assert not torch.allclose(before, after)
+    # an optimizer step taken while in eval mode
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(x).tensor.square().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        stepped = layer(x).tensor
+        layer.train()
+        torch.testing.assert_close(stepped, layer(x).tensor)
+        layer.eval()
+        # .to(dtype) and back
+        layer.double()
+        doubled = layer(nn.GeometricTensor(x.tensor.double(), a)).tensor
+        assert doubled.dtype == torch.float64 and layer.filter_and_bias()[0].dtype == torch.float64
+        torch.testing.assert_close(doubled.float(), stepped, rtol=1e-3, atol=1e-3)
+
+
+def test_state_dict_round_trip():
+    a, b = _pair(gspaces.flipRot2dOnR2(4))
+    layer = PDOConv(a, b, "gauss", bias=True)
+    fresh = PDOConv(a, b, "gauss", bias=True)
+    fresh.load_state_dict(layer.state_dict())
+    x = nn.GeometricTensor(torch.randn(2, a.size, 9, 9), a)
+    torch.testing.assert_close(fresh(x).tensor, layer(x).tensor)
+    assert set(layer.eval().state_dict()) == set(layer.train().state_dict())
+
+
+def test_bad_input_is_refused_clearly():
+    a, b = _pair()
+    layer = PDOConv(a, b)
+    with pytest.raises(TypeError, match="GeometricTensor"):
+        layer(torch.randn(1, a.size, 9, 9))
+    with pytest.raises(ValueError, match="expected input of type"):
+        layer(nn.GeometricTensor(torch.randn(1, b.size, 9, 9), b))
+    with pytest.raises(ValueError, match="share one gspace"):
+        PDOConv(a, nn.FieldType(gspaces.rot2dOnR2(4), [gspaces.rot2dOnR2(4).regular_repr]))
+    with pytest.raises(TypeError, match="FieldType"):
+        PDOConv(a, 3)
+    with pytest.raises(ValueError, match="fd, gauss, rbffd"):
+        PDOConv(a, b, "spline")
