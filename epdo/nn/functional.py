@@ -46,7 +46,10 @@ class _PixelwiseDepthwiseConv(torch.autograd.Function):
             grad_taps = torch.empty_like(taps)
             for t in range(k * k):
                 u, v = divmod(t, k)
-                torch.sum(grad_out * padded[..., u : u + height, v : v + width], dim=1, out=grad_taps[:, :, t])
+                shifted = padded[..., u : u + height, v : v + width]
+                torch.mul(grad_out[:, 0], shifted[:, 0], out=grad_taps[:, :, t])
+                for p in range(1, grad_out.shape[1]):  # sum over partitions without a temporary
+                    grad_taps[:, :, t].addcmul_(grad_out[:, p], shifted[:, p])
         if ctx.needs_input_grad[0]:
             grad_padded = torch.zeros_like(padded)
             for t in range(k * k):

@@ -1,0 +1,115 @@
+"""Forward+backward time and peak memory of one Neural ePDO layer against escnn's R2Conv 5x5 and an unfold-based
+evaluation of the same layer (the reference implementation's formulation), all measured in one process.
+
+Default: C16, 16 regular fields in and out, g=4, s=4, reduction=1, 28x28, batch 8 on CPU (64 on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from common import markdown_table, median_seconds, peak_bytes, record
+from escnn import gspaces, nn
+
+from epdo.nn import NeuralePDO, adaptive_pdo
+from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS
+
+
+def unfold_adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int) -> torch.Tensor:
+    """The reference formulation: compose taps, normalize them, multiply with a 25-fold ``unfold`` copy of ``x``."""
+    b, c, h, w = x.shape
+    n_ops, k, _ = stencils.shape
+    d = coefficients.shape[1] // (fields * n_ops)
+    q = c // (fields * d)
+    a = coefficients.reshape(b, fields, d, n_ops, h * w) * COEFFICIENT_SCALE
+    taps = torch.einsum("bjcaz,ap->bjcpz", a, stencils.reshape(n_ops, k * k))
+    taps = taps / (taps.abs().sum(dim=(2, 3), keepdim=True) + NORM_EPS)
+    patches = F.unfold(x, k, padding=k // 2).reshape(b, q, fields, d, k * k, h * w)
+    return (patches * taps[:, None]).sum(4).reshape(b, c, h, w)
+
+
+class UnfoldNeuralePDO(torch.nn.Module):
+    """The same layer (shared parameters) evaluated with ``unfold``."""
+
+    def __init__(self, layer: NeuralePDO) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: nn.GeometricTensor) -> nn.GeometricTensor:
+        layer = self.layer
+        y = unfold_adaptive_pdo(x.tensor, layer.coefficients(x).tensor, layer.stencils, layer.g)
+        return layer.mix(nn.GeometricTensor(y, layer.in_type))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
+    parser.add_argument("--group-order", type=int, default=16)
+    parser.add_argument("--fields", type=int, default=16)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batch = args.batch or (64 if device.type == "cuda" else 8)
+    torch.manual_seed(0)
+
+    gs = gspaces.rot2dOnR2(args.group_order)
+    ftype = nn.FieldType(gs, [gs.regular_repr] * args.fields)
+    layer = NeuralePDO(ftype, ftype, g=4, s=4, reduction=1, discretization="fd").to(device).train()
+    models = {
+        "NeuralePDO (epdo)": layer,
+        "escnn R2Conv 5x5": nn.R2Conv(ftype, ftype, 5, padding=2, bias=False).to(device).train(),
+        "NeuralePDO via unfold (reference formulation)": UnfoldNeuralePDO(layer),
+    }
+    x = torch.randn(batch, ftype.size, args.size, args.size, device=device)
+    with torch.no_grad():
+        coefficients = layer.coefficients(nn.GeometricTensor(x, ftype)).tensor
+        fast = adaptive_pdo(x, coefficients, layer.stencils, layer.g)
+        slow = unfold_adaptive_pdo(x, coefficients, layer.stencils, layer.g)
+        assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5), (fast - slow).abs().max()
+
+    results = {}
+    for name, model in models.items():
+        xin = nn.GeometricTensor(x.clone().requires_grad_(), ftype)
+
+        def step(model=model, xin=xin) -> None:
+            model(xin).tensor.square().mean().backward()
+
+        seconds = median_seconds(step, device, args.repeats)
+        memory = peak_bytes(step, device)
+        results[name] = (seconds, memory)
+        print(f"{name:>48}: {seconds * 1e3:8.1f} ms  peak {memory / 2**20:8.1f} MiB", flush=True)
+
+    ours, r2conv, unfold = (results[n] for n in models)
+    rows = {
+        name: {
+            "fwd+bwd (ms)": f"{t * 1e3:.1f}",
+            "peak memory (MiB)": f"{m / 2**20:.1f}",
+            "time / epdo": f"{t / ours[0]:.2f}",
+        }
+        for name, (t, m) in results.items()
+    }
+    summary = (
+        f"epdo / R2Conv time {ours[0] / r2conv[0]:.2f} (target <= 0.5); epdo / unfold time {ours[0] / unfold[0]:.2f} "
+        f"(target <= 0.25); epdo / unfold peak memory {ours[1] / unfold[1]:.2f} (target <= 0.3)"
+    )
+    print(summary)
+    if args.record:
+        config = (
+            f"C{args.group_order}, {args.fields} regular fields in/out, g=4, s=4, reduction=1, "
+            f"{args.size}x{args.size}, batch {batch}, {device.type}, median of {args.repeats}"
+        )
+        command = "python benchmarks/layer_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        record("Layer speed: " + config, command, device, markdown_table(rows) + "\n\n" + summary)
+
+
+if __name__ == "__main__":
+    main()
