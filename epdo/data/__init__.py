@@ -1,0 +1,27 @@
+"""Datasets (MNIST-rot, rotated Fashion-MNIST, synthetic) and training-time augmentation."""
+
+from epdo.data.augment import random_rotation
+from epdo.data.datasets import (
+    DATASETS,
+    DatasetError,
+    ImageSet,
+    default_data_dir,
+    load_dataset,
+    load_fashion_rot,
+    load_mnist_rot,
+    parse_amat,
+    synthetic,
+)
+
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "ImageSet",
+    "default_data_dir",
+    "load_dataset",
+    "load_fashion_rot",
+    "load_mnist_rot",
+    "parse_amat",
+    "random_rotation",
+    "synthetic",
+]

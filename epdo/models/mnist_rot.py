@@ -1,0 +1,174 @@
+"""The MNIST-rot networks of the Neural ePDO paper and baselines on the same skeleton.
+
+Skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them; max pooling after layers
+2 and 4; per-field batch norm and ReLU after every layer; field dropout after layers 3-6; group max pooling,
+global max pooling and a two-layer classifier.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from escnn import group, gspaces, nn
+
+from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations
+
+PAPER_WIDTHS = {"R": (16, 24, 32, 32, 48, 64), "Q": (12, 16, 24, 24, 32, 64), "flip": (12, 16, 24, 24, 32, 64)}
+MODELS = ("R", "Q")
+BASELINES = ("none", "pdo", "escnn", "cnn")
+
+
+class EquivariantClassifier(torch.nn.Module):
+    """Plain tensors ``(B, 1, H, W)`` in, logits ``(B, 10)`` out; an escnn network inside."""
+
+    def __init__(self, body: nn.SequentialModule, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.in_type = body.in_type
+        self.body = body
+        self.classifier = classifier
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Invariant features ``(B, C)`` before the classifier."""
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+        y = self.body(nn.GeometricTensor(x, self.in_type)).tensor
+        return torch.amax(y, dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _classifier(channels: int, classes: int = 10) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(channels, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(inplace=True), torch.nn.Linear(64, classes)
+    )
+
+
+def mnist_rot_model(
+    model: str = "R",
+    dis: str = "fd",
+    flip: bool = False,
+    g: int = 4,
+    s: int = 4,
+    reduction: int = 1,
+    group_order: int = 16,
+    widths: Optional[Sequence[int]] = None,
+    dropout: float = 0.1,
+    baseline: str = "none",
+) -> torch.nn.Module:
+    """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
+
+    Args:
+        model: ``"R"`` (regular fields) or ``"Q"`` (regular + quotient by C_4 fields, d = |G| + |G|/4).
+        dis: discretization of every PDO (``"fd"``, ``"gauss"``, ``"rbffd"``).
+        flip: D_N for layers 1-5, restricted to C_N before layer 6 (the D16|5C16 model).
+        g, s, reduction: Neural ePDO hyperparameters (see :class:`epdo.nn.NeuralePDO`).
+        group_order: N.
+        widths: fields of layers 1-6 (default: the paper's); with ``flip`` layer 6 gets twice ``widths[5]``
+            C_N fields, as each restricted D_N field becomes two.
+        dropout: field dropout of layers 3-6.
+        baseline: ``"none"``; ``"pdo"`` (every layer a static :class:`PDOConv`); ``"escnn"`` (escnn ``R2Conv`` 5x5);
+            ``"cnn"`` (a plain CNN, see :func:`plain_cnn`).
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    widths = tuple(widths or PAPER_WIDTHS["flip" if flip else model])
+    if len(widths) != 6 or any(w < 1 for w in widths):
+        raise ValueError(f"widths must be six positive integers, got {widths}")
+    if baseline == "cnn":
+        return plain_cnn(_reference_params(model, dis, flip, g, s, reduction, group_order, widths), dropout=dropout)
+
+    space = gspaces.flipRot2dOnR2(group_order) if flip else gspaces.rot2dOnR2(group_order)
+
+    def field(gs) -> group.Representation:
+        if model == "R":
+            return gs.regular_repr
+        if group_order % 4:
+            raise ValueError(f"model Q needs a group order divisible by 4, got {group_order}")
+        quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
+        return group.directsum([gs.regular_repr, quotient])
+
+    def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
+        if baseline == "pdo":
+            return PDOConv(in_type, out_type, dis)
+        if baseline == "escnn":
+            return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
+        return NeuralePDO(in_type, out_type, g=g, s=s, reduction=reduction, discretization=dis)
+
+    types = [nn.FieldType(space, [field(space)] * w) for w in widths]
+    image = nn.FieldType(space, [space.trivial_repr])
+    first = nn.R2Conv(image, types[0], 5, padding=2, bias=False) if baseline == "escnn" else PDOConv(image, types[0], dis)
+    modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
+    for index in range(1, 6):
+        in_type = types[index - 1]
+        if index == 5 and flip:
+            restrict = RestrictToRotations(in_type)
+            modules.append(restrict)
+            in_type = restrict.out_type
+            c_space = in_type.gspace
+            types[5] = nn.FieldType(c_space, [field(c_space)] * (2 * widths[5]))
+        modules += [layer(in_type, types[index]), *_norm_relu(types[index])]
+        if index in (1, 3):
+            modules.append(nn.PointwiseMaxPool2D(types[index], 2))
+        if index >= 2 and dropout > 0:
+            modules.append(nn.FieldDropout(types[index], dropout))
+    modules.append(nn.GroupPooling(types[5]))
+    body = nn.SequentialModule(*modules)
+    return EquivariantClassifier(body, _classifier(body.out_type.size))
+
+
+def _norm_relu(ftype: nn.FieldType) -> List[nn.EquivariantModule]:
+    return [nn.InnerBatchNorm(ftype), nn.ReLU(ftype, inplace=True)]
+
+
+class PlainCNN(torch.nn.Module):
+    """The same skeleton with ``Conv2d`` 5x5 layers (no equivariance), channel widths ``channels``."""
+
+    def __init__(self, channels: Sequence[int], dropout: float = 0.1) -> None:
+        super().__init__()
+        layers: List[torch.nn.Module] = []
+        previous = 1
+        for index, width in enumerate(channels):
+            layers += [
+                torch.nn.Conv2d(previous, width, 5, padding=2, bias=False),
+                torch.nn.BatchNorm2d(width),
+                torch.nn.ReLU(inplace=True),
+            ]
+            if index in (1, 3):
+                layers.append(torch.nn.MaxPool2d(2))
+            if index >= 2 and dropout > 0:
+                layers.append(torch.nn.Dropout2d(dropout))
+            previous = width
+        self.body = torch.nn.Sequential(*layers)
+        self.classifier = _classifier(previous)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.amax(self.body(x), dim=(2, 3)))
+
+
+def plain_cnn(target_params: int, dropout: float = 0.1, base: Sequence[int] = (16, 24, 32, 32, 48, 64)) -> PlainCNN:
+    """A :class:`PlainCNN` with widths ``round(k * base)``, ``k`` chosen so the parameter count is closest to
+    ``target_params``."""
+
+    def count(k: float) -> int:
+        return count_parameters(PlainCNN([max(1, round(k * b)) for b in base], dropout))
+
+    best = min((abs(count(k / 20) - target_params), k / 20) for k in range(5, 200))[1]
+    return PlainCNN([max(1, round(best * b)) for b in base], dropout)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _reference_params(model, dis, flip, g, s, reduction, group_order, widths) -> int:
+    """Parameter count of the matching Neural ePDO model (the target of the plain CNN)."""
+    return count_parameters(
+        mnist_rot_model(model, dis, flip, g, s, reduction, group_order, widths, dropout=0.0, baseline="none")
+    )
+
+
