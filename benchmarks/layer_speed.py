@@ -18,7 +18,9 @@ from epdo.nn import NeuralePDO, adaptive_pdo
 from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS
 
 
-def unfold_adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int) -> torch.Tensor:
+def unfold_adaptive_pdo(
+    x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int
+) -> torch.Tensor:
     """The reference formulation: compose taps, normalize them, multiply with a 25-fold ``unfold`` copy of ``x``."""
     b, c, h, w = x.shape
     n_ops, k, _ = stencils.shape

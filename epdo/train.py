@@ -3,7 +3,8 @@
 The paper's recipe by default: Adam, batch 64, weight decay 1e-4, learning rate 2e-3 / 2e-4 / 1e-4 / 5e-5 / 2.5e-5
 from epochs 0 / 60 / 120 / 150 / 180, 200 epochs, train-time augmentation (upsample x3, random rotation,
 downsample).  The reported figure is the final epoch's test error.  Several processes: ``torchrun
---nproc_per_node=K -m epdo.train ...`` (DDP; gloo on CPU, nccl on CUDA); rank 0 alone writes files.
+--nproc_per_node=K -m epdo.train -- ...`` (DDP; gloo on CPU, nccl on CUDA; the ``--`` stops torchrun from reading
+``--s``/``--g`` as abbreviations of its own options); rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ def train_epoch(
             logits = model(x).float()
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, batch {start // args.batch_size}")
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {start // args.batch_size}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -245,6 +248,9 @@ def _write_metrics(rows: List[Dict[str, float]], path: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m epdo.train -- --s 4: keeps torchrun from taking --s/--g as its own
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -273,7 +279,9 @@ def _train(args: argparse.Namespace, run: _Run) -> int:
     build_seconds = time.perf_counter() - start_time
     if run.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(0) * args.lr_scale, weight_decay=args.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=learning_rate(0) * args.lr_scale, weight_decay=args.weight_decay
+    )
     out: Path = args.out
     checkpoint = out / "checkpoint.pt"
     rows: List[Dict[str, float]] = []

@@ -52,7 +52,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def limit(self, n: Optional[int]) -> "ImageSet":
+    def limit(self, n: Optional[int]) -> ImageSet:
         return self if n is None else ImageSet(self.images[:n], self.labels[:n])
 
     def tensor_dataset(self) -> torch.utils.data.TensorDataset:
@@ -209,7 +209,9 @@ def _check_archive(archive: Path, md5: str) -> None:
         return
     found = _md5(archive)
     if found != md5:
-        raise DatasetError(f"{archive}: MD5 {found} is not the expected {md5} (corrupt or truncated?); delete it and retry")
+        raise DatasetError(
+            f"{archive}: MD5 {found} is not the expected {md5} (corrupt or truncated?); delete it and retry"
+        )
     recorded.write_text(f"{sha256(archive)}  {archive.name}\n")
 
 
@@ -235,7 +237,9 @@ def rotate_images(images: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     """Rotate each ``(H, W)`` image counter-clockwise about its centre (bilinear, zero fill)."""
     from scipy.ndimage import rotate
 
-    return np.stack([rotate(img, angle, reshape=False, order=1, mode="constant") for img, angle in zip(images, angles_deg)])
+    return np.stack(
+        [rotate(img, angle, reshape=False, order=1, mode="constant") for img, angle in zip(images, angles_deg)]
+    )
 
 
 def load_fashion_rot(

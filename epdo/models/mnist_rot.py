@@ -41,7 +41,10 @@ class EquivariantClassifier(torch.nn.Module):
 
 def _classifier(channels: int, classes: int = 10) -> torch.nn.Module:
     return torch.nn.Sequential(
-        torch.nn.Linear(channels, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(inplace=True), torch.nn.Linear(64, classes)
+        torch.nn.Linear(channels, 64),
+        torch.nn.BatchNorm1d(64),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Linear(64, classes),
     )
 
 
@@ -100,7 +103,9 @@ def mnist_rot_model(
 
     types = [nn.FieldType(space, [field(space)] * w) for w in widths]
     image = nn.FieldType(space, [space.trivial_repr])
-    first = nn.R2Conv(image, types[0], 5, padding=2, bias=False) if baseline == "escnn" else PDOConv(image, types[0], dis)
+    first = (
+        nn.R2Conv(image, types[0], 5, padding=2, bias=False) if baseline == "escnn" else PDOConv(image, types[0], dis)
+    )
     modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
     for index in range(1, 6):
         in_type = types[index - 1]
@@ -153,11 +158,15 @@ def plain_cnn(target_params: int, dropout: float = 0.1, base: Sequence[int] = (1
     """A :class:`PlainCNN` with widths ``round(k * base)``, ``k`` chosen so the parameter count is closest to
     ``target_params``."""
 
-    def count(k: float) -> int:
-        return count_parameters(PlainCNN([max(1, round(k * b)) for b in base], dropout))
+    def widths(k: float) -> List[int]:
+        return [max(1, round(k * b)) for b in base]
 
-    best = min((abs(count(k / 20) - target_params), k / 20) for k in range(5, 200))[1]
-    return PlainCNN([max(1, round(best * b)) for b in base], dropout)
+    def count(channels: Sequence[int]) -> int:
+        convs = sum(25 * c_in * c_out + 2 * c_out for c_in, c_out in zip([1, *channels[:-1]], channels))
+        return convs + (channels[-1] * 64 + 64) + 2 * 64 + (64 * 10 + 10)
+
+    best = min((abs(count(widths(k / 200)) - target_params), k / 200) for k in range(10, 2000))[1]
+    return PlainCNN(widths(best), dropout)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -170,5 +179,3 @@ def _reference_params(model, dis, flip, g, s, reduction, group_order, widths) ->
     return count_parameters(
         mnist_rot_model(model, dis, flip, g, s, reduction, group_order, widths, dropout=0.0, baseline="none")
     )
-
-

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from escnn import nn
+
+from epdo.equivariance import equivariance_errors
+from epdo.models import count_parameters, mnist_rot_model
+from epdo.nn import RestrictToRotations
+
+REFERENCE = {"R": 234186, "Q": 229374, "flip": 525190}
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("R", dict(model="R", dis="fd", g=4, s=4, reduction=1)),
+        ("Q", dict(model="Q", dis="gauss", g=4, s=1, reduction=2)),
+        ("flip", dict(model="R", dis="gauss", flip=True, g=4, s=1, reduction=1)),
+    ],
+)
+def test_paper_parameter_counts_within_one_percent(name, kwargs):
+    count = count_parameters(mnist_rot_model(**kwargs))
+    assert abs(count - REFERENCE[name]) / REFERENCE[name] < 0.01, count
+
+
+def test_static_pdo_baseline_count_is_exact():
+    assert count_parameters(mnist_rot_model("R", "fd", baseline="pdo")) == 1633770
+
+
+def populate_batch_norm(model, images):
+    """Running statistics = the exact batch statistics (cumulative average), so eval mode is not degenerate."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    return model.eval()
+
+
+TINY = dict(group_order=4, widths=(4, 4, 4, 4, 4, 4), g=2, s=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(model="R", dis="fd"),
+        dict(model="Q", dis="gauss", reduction=2),
+        dict(model="R", dis="rbffd", flip=True),
+        dict(model="R", dis="fd", baseline="pdo"),
+        dict(model="R", dis="fd", baseline="escnn"),
+    ],
+    ids=["R-fd", "Q-gauss", "D4|5C4-rbffd", "pdo", "escnn"],
+)
+def test_models_are_invariant_to_quarter_turns(kwargs):
+    torch.manual_seed(0)
+    model = mnist_rot_model(**{**TINY, **kwargs})
+    images = torch.rand(6, 1, 28, 28)
+    populate_batch_norm(model, images)
+    with torch.no_grad():
+        logits = model(images)
+        assert logits.shape == (6, 10)
+        assert float(logits.std(dim=0).mean()) > 1e-3 * float(logits.abs().mean())  # not degenerate
+        for k in (1, 2, 3):
+            rotated = model(torch.rot90(images, k, dims=(2, 3)))
+            torch.testing.assert_close(rotated, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_flip_model_first_five_layers_flip_equivariant_but_not_the_whole_model():
+    torch.manual_seed(0)
+    model = mnist_rot_model(model="R", dis="fd", flip=True, **TINY)
+    images = torch.rand(4, 1, 28, 28)
+    populate_batch_norm(model, images)
+    modules = list(model.body.children())
+    cut = next(i for i, m in enumerate(modules) if isinstance(m, RestrictToRotations))
+    first_five = nn.SequentialModule(*modules[:cut]).eval()
+    x = nn.GeometricTensor(images, model.in_type)
+    assert max(equivariance_errors(first_five, x).values()) < 1e-4  # all 8 elements of D4, flips included
+    with torch.no_grad():
+        flipped = model(torch.flip(images, dims=(3,)))
+        assert (flipped - model(images)).abs().max() > 1e-3
+
+
+def test_plain_cnn_matches_the_parameter_count():
+    small = dict(group_order=4, widths=(8, 8, 12, 12, 16, 16), g=4, s=1)
+    target = count_parameters(mnist_rot_model(**small, model="R"))
+    cnn = mnist_rot_model(**small, model="R", baseline="cnn")
+    assert abs(count_parameters(cnn) - target) / target < 0.05, (count_parameters(cnn), target)
+    assert cnn(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="model must be one of"):
+        mnist_rot_model(model="X")
+    with pytest.raises(ValueError, match="six positive integers"):
+        mnist_rot_model(widths=(4, 4))
+    with pytest.raises(ValueError, match="g=3 must divide"):
+        mnist_rot_model(group_order=4, widths=(4,) * 6, g=3, s=1)
+    with pytest.raises(ValueError, match="images of shape"):
+        mnist_rot_model(**TINY)(torch.rand(2, 3, 28, 28))

@@ -1,0 +1,116 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import epdo.train as train_module
+from epdo.evaluate import main as evaluate_main
+from epdo.evaluate import parse_angles
+from epdo.train import learning_rate
+from epdo.train import main as train_main
+
+TINY = [
+    "--dataset", "synthetic", "--group-order", "4", "--widths", "4,4,4,4,4,4", "--g", "2", "--s", "1",
+    "--limit-train", "64", "--limit-test", "32", "--batch-size", "16", "--no-progress", "--threads", "1",
+]  # fmt: skip
+
+
+def metrics(path):
+    with open(path / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_schedule():
+    assert [learning_rate(e) for e in (0, 59, 60, 119, 120, 150, 180, 199)] == [
+        2e-3, 2e-3, 2e-4, 2e-4, 1e-4, 5e-5, 2.5e-5, 2.5e-5
+    ]  # fmt: skip
+
+
+def test_outputs_and_exact_resume(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_main([*TINY, "--epochs", "2", "--out", str(straight)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("final test error:") and "after 2 epochs" in last
+    assert {p.name for p in straight.iterdir()} >= {"metrics.csv", "checkpoint.pt", "curves.png"}
+    assert train_main([*TINY, "--epochs", "1", "--out", str(split)]) == 0
+    assert train_main([*TINY, "--epochs", "2", "--out", str(split), "--resume"]) == 0
+    assert metrics(split) == metrics(straight)
+    assert len(metrics(straight)) == 2
+    state = torch.load(straight / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 2 and {"torch", "numpy", "python"} <= set(state["rng"])
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a model; its training forward returns NaN from the ``after``-th call on."""
+
+    def __init__(self, model, after):
+        super().__init__()
+        self.model, self.after, self.calls = model, after, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.after:
+                return out * float("nan")
+        return out
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    build = train_module._make_model
+    monkeypatch.setattr(train_module, "_make_model", lambda args: _NaNAfter(build(args), after=6))  # epoch 2
+    out = tmp_path / "run"
+    assert train_main([*TINY, "--epochs", "3", "--out", str(out)]) == 3
+    assert "non-finite loss" in capsys.readouterr().err
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert len(metrics(out)) == 1
+
+
+def test_missing_data_gives_a_message_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "data"
+    bad.mkdir()
+    (bad / "mnist_all_rotation_normalized_float_train_valid.amat").write_text("1 2 3\n")
+    (bad / "mnist_all_rotation_normalized_float_test.amat").write_text("1 2 3\n")
+    code = train_main(["--dataset", "mnist-rot", "--data-dir", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "line 1: expected 785 numbers" in err and "Traceback" not in err
+
+
+def test_evaluate_rotation_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--rotations", "0:360:90"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line.split() for line in lines[1:5]]
+    assert [float(r[0]) for r in rows] == [0, 90, 180, 270]
+    assert len({r[1] for r in rows}) == 1  # 90-degree turns: the same error (the model is C4-invariant)
+    assert (out / "rotation_errors.png").exists()
+    assert parse_angles("0:45:15") == [0, 15, 30]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")
+def test_two_process_ddp(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "epdo.train",
+        "--",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, *TINY, "--epochs", "1", "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("final test error:") == 1  # rank 0 alone reports and writes
+    assert "x 2" in result.stdout
+    assert len(metrics(out)) == 1
