@@ -63,7 +63,7 @@ def test_models_are_invariant_to_quarter_turns(kwargs):
         assert float(logits.std(dim=0).mean()) > 1e-3 * float(logits.abs().mean())  # not degenerate
         for k in (1, 2, 3):
             rotated = model(torch.rot90(images, k, dims=(2, 3)))
-            torch.testing.assert_close(rotated, logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(rotated, logits, rtol=1e-3, atol=1e-3)
 
 
 def test_flip_model_first_five_layers_flip_equivariant_but_not_the_whole_model():

@@ -131,3 +131,26 @@ def test_bad_input_is_refused_clearly():
         PDOConv(a, 3)
     with pytest.raises(ValueError, match="fd, gauss, rbffd"):
         PDOConv(a, b, "spline")
+
+
+def test_bases_are_identical_across_processes():
+    """escnn's numerical change of basis has random starts: the parametrization must not depend on them, or a
+    checkpoint loaded in another process would compute another function."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, hashlib; np.random.seed({seed}); from escnn import gspaces; "
+        "from epdo.kernels import pdo_filter_basis, pdo_coefficient_basis; "
+        "from epdo.diffops import coefficient_representation as c; gs = gspaces.rot2dOnR2(4); "
+        "a = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, 'gauss'); "
+        "b = pdo_coefficient_basis(gs.regular_repr, gs.regular_repr.tensor(c(gs)), 'fd'); "
+        "print(np.round(a, 6).sum(axis=(1, 2)).tobytes().hex()[:64], np.abs(np.round(b, 6)).sum())"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script.format(seed=seed)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for seed in (1, 2)
+    }
+    assert len(outputs) == 1, outputs

@@ -189,7 +189,7 @@ def load_mnist_rot(
             download(url, archive)
         _check_archive(archive, md5)
         with zipfile.ZipFile(archive) as z:
-            for split, path in amat.items():
+            for path in amat.values():
                 member = next((m for m in z.namelist() if m.endswith(path.name)), None)
                 if member is None:
                     raise DatasetError(f"{archive}: no member named {path.name}")

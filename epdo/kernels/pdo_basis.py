@@ -18,10 +18,44 @@ from epdo.diffops import derivative_representation, stencils_numpy
 
 _INTERTWINERS: Dict[Tuple[str, str, str], np.ndarray] = {}
 _FILTERS: Dict[Tuple[str, str, str, str, int, int], np.ndarray] = {}
+_COEFFICIENTS: Dict[Tuple[str, str, str, str, int, int], np.ndarray] = {}
+
+
+def orthonormalize(basis: np.ndarray, metric_view: np.ndarray = None) -> np.ndarray:
+    """Symmetric (Löwdin) orthonormalization: ``T basis`` with ``T = (V V^T)^(-1/2)``, ``V`` = ``metric_view`` (default:
+    ``basis``) flattened per element, so that ``T V`` is orthonormal in the Frobenius inner product.
+
+    ``T`` is symmetric and unique, so the result depends only on the input basis (no eigenvector sign or order
+    choices).  Bases are orthonormalized because stencil-composed filters are strongly correlated (``d_x^2`` and
+    ``d_x^4``), which slows gradient descent on their coefficients; mixing equivariant basis elements keeps them
+    equivariant, so the function class is unchanged.
+    """
+    view = (basis if metric_view is None else metric_view).reshape(len(basis), -1)
+    eigenvalues, eigenvectors = np.linalg.eigh(view @ view.T)
+    if eigenvalues.min() <= 1e-10 * max(eigenvalues.max(), 1e-300):
+        raise RuntimeError("linearly dependent basis: cannot orthonormalize")
+    transform = (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
+    return np.tensordot(transform, basis, axes=1)
+
+
+def canonical_basis(basis: np.ndarray, seed: int = 0) -> np.ndarray:
+    """An orthonormal basis of ``span(basis)`` that depends on the span alone, not on the spanning set.
+
+    escnn finds some changes of basis numerically (with random starts), and caches Clebsch-Gordan solutions per
+    machine, so the raw basis of an intertwiner space can differ between processes or machines; parameters saved in
+    one would then mean another map in the other.  Projecting a fixed pseudo-random matrix ``R`` onto the span
+    (``R P``, ``P`` the orthogonal projector, which is basis-independent) and orthonormalizing symmetrically gives
+    the same basis everywhere.
+    """
+    flat = basis.reshape(len(basis), -1)
+    probe = np.random.default_rng(seed).standard_normal((len(basis), flat.shape[1]))
+    coefficients = np.linalg.solve(flat @ flat.T, flat @ probe.T).T  # R B^T (B B^T)^-1
+    return orthonormalize(np.tensordot(coefficients, basis, axes=1))
 
 
 def intertwiner_basis(rho_in: Representation, rho_out: Representation) -> np.ndarray:
-    """Basis of ``Hom_G(rho_in, rho_out)``, shape ``(n_basis, d_out, d_in)``, float64, read-only, cached.
+    """Orthonormal, canonical (:func:`canonical_basis`) basis of ``Hom_G(rho_in, rho_out)``: ``(n_basis, d_out, d_in)``,
+    float64, read-only, cached.
 
     ``n_basis`` follows Frobenius reciprocity, e.g. ``dim rho_in`` when ``rho_out`` is regular.
     """
@@ -30,6 +64,8 @@ def intertwiner_basis(rho_in: Representation, rho_out: Representation) -> np.nda
     key = (rho_in.group.name, rho_in.name, rho_out.name)
     if key not in _INTERTWINERS:
         basis = _homomorphisms(rho_in, rho_out)
+        if len(basis):
+            basis = canonical_basis(basis)
         basis.setflags(write=False)
         _INTERTWINERS[key] = basis
     return _INTERTWINERS[key]
@@ -61,7 +97,7 @@ def pdo_filter_basis(
     max_order: int = 4,
     size: int = 5,
 ) -> np.ndarray:
-    """Unit-norm filters of the equivariant PDOs ``rho_in -> rho_out``: ``(n_basis, d_out, d_in, size, size)``.
+    """Orthonormal filters of the equivariant PDOs ``rho_in -> rho_out``: ``(n_basis, d_out, d_in, size, size)``.
 
     ``n_basis = dim Hom_G(rho_in (x) D, rho_out)``: 15 for trivial -> C_N regular, ``15 N`` for regular ->
     regular (max_order 4).  float64, read-only, cached per (gspace, representations, method, order, size).
@@ -73,10 +109,33 @@ def pdo_filter_basis(
         hom = intertwiner_basis(rho_in.tensor(deriv), rho_out)
         hom = hom.reshape(hom.shape[0], rho_out.size, rho_in.size, deriv.size)
         filters = np.einsum("koca,auv->kocuv", hom, stencil)
-        norms = np.linalg.norm(filters.reshape(len(filters), -1), axis=1)
-        if np.any(norms < 1e-9):
-            raise RuntimeError(f"degenerate PDO basis filter for {rho_in.name} -> {rho_out.name} ({method})")
-        filters /= norms.reshape(-1, 1, 1, 1, 1)
+        if len(filters):
+            filters = orthonormalize(filters)
         filters.setflags(write=False)
         _FILTERS[key] = filters
     return _FILTERS[key]
+
+
+def pdo_coefficient_basis(
+    rho_in: Representation,
+    rho_coefficients: Representation,
+    method: str,
+    max_order: int = 4,
+    size: int = 5,
+) -> np.ndarray:
+    """Basis of ``Hom_G(rho_in, rho_coefficients)`` for a coefficient representation ``rho (x) D^-T`` (index
+    ``(c, a)``), orthonormal for the filters the coefficients compose: ``<A, B> = sum A[c,a] B[c,b] <S_a, S_b>``.
+
+    Shape ``(n_basis, d * n_ops, d_in)``; float64, read-only, cached.
+    """
+    key = (rho_in.group.name, rho_in.name, rho_coefficients.name, method, max_order, size)
+    if key not in _COEFFICIENTS:
+        stencil = stencils_numpy(method, max_order, size)
+        n_ops = len(stencil)
+        hom = intertwiner_basis(rho_in, rho_coefficients)
+        split = hom.reshape(len(hom), -1, n_ops, rho_in.size)
+        composed = np.einsum("kcai,auv->kcuvi", split, stencil)
+        basis = orthonormalize(hom, composed) if len(hom) else hom
+        basis.setflags(write=False)
+        _COEFFICIENTS[key] = basis
+    return _COEFFICIENTS[key]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from escnn.nn import FieldType
 
 from epdo.kernels import intertwiner_basis
 from epdo.nn.basis_conv import BasisConv
+from epdo.nn.basis_expansion import BasisFn
 
 
 class Conv1x1(BasisConv):
@@ -21,7 +24,16 @@ class Conv1x1(BasisConv):
         out_type: output field type of the same gspace.
         bias: add an invariant bias.
         groups: split both types into this many groups of fields, mapped independently (as ``conv2d``'s ``groups``).
+        basis: ``basis(rho_in, rho_out) -> (n, d_out, d_in)`` spanning ``Hom_G(rho_in, rho_out)`` (default: escnn's
+            intertwiners, orthonormalized); a different basis of the same space changes only the parametrization.
     """
 
-    def __init__(self, in_type: FieldType, out_type: FieldType, bias: bool = False, groups: int = 1) -> None:
-        super().__init__("Conv1x1", in_type, out_type, intertwiner_basis, 1, bias=bias, groups=groups)
+    def __init__(
+        self,
+        in_type: FieldType,
+        out_type: FieldType,
+        bias: bool = False,
+        groups: int = 1,
+        basis: Optional[BasisFn] = None,
+    ) -> None:
+        super().__init__("Conv1x1", in_type, out_type, basis or intertwiner_basis, 1, bias=bias, groups=groups)

@@ -13,6 +13,7 @@ from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 from epdo.diffops import coefficient_representation, num_operators, stencils
 from epdo.diffops.multiindex import check_max_order
 from epdo.diffops.stencils import check_method
+from epdo.kernels import pdo_coefficient_basis
 from epdo.nn.checks import check_field_types, check_input
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.field_norm import FieldNorm
@@ -33,7 +34,8 @@ class NeuralePDO(EquivariantModule):
 
     1. Generator (an equivariant MLP of 1x1 maps): ``z`` rho-fields -> ``M`` regular fields
        (``M = floor(z d / (reduction |G|))``) -> per-field normalization -> ReLU -> ``g`` fields of the coefficient
-       representation ``rho (x) D^-T`` (a 1x1 map with ``s`` groups).
+       representation ``rho (x) D^-T`` (a 1x1 map with ``s`` groups, whose basis is orthonormal for the composed
+       ``5 x 5`` taps, as in the reference implementation).
     2. Each coefficient field is scaled by 1/5 and divided by the L1 norm of its composed ``d x 5 x 5`` taps + 0.01.
     3. The input's ``q = z / g`` partitions of ``g`` fields share these coefficients: channel ``(p, j, c)`` gets
        ``sum_a A[j, c, a] (S_a * f_(p, j, c))``; computed as stencil convolutions and a per-pixel contraction.
@@ -92,7 +94,12 @@ class NeuralePDO(EquivariantModule):
         self.coefficient_type = FieldType(space, [coefficient_rep] * g)
         self.generator_in = Conv1x1(in_type, hidden_type)
         self.generator_norm = FieldNorm(hidden_type)
-        self.generator_out = Conv1x1(hidden_type, self.coefficient_type, groups=s)
+        self.generator_out = Conv1x1(
+            hidden_type,
+            self.coefficient_type,
+            groups=s,
+            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size),
+        )
         self.mix = Conv1x1(in_type, out_type)
         self.register_buffer("stencils", stencils(discretization, max_order, size), persistent=False)
         assert coefficient_rep.size == d * num_operators(max_order)
