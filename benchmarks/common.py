@@ -36,8 +36,12 @@ def median_seconds(step: Callable[[], None], device: torch.device, repeats: int,
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
-    """Peak of live tensor memory allocated during one ``step()`` (CUDA: the allocator's peak; CPU: the maximum
-    running sum of the profiler's allocation and free events)."""
+    """Peak memory of one ``step()`` above what was allocated before it.
+
+    CUDA: the caching allocator's peak.  CPU: the growth of the process's peak resident set (``VmHWM``) over its
+    resident set before the step (``VmRSS``); call it in a fresh process without ``tune_malloc`` after a small
+    warm-up step (see ``--memory-only`` in the benchmarks), so that neither kept heap nor lazily loaded code counts.
+    """
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -45,14 +49,16 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
         step()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start)
-    live = peak = 0
-    for event in events:
-        live += event.cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+    before = _status_kib("VmRSS")
+    step()
+    return max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def machine_description(device: torch.device) -> str:
@@ -72,7 +78,9 @@ def machine_description(device: torch.device) -> str:
 
 
 def record(title: str, command: str, device: torch.device, table: str) -> None:
-    """Append a dated section to benchmarks/RESULTS.md."""
+    """Append a dated section to benchmarks/RESULTS.md (the command with the environment settings that matter)."""
+    if os.environ.get("EPDO_NO_MALLOC_TUNING"):
+        command = "EPDO_NO_MALLOC_TUNING=1 " + command
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:

@@ -7,6 +7,7 @@ Default: C16, 16 regular fields in and out, g=4, s=4, reduction=1, 28x28, batch 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 import torch
@@ -16,6 +17,7 @@ from escnn import gspaces, nn
 
 from epdo.nn import NeuralePDO, adaptive_pdo
 from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS
+from epdo.runtime import tune_malloc
 
 
 def unfold_adaptive_pdo(
@@ -56,7 +58,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # internal: see below
     args = parser.parse_args(argv)
+    if args.memory_only is None:  # memory runs keep glibc's default so that freed memory leaves the process
+        tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -72,6 +77,13 @@ def main(argv=None) -> None:
         "NeuralePDO via unfold (reference formulation)": UnfoldNeuralePDO(layer),
     }
     x = torch.randn(batch, ftype.size, args.size, args.size, device=device)
+    if args.memory_only is not None:  # a fresh process measures one model's step after a batch-1 warm-up
+        name = list(models)[args.memory_only]
+        for batch_x in (x[:1], x):
+            xin = nn.GeometricTensor(batch_x.clone().requires_grad_(), ftype)
+            memory = peak_bytes(lambda: models[name](xin).tensor.square().mean().backward(), device)
+        print(memory)
+        return
     with torch.no_grad():
         coefficients = layer.coefficients(nn.GeometricTensor(x, ftype)).tensor
         fast = adaptive_pdo(x, coefficients, layer.stencils, layer.g)
@@ -79,14 +91,23 @@ def main(argv=None) -> None:
         assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5), (fast - slow).abs().max()
 
     results = {}
-    for name, model in models.items():
+    for index, (name, model) in enumerate(models.items()):
         xin = nn.GeometricTensor(x.clone().requires_grad_(), ftype)
 
         def step(model=model, xin=xin) -> None:
             model(xin).tensor.square().mean().backward()
 
         seconds = median_seconds(step, device, args.repeats)
-        memory = peak_bytes(step, device)
+        if device.type == "cuda":
+            memory = peak_bytes(step, device)
+        else:  # CPU peak memory: a fresh process per model, same configuration
+            argv_here = sys.argv[1:] if argv is None else list(argv)
+            argv_here = [a for a in argv_here if a != "--record"]
+            out = subprocess.run(
+                [sys.executable, __file__, *argv_here, "--memory-only", str(index)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            memory = int(out.stdout.strip().splitlines()[-1])
         results[name] = (seconds, memory)
         print(f"{name:>48}: {seconds * 1e3:8.1f} ms  peak {memory / 2**20:8.1f} MiB", flush=True)
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from epdo.data import DATASETS, DatasetError, ImageSet, load_dataset, random_rotation
 from epdo.models import BASELINES, count_parameters, mnist_rot_model
+from epdo.runtime import tune_malloc
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
 METRICS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds")
@@ -252,6 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["--"]:  # torchrun ... -m epdo.train -- --s 4: keeps torchrun from taking --s/--g as its own
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     run = _Run(args.device)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 
@@ -14,49 +12,68 @@ NORM_EPS = 0.01
 """``nu = ||taps||_1 + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
 
 
-class _PixelwiseDepthwiseConv(torch.autograd.Function):
-    """``out[b, p, j, y, x] = sum_t taps[b, j, t, y, x] * f[b, p, j, (y, x) + offset_t]``, zero padding.
+class _NormalizedPixelwiseConv(torch.autograd.Function):
+    """``out[b, p, j, c] = (sum_t taps[b, j, c, t] * f[b, p, j, c](. + offset_t)) / nu[b, j]``, zero padding, with
+    ``nu[b, j] = sum_(c, t) |taps[b, j, c, t]| + NORM_EPS`` (per pixel).
 
     A per-pixel depthwise ``k x k`` filter shared across the partitions ``p``, computed as ``k^2`` fused
-    multiply-adds of shifted views: no ``k^2``-fold copy of the input exists, forward or backward.
+    multiply-adds of shifted views, the L1 normalization folded in: no ``k^2``-fold copy of the input and no
+    temporary of the taps' size exists, forward or backward.  Shapes: ``f (B, q, g*d, H, W)``,
+    ``taps (B, g*d, k*k, H, W)``.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, taps: torch.Tensor, fields: int) -> torch.Tensor:  # type: ignore[override]
         batch, parts, channels, height, width = x.shape
-        k = int(round(taps.shape[2] ** 0.5))
+        kk = taps.shape[2]
+        k = int(round(kk**0.5))
         r = k // 2
+        by_field = taps.view(batch, fields, channels // fields, kk, height, width)
+        nu = by_field[:, :, :, 0].abs().sum(2)
+        for t in range(1, kk):
+            nu += by_field[:, :, :, t].abs().sum(2)
+        nu += NORM_EPS  # (B, g, H, W)
         padded = F.pad(x.reshape(batch, parts * channels, height, width), (r, r, r, r))
         padded = padded.view(batch, parts, channels, height + 2 * r, width + 2 * r)
         out = padded[..., :height, :width] * taps[:, None, :, 0]
-        for t in range(1, k * k):
+        for t in range(1, kk):
             u, v = divmod(t, k)
             out.addcmul_(padded[..., u : u + height, v : v + width], taps[:, None, :, t])
-        ctx.save_for_backward(padded, taps)
+        out.view(batch, parts, fields, channels // fields, height, width).div_(nu[:, None, :, None])
+        ctx.fields = fields
+        ctx.save_for_backward(padded, taps, nu, out)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:  # type: ignore[override]
-        padded, taps = ctx.saved_tensors
-        k = int(round(taps.shape[2] ** 0.5))
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        padded, taps, nu, out = ctx.saved_tensors
+        fields = ctx.fields
+        batch, parts, channels, height, width = out.shape
+        kk = taps.shape[2]
+        k = int(round(kk**0.5))
         r = k // 2
-        height, width = padded.shape[-2] - 2 * r, padded.shape[-1] - 2 * r
+        split = (batch, parts, fields, channels // fields, height, width)
+        grad_raw = (grad_out.view(split) / nu[:, None, :, None]).view(out.shape)  # d loss / d (unnormalized out)
         grad_x = grad_taps = None
         if ctx.needs_input_grad[1]:
+            grad_nu = (grad_out * out).view(split).sum(dim=(1, 3)).neg_().div_(nu)  # (B, g, H, W)
             grad_taps = torch.empty_like(taps)
-            for t in range(k * k):
+            by_field = grad_taps.view(batch, fields, channels // fields, kk, height, width)
+            taps_by_field = taps.view(by_field.shape)
+            for t in range(kk):
                 u, v = divmod(t, k)
                 shifted = padded[..., u : u + height, v : v + width]
-                torch.mul(grad_out[:, 0], shifted[:, 0], out=grad_taps[:, :, t])
-                for p in range(1, grad_out.shape[1]):  # sum over partitions without a temporary
-                    grad_taps[:, :, t].addcmul_(grad_out[:, p], shifted[:, p])
+                torch.mul(grad_raw[:, 0], shifted[:, 0], out=grad_taps[:, :, t])
+                for p in range(1, parts):  # sum over partitions without a temporary
+                    grad_taps[:, :, t].addcmul_(grad_raw[:, p], shifted[:, p])
+                by_field[:, :, :, t].addcmul_(taps_by_field[:, :, :, t].sign(), grad_nu[:, :, None])
         if ctx.needs_input_grad[0]:
             grad_padded = torch.zeros_like(padded)
-            for t in range(k * k):
+            for t in range(kk):
                 u, v = divmod(t, k)
-                grad_padded[..., u : u + height, v : v + width].addcmul_(grad_out, taps[:, None, :, t])
+                grad_padded[..., u : u + height, v : v + width].addcmul_(grad_raw, taps[:, None, :, t])
             grad_x = grad_padded[..., r : r + height, r : r + width]
-        return grad_x, grad_taps
+        return grad_x, grad_taps, None
 
 
 def adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int) -> torch.Tensor:
@@ -88,9 +105,6 @@ def adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Te
     q = channels // (fields * d)
     a = coefficients.reshape(batch, fields * d, n_ops, height * width)
     taps = torch.matmul(stencils.reshape(n_ops, k * k).t() * COEFFICIENT_SCALE, a)  # (B, g d, k^2, HW)
-    nu = taps.reshape(batch, fields, d * k * k, height * width).abs().sum(dim=2) + NORM_EPS  # (B, g, HW)
     taps = taps.reshape(batch, fields * d, k * k, height, width)
-    out = _PixelwiseDepthwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps)
-    # dividing the output by nu equals dividing the taps, on k^2 / q times fewer numbers
-    out = out.reshape(batch, q, fields, d, height * width) / nu[:, None, :, None]
+    out = _NormalizedPixelwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps, fields)
     return out.reshape(batch, channels, height, width)
