@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         name = list(models)[args.memory_only]
         for batch_x in (x[:1], x):
             xin = nn.GeometricTensor(batch_x.clone().requires_grad_(), ftype)
-            memory = peak_bytes(lambda: models[name](xin).tensor.square().mean().backward(), device)
+            memory = peak_bytes(lambda xin=xin: models[name](xin).tensor.square().mean().backward(), device)
         print(memory)
         return
     with torch.no_grad():
