@@ -19,8 +19,13 @@ $(PY):
 
 setup: $(PY)
 
+DEMO_RUN := runs/demo
+DEMO_ARGS := --dataset fashion-rot --group-order 8 --widths 8,8,8,8,8,8 --g 2 --s 1 --epochs 3 \
+	--limit-train 3000 --limit-test 1000 --out $(DEMO_RUN)
+
 demo: setup
-	$(PY) -m epdo.demo
+	$(PY) -m epdo.train $(DEMO_ARGS)
+	$(PY) -m epdo.evaluate --checkpoint $(DEMO_RUN)/checkpoint.pt --rotations 0:360:45
 
 test: setup
 	$(PY) -m pytest -q tests

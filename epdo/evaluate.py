@@ -15,6 +15,7 @@ import torch
 
 from epdo.data import DatasetError, load_dataset
 from epdo.data.augment import rotate_batch
+from epdo.runtime import tune_malloc
 from epdo.train import _make_model
 
 
@@ -31,7 +32,7 @@ def parse_angles(text: str) -> List[float]:
 
 
 def rotation_errors(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, angles: Sequence[float], batch_size: int = 500
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, angles: Sequence[float], batch_size: int = 256
 ) -> List[Tuple[float, float]]:
     """``[(angle, error)]``: error on the images rotated by ``angle`` degrees (bilinear; 90-degree multiples exact)."""
     model.eval()
@@ -59,6 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: beside the checkpoint)")
     args = parser.parse_args(argv)
+    tune_malloc()
     if not args.checkpoint.exists():
         print(f"epdo-evaluate: {args.checkpoint} does not exist", file=sys.stderr)
         return 2

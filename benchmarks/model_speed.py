@@ -1,0 +1,117 @@
+"""Training-step time (forward + backward + Adam step) and peak memory of whole models, and images/second of the
+demo configuration's full epoch, against the static-PDO, escnn and plain-CNN baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from common import markdown_table, median_seconds, peak_bytes, record
+
+from epdo.models import count_parameters, mnist_rot_model
+from epdo.runtime import tune_malloc
+
+PAPER = {
+    "R (C16, fd)": dict(model="R", dis="fd", g=4, s=4, reduction=1),
+    "Q (C16, gauss)": dict(model="Q", dis="gauss", g=4, s=1, reduction=2),
+    "D16|5C16 (gauss)": dict(model="R", dis="gauss", flip=True, g=4, s=1, reduction=1),
+    "pdo baseline": dict(model="R", dis="fd", baseline="pdo"),
+    "escnn baseline": dict(model="R", baseline="escnn"),
+    "cnn baseline": dict(model="R", baseline="cnn"),
+}
+DEMO = dict(group_order=8, widths=(8, 8, 8, 8, 8, 8), g=2, s=1)
+SMALL = {
+    "R (C8, fd)": dict(model="R", dis="fd", **DEMO),
+    "pdo baseline": dict(model="R", dis="fd", baseline="pdo", **DEMO),
+    "escnn baseline": dict(model="R", baseline="escnn", **DEMO),
+    "cnn baseline": dict(model="R", baseline="cnn", **DEMO),
+}
+
+
+def training_step(model: torch.nn.Module, device: torch.device, batch: int):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="paper,small", help="paper, small or both")
+    parser.add_argument("--epoch-images", type=int, default=3000, help="images of the demo epoch timing (0: skip)")
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)  # internal: "size:name"
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batch = args.batch or (64 if device.type == "cuda" else 8)
+    configs = {"paper": PAPER, "small": SMALL}
+    if args.memory_only is not None:  # fresh process, glibc defaults, after a batch-1 warm-up step
+        size, name = args.memory_only.split(":", 1)
+        model = mnist_rot_model(**configs[size][name]).to(device).train()
+        training_step(model, device, 2)()
+        print(peak_bytes(training_step(model, device, batch), device))
+        return
+    tune_malloc()
+    torch.manual_seed(0)
+    rows = {}
+    for size in args.sizes.split(","):
+        for name, kwargs in configs[size].items():
+            start = time.perf_counter()
+            model = mnist_rot_model(**kwargs).to(device).train()
+            build = time.perf_counter() - start
+            seconds = median_seconds(training_step(model, device, batch), device, args.repeats, warmup=1)
+            if device.type == "cuda":
+                memory = peak_bytes(training_step(model, device, batch), device)
+            else:
+                argv_here = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--record"]
+                out = subprocess.run(
+                    [sys.executable, __file__, *argv_here, "--memory-only", f"{size}:{name}"],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                memory = int(out.stdout.strip().splitlines()[-1])
+            rows[f"{name} [{size}]"] = dict(
+                params=f"{count_parameters(model):,}",
+                build_s=f"{build:.1f}",
+                step_ms=f"{seconds * 1e3:.0f}",
+                images_per_s=f"{batch / seconds:.1f}",
+                peak_MiB=f"{memory / 2**20:.0f}",
+            )
+            print(f"{name:>18} [{size}]: {rows[f'{name} [{size}]']}", flush=True)
+    reference = next((r for k, r in rows.items() if k.startswith("escnn baseline")), None)
+    if reference:
+        for row in rows.values():
+            row["step / escnn"] = f"{float(row['step_ms']) / float(reference['step_ms']):.2f}"
+    epoch = ""
+    if args.epoch_images:
+        model = mnist_rot_model(**SMALL["R (C8, fd)"]).to(device).train()
+        step = training_step(model, device, 64)
+        step()
+        start = time.perf_counter()
+        for _ in range(args.epoch_images // 64):
+            step()
+        rate = (args.epoch_images // 64) * 64 / (time.perf_counter() - start)
+        epoch = f"Demo configuration (C8, widths 8x6, g=2, s=1), batch 64, {args.epoch_images} images: {rate:.1f} img/s"
+        print(epoch)
+    if args.record:
+        command = "python benchmarks/model_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        title = f"Model training step, batch {batch}, {device.type}, median of {args.repeats}"
+        record(title, command, device, markdown_table(rows) + ("\n\n" + epoch if epoch else ""))
+
+
+if __name__ == "__main__":
+    main()
