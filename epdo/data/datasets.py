@@ -122,16 +122,9 @@ def parse_amat(path: Path, rows: Optional[int] = None, pixels: int = 784) -> Tup
     return np.stack(images).reshape(-1, 1, side, side), np.array(labels, dtype=np.int64)
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -204,15 +197,15 @@ def load_mnist_rot(
 def _check_archive(archive: Path, md5: str) -> None:
     recorded = archive.with_suffix(".sha256")
     if recorded.exists():
-        if sha256(archive) != recorded.read_text().split()[0]:
+        if file_digest(archive) != recorded.read_text().split()[0]:
             raise DatasetError(f"{archive}: SHA-256 differs from the one recorded in {recorded}; delete both and retry")
         return
-    found = _md5(archive)
+    found = file_digest(archive, "md5")
     if found != md5:
         raise DatasetError(
             f"{archive}: MD5 {found} is not the expected {md5} (corrupt or truncated?); delete it and retry"
         )
-    recorded.write_text(f"{sha256(archive)}  {archive.name}\n")
+    recorded.write_text(f"{file_digest(archive)}  {archive.name}\n")
 
 
 # ----------------------------------------------------------------------------------------- rotated Fashion-MNIST
