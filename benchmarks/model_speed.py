@@ -92,10 +92,11 @@ def main(argv=None) -> None:
                 peak_MiB=f"{memory / 2**20:.0f}",
             )
             print(f"{name:>18} [{size}]: {rows[f'{name} [{size}]']}", flush=True)
-    reference = next((r for k, r in rows.items() if k.startswith("escnn baseline")), None)
-    if reference:
-        for row in rows.values():
-            row["step / escnn"] = f"{float(row['step_ms']) / float(reference['step_ms']):.2f}"
+    for size in args.sizes.split(","):  # ratios to the escnn baseline of the same size
+        reference = rows.get(f"escnn baseline [{size}]")
+        for key, row in rows.items():
+            if reference and key.endswith(f"[{size}]"):
+                row["step / escnn"] = f"{float(row['step_ms']) / float(reference['step_ms']):.2f}"
     epoch = ""
     if args.epoch_images:
         model = mnist_rot_model(**SMALL["R (C8, fd)"]).to(device).train()
