@@ -128,17 +128,17 @@ EQUIVARIANCE = [
     ),
     (
         "code",
-        "images = torch.rand(16, 1, 28, 28)\n"
+        "images = torch.rand(8, 1, 28, 28)\n"
         "yy, xx = torch.meshgrid(torch.arange(28) - 13.5, torch.arange(28) - 13.5, indexing='ij')\n"
         "images = images * ((yy**2 + xx**2) < 14**2)\n"
-        "angles = [7.5 * i for i in range(25)]\nplt.figure(figsize=(6, 3.5))\n"
+        "angles = [15.0 * i for i in range(13)]\nplt.figure(figsize=(6, 3.5))\n"
         "for dis in ['fd', 'gauss', 'rbffd']:\n"
         "    model = mnist_rot_model(group_order=8, widths=(2, 2, 2, 2, 2, 2), g=2, s=1, dis=dis, dropout=0)\n"
         "    for m in model.modules():\n"
         "        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):\n            m.momentum = None\n"
         "    with torch.no_grad():\n        model.train()\n        model(images)\n        model.eval()\n"
         "        ref = model.features(images)\n"
-        "        turn = [rotate_batch(images, torch.full((16,), math.radians(a)), mode='bilinear')\n"
+        "        turn = [rotate_batch(images, torch.full((8,), math.radians(a)), mode='bilinear')\n"
         "                for a in angles]\n"
         "        errors = [relative_error(model.features(r), ref) for r in turn]\n"
         "    plt.plot(angles, errors, 'o-', ms=3, label=dis)\n"
