@@ -116,6 +116,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _make_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model of a run, in training mode (escnn's R2Conv registers eval-only buffers until ``train()``, which
+    would make a fresh model's state_dict keys differ from a saved one's)."""
     return mnist_rot_model(
         model=args.model,
         dis=args.dis,
@@ -127,7 +129,7 @@ def _make_model(args: argparse.Namespace) -> torch.nn.Module:
         widths=args.widths,
         dropout=args.dropout,
         baseline=args.baseline,
-    )
+    ).train()
 
 
 def _autocast(args: argparse.Namespace, device: torch.device):

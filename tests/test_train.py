@@ -79,9 +79,10 @@ def test_missing_data_gives_a_message_not_a_traceback(tmp_path, capsys):
     assert code == 1 and "line 1: expected 785 numbers" in err and "Traceback" not in err
 
 
-def test_evaluate_rotation_table(tmp_path, capsys):
+@pytest.mark.parametrize("baseline", ["none", "escnn"])
+def test_evaluate_rotation_table(tmp_path, capsys, baseline):
     out = tmp_path / "run"
-    assert train_main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--baseline", baseline]) == 0
     capsys.readouterr()
     assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--rotations", "0:360:90"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
