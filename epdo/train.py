@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset-optimizer-each-epoch", action="store_true", help="re-create Adam every epoch (the reference quirk)"
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument(
+        "--generator-init",
+        choices=["static", "reference"],
+        default="static",
+        help="start each generator static (default) or as the reference implementation does",
+    )
     return p
 
 
@@ -129,6 +135,7 @@ def _make_model(args: argparse.Namespace) -> torch.nn.Module:
         widths=args.widths,
         dropout=args.dropout,
         baseline=args.baseline,
+        generator_init=getattr(args, "generator_init", "reference"),  # checkpoints from before the option: reference
     ).train()
 
 

@@ -177,3 +177,18 @@ def test_bad_configurations_are_refused_with_numbers():
         layer(torch.randn(1, reg.size, 8, 8))
     with pytest.raises(ValueError, match="expected input of type"):
         layer(nn.GeometricTensor(torch.randn(1, 8, 8, 8), nn.FieldType(gs, [gs.regular_repr])))
+
+
+@pytest.mark.parametrize("init, constant", [("static", True), ("reference", False)])
+def test_generator_init(init, constant):
+    gs = gspaces.rot2dOnR2(4)
+    t = nn.FieldType(gs, [gs.regular_repr] * 2)
+    layer = NeuralePDO(t, t, g=2, generator_init=init)
+    x = nn.GeometricTensor(torch.randn(2, t.size, 7, 7), t)
+    with torch.no_grad():
+        a = layer.coefficients(x).tensor
+    spread = (a - a[:, :, :1, :1]).abs().max() / a.abs().max()
+    assert (spread < 1e-6) == constant
+    assert max(equivariance_errors(layer, x).values()) <= TOL
+    with pytest.raises(ValueError, match="generator_init"):
+        NeuralePDO(t, t, g=2, generator_init="zero")

@@ -59,6 +59,7 @@ def mnist_rot_model(
     widths: Optional[Sequence[int]] = None,
     dropout: float = 0.1,
     baseline: str = "none",
+    generator_init: str = "static",
 ) -> torch.nn.Module:
     """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
 
@@ -73,6 +74,7 @@ def mnist_rot_model(
         dropout: field dropout of layers 3-6.
         baseline: ``"none"``; ``"pdo"`` (every layer a static :class:`PDOConv`); ``"escnn"`` (escnn ``R2Conv`` 5x5);
             ``"cnn"`` (a plain CNN, see :func:`plain_cnn`).
+        generator_init: ``"static"`` or ``"reference"`` (see :class:`epdo.nn.NeuralePDO`).
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -99,7 +101,9 @@ def mnist_rot_model(
             return PDOConv(in_type, out_type, dis)
         if baseline == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
-        return NeuralePDO(in_type, out_type, g=g, s=s, reduction=reduction, discretization=dis)
+        return NeuralePDO(
+            in_type, out_type, g=g, s=s, reduction=reduction, discretization=dis, generator_init=generator_init
+        )
 
     types = [nn.FieldType(space, [field(space)] * w) for w in widths]
     image = nn.FieldType(space, [space.trivial_repr])
