@@ -1,104 +1,269 @@
-"""Accuracy under a fixed CPU budget on rotated Fashion-MNIST: Neural ePDO (fd, gauss) against the static-PDO, escnn
-and plain-CNN baselines at matched parameter counts, several seeds, final-epoch test error (mean +- std), and the
-error on test images rotated further by off-grid angles.
+"""Accuracy per parameter on rotated Fashion-MNIST: Neural ePDO variants against escnn ``R2Conv``, static-PDO and
+plain-CNN baselines at matched parameter counts, several seeds, side by side in one run.
+
+Per epoch and model: eval-mode test error, the same weights' test error with batch statistics (what eval mode
+would give if BN's running statistics were right), training error (train mode, on the augmented batches as
+trained) and seconds.  Jobs (model, seed) run in ``--workers`` processes; every job sees the same data, batches
+and augmentation for a given seed.
+
+Screening (the issue's protocol)::
+
+    python benchmarks/accuracy.py --models epdo,epdo-l1,pdo,escnn,cnn --train 6000 --test 5000 --epochs 3 --seeds 3
+
+Confirmation: ``--train 12000 --epochs 15 --seeds 2 --compress-schedule`` (the paper's 200-epoch step schedule
+compressed in proportion).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import statistics
+import subprocess
 import sys
-import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
-from common import markdown_table, record
+import torch.nn.functional as F
+from common import machine_description, markdown_table, record
 
-from epdo.evaluate import rotation_errors
+from epdo.data import load_dataset, random_rotation
 from epdo.models import count_parameters, mnist_rot_model
+from epdo.nn import NeuralePDO
 from epdo.runtime import tune_malloc
-from epdo.train import main as train_main
+from epdo.train import learning_rate
 
-BASE_WIDTHS = (8, 8, 8, 8, 8, 8)
+BASE_WIDTHS = (8, 8, 12, 12, 16, 16)
+COMMON = dict(group_order=8, g=2, s=1, reduction=1, discretization="fd")
+VARIANTS: Dict[str, dict] = {
+    "epdo": {},  # the library's default Neural ePDO
+    "epdo-l1": dict(normalization="l1"),  # the reference's L1 tap normalization (default before issue 8)
+    "epdo-ref": dict(normalization="l1", generator_init="reference"),  # the reference layer, faithful mode
+    "epdo-frozen": dict(frozen_adaptivity=True),  # diagnostic: the generator stays static (no adaptivity)
+    "epdo-decay": dict(order_decay=0.5),
+    "epdo-decay7": dict(order_decay=0.7),
+    "epdo-decay-l1": dict(order_decay=0.5, normalization="l1"),
+    "epdo-gauss": dict(discretization="gauss"),
+    "pdo": dict(baseline="pdo"),
+    "pdo-decay": dict(baseline="pdo", order_decay=0.5),
+    "escnn": dict(baseline="escnn"),
+    "cnn": dict(baseline="cnn"),
+}
+MATCHED = ("pdo", "escnn")  # baselines whose widths are scaled to the target parameter count (cnn matches itself)
 
 
-def matched_widths(target: int, group_order: int, **kwargs) -> tuple:
-    """Widths ``round(k * BASE_WIDTHS)`` whose model has the parameter count closest to ``target``."""
-    best = None
-    for k in [i / 8 for i in range(2, 33)]:
-        widths = tuple(max(1, round(k * w)) for w in BASE_WIDTHS)
-        count = count_parameters(mnist_rot_model(group_order=group_order, widths=widths, **kwargs))
-        if best is None or abs(count - target) < abs(best[1] - target):
-            best = (widths, count)
-    return best[0]
+def build(name: str, widths) -> torch.nn.Module:
+    options = {**COMMON, **VARIANTS[name]}
+    frozen = options.pop("frozen_adaptivity", False)
+    model = mnist_rot_model(widths=widths, **options).train()
+    for module in model.modules():
+        if frozen and isinstance(module, NeuralePDO):  # per-pixel coefficients stay constant: a static PDO
+            module.generator_norm.weight.requires_grad_(False)
+    return model
+
+
+def widths_for(name: str, target: int) -> tuple:
+    """``BASE_WIDTHS`` for Neural ePDOs; for matched baselines ``round(k * BASE_WIDTHS)`` closest to ``target``, then
+    single layers one field wider or narrower while that brings the count closer."""
+    if VARIANTS[name].get("baseline") not in MATCHED:
+        return BASE_WIDTHS
+
+    def gap(widths) -> int:
+        return abs(count_parameters(build(name, widths)) - target)
+
+    scaled = {tuple(max(1, round(i / 32 * w)) for w in BASE_WIDTHS) for i in range(8, 97)}
+    best = min(scaled, key=gap)
+    improved = True
+    while improved:
+        neighbours = [best[:i] + (best[i] + step,) + best[i + 1 :] for i in range(6) for step in (-1, 1)]
+        candidate = min((w for w in neighbours if min(w) >= 1), key=gap)
+        improved = gap(candidate) < gap(best)
+        best = candidate if improved else best
+    return best
+
+
+def error(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+    wrong = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), 500):
+            x, y = images[start : start + 500].to(device), labels[start : start + 500].to(device)
+            wrong += int((model(x).argmax(1) != y).sum())
+    return wrong / len(labels)
+
+
+def batch_statistics_error(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device) -> float:
+    """Test error with every batch norm using the statistics of the evaluated batch (running statistics untouched,
+    everything else in eval mode)."""
+    norms = [
+        m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
+    ]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.train()
+        m.momentum = 0.0
+    try:
+        return error(model, images, labels, device)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
+def run_job(args: argparse.Namespace) -> dict:
+    """Train one (model, seed) and return its per-epoch metrics."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tune_malloc()  # faster CPU training; the same for every model
+    torch.set_num_threads(args.threads)
+    train, test = load_dataset("fashion-rot", seed=args.seed)
+    train, test = train.limit(args.train), test.limit(args.test)
+    torch.manual_seed(args.seed)
+    model = build(args.model, tuple(args.widths)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    epochs = []
+    for epoch in range(args.epochs):
+        scheduled = int(epoch * 200 / args.epochs) if args.compress_schedule else 0
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(scheduled)
+        model.train()
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 1009 + epoch))
+        augment = torch.Generator().manual_seed(args.seed * 7919 + epoch)
+        torch.manual_seed(args.seed * 31 + epoch)  # dropout
+        wrong = 0
+        tic = time.perf_counter()
+        for start in range(0, len(order), 64):
+            index = order[start : start + 64]
+            x = random_rotation(train.images[index], augment).to(device)
+            y = train.labels[index].to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            wrong += int((logits.argmax(1) != y).sum())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - tic
+        model.eval()
+        epochs.append(
+            dict(
+                train_error=wrong / len(order),
+                test_error=error(model, test.images, test.labels, device),
+                batch_stats_error=batch_statistics_error(model, test.images, test.labels, device),
+                seconds=seconds,
+            )
+        )
+        print(args.model, args.seed, epoch + 1, epochs[-1], file=sys.stderr, flush=True)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_description(device)
+    return dict(
+        model=args.model,
+        seed=args.seed,
+        params=count_parameters(model),
+        widths=args.widths,
+        epochs=epochs,
+        machine=f"{machine}, torch {torch.__version__}" if device.type == "cuda" else machine,
+    )
+
+
+def pm(values: List[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def summarize(results: List[dict], epochs: int) -> str:
+    rows = {}
+    for name in dict.fromkeys(r["model"] for r in results):
+        runs = [r for r in results if r["model"] == name]
+        row = {"params": f"{runs[0]['params']:,}"}
+        for e in range(epochs):
+            row[f"test err ep {e + 1} (%)"] = pm([r["epochs"][e]["test_error"] for r in runs])
+        row["batch-stat test err (%)"] = pm([r["epochs"][-1]["batch_stats_error"] for r in runs])
+        row["train err (%)"] = pm([r["epochs"][-1]["train_error"] for r in runs])
+        row["s / epoch"] = f"{statistics.mean(e['seconds'] for r in runs for e in r['epochs']):.1f}"
+        rows[name] = row
+    return markdown_table(rows)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group-order", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--models", default="epdo,epdo-l1,pdo,escnn,cnn")
     parser.add_argument("--train", type=int, default=6000, help="training images (of the 12,000)")
     parser.add_argument("--test", type=int, default=5000, help="test images (of the 10,000)")
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--models", default="epdo-fd,epdo-gauss,pdo,escnn,cnn")
+    parser.add_argument("--compress-schedule", action="store_true", help="the paper's schedule over --epochs")
+    parser.add_argument("--workers", type=int, default=1, help="jobs in parallel")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per job")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", type=Path, default=None, help="JSON lines of every job (appended)")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--title", default="Accuracy per parameter")
+    parser.add_argument("--from-results", type=Path, default=None, help="summarize/record a finished run's JSON lines")
+    parser.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--widths", type=int, nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    tune_malloc()
-    n = args.group_order
-    common = dict(g=2, s=1)
-    target = count_parameters(mnist_rot_model(group_order=n, widths=BASE_WIDTHS, dis="fd", **common))
-    configs = {
-        "epdo-fd": ["--dis", "fd", "--widths", ",".join(map(str, BASE_WIDTHS))],
-        "epdo-gauss": ["--dis", "gauss", "--widths", ",".join(map(str, BASE_WIDTHS))],
-        "pdo": ["--baseline", "pdo", "--widths", ",".join(map(str, matched_widths(target, n, baseline="pdo")))],
-        "escnn": ["--baseline", "escnn", "--widths", ",".join(map(str, matched_widths(target, n, baseline="escnn")))],
-        "cnn": ["--baseline", "cnn", "--widths", ",".join(map(str, BASE_WIDTHS))],  # matched inside plain_cnn
-    }
-    angles = (0.0, 22.5, 45.0)
-    rows = {}
-    for name in args.models.split(","):
-        finals, rotated, params = [], {a: [] for a in angles}, None
-        for seed in range(args.seeds):
-            with tempfile.TemporaryDirectory() as out:
-                argv_run = [
-                    "--dataset", "fashion-rot", "--group-order", str(n), "--g", "2", "--s", "1", "--epochs",
-                    str(args.epochs), "--limit-train", str(args.train), "--limit-test", str(args.test), "--seed",
-                    str(seed), "--out", out, "--no-progress", *configs[name],
-                ]  # fmt: skip
-                if train_main(argv_run) != 0:
-                    raise SystemExit(f"training {name} seed {seed} failed")
-                with open(Path(out) / "metrics.csv") as f:
-                    finals.append(float(list(csv.DictReader(f))[-1]["test_error"]))
-                state = torch.load(Path(out) / "checkpoint.pt", weights_only=False)
-            from epdo.data import load_dataset
-            from epdo.train import _make_model
-
-            model = _make_model(argparse.Namespace(**state["args"]))
-            model.load_state_dict(state["model"])
-            params = count_parameters(model)
-            _, test = load_dataset("fashion-rot", seed=seed)
-            test = test.limit(args.test)
-            for angle, error in rotation_errors(model, test.images, test.labels, angles):
-                rotated[angle].append(error)
-
-        def fmt(values):
-            mean = 100 * statistics.mean(values)
-            std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{mean:.2f} +- {std:.2f}"
-
-        rows[name] = {"params": f"{params:,}", "final test error (%)": fmt(finals)}
-        rows[name].update({f"test rotated {a} deg (%)": fmt(v) for a, v in rotated.items() if a})
-        print(name, rows[name], flush=True)
-    table = markdown_table(rows)
+    if args.job:
+        print(json.dumps(run_job(args)), flush=True)
+        return
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(VARIANTS)}")
+    if args.from_results:
+        results = [json.loads(line) for line in args.from_results.read_text().splitlines() if line.strip()]
+        results = [r for r in results if r["model"] in names]
+    else:
+        results = run_jobs(args, names)
+    results.sort(key=lambda r: (names.index(r["model"]), r["seed"]))
+    table = summarize(results, args.epochs)
     print(table)
     if args.record:
         command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = command.split(" --from-results")[0].replace(" --record", "")
+        schedule = "the paper's schedule compressed to" if args.compress_schedule else "Adam 2e-3 for all"
+        widths = {r["model"]: r["widths"] for r in results}
         setup = (
-            f"fashion-rot, {args.train} training / {args.test} test images, {args.epochs} epochs (paper recipe, "
-            f"lr 2e-3), C{n}, seeds 0..{args.seeds - 1}; final-epoch test error, no model selection."
+            f"fashion-rot, first {args.train} training / {args.test} test images, {schedule} {args.epochs} epochs, "
+            f"batch 64, C8, seeds 0..{args.seeds - 1}, mean ± std; widths: "
+            + ", ".join(f"{n} {','.join(map(str, w))}" for n, w in widths.items())
         )
-        record("Accuracy under a CPU budget", command, torch.device("cpu"), setup + "\n\n" + table)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        record(args.title, command, device, setup + "\n\n" + table, machine=results[0]["machine"])
+
+
+def run_jobs(args: argparse.Namespace, names: List[str]) -> List[dict]:
+    """Every (model, seed) in its own process, ``args.workers`` at a time; a failed job is reported and skipped."""
+    target = count_parameters(build("epdo", BASE_WIDTHS))
+    widths = {name: widths_for(name, target) for name in names}
+    for seed in range(args.seeds):  # build the dataset caches once, before the workers start
+        load_dataset("fashion-rot", seed=seed)
+    shared = ["--train", str(args.train), "--test", str(args.test), "--epochs", str(args.epochs)]
+    shared += ["--threads", str(args.threads)] + (["--compress-schedule"] if args.compress_schedule else [])
+    shared += ["--device", args.device] if args.device else []
+
+    def launch(job) -> Optional[dict]:
+        name, seed = job
+        command = [sys.executable, __file__, "--job", "--model", name, "--seed", str(seed), *shared]
+        command += ["--widths", *map(str, widths[name])]
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            print(f"job {name} seed {seed} failed (exit {done.returncode})", file=sys.stderr, flush=True)
+            return None
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        if args.out:
+            with args.out.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+        return result
+
+    jobs = [(name, seed) for seed in range(args.seeds) for name in names]
+    with ThreadPoolExecutor(args.workers) as pool:
+        return [r for r in pool.map(launch, jobs) if r is not None]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -77,7 +77,7 @@ def machine_description(device: torch.device) -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def record(title: str, command: str, device: torch.device, table: str) -> None:
+def record(title: str, command: str, device: torch.device, table: str, machine: Optional[str] = None) -> None:
     """Append a dated section to benchmarks/RESULTS.md (the command with the environment settings that matter)."""
     if os.environ.get("EPDO_NO_MALLOC_TUNING"):
         command = "EPDO_NO_MALLOC_TUNING=1 " + command
@@ -88,7 +88,7 @@ def record(title: str, command: str, device: torch.device, table: str) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with RESULTS.open("a") as f:
         f.write(f"\n## {title} ({stamp}, commit {commit})\n\n")
-        f.write(f"Command: `{command}`  \nMachine: {machine_description(device)}\n\n{table}\n")
+        f.write(f"Command: `{command}`  \nMachine: {machine or machine_description(device)}\n\n{table}\n")
 
 
 def markdown_table(rows: Dict[str, Dict[str, str]]) -> str:

@@ -24,10 +24,10 @@ from epdo.nn import NeuralePDO, PDOConv
 from epdo.runtime import tune_malloc
 
 MODELS = {
-    "NeuralePDO fd": dict(dis="fd"),
-    "NeuralePDO gauss": dict(dis="gauss"),
-    "NeuralePDO rbffd": dict(dis="rbffd"),
-    "PDOConv (static) fd": dict(dis="fd", baseline="pdo"),
+    "NeuralePDO fd": dict(discretization="fd"),
+    "NeuralePDO gauss": dict(discretization="gauss"),
+    "NeuralePDO rbffd": dict(discretization="rbffd"),
+    "PDOConv (static) fd": dict(discretization="fd", baseline="pdo"),
     "escnn R2Conv 5x5": dict(baseline="escnn"),
 }
 

@@ -17,19 +17,19 @@ from epdo.models import count_parameters, mnist_rot_model
 from epdo.runtime import tune_malloc
 
 PAPER = {
-    "R (C16, fd)": dict(model="R", dis="fd", g=4, s=4, reduction=1),
-    "Q (C16, gauss)": dict(model="Q", dis="gauss", g=4, s=1, reduction=2),
-    "D16|5C16 (gauss)": dict(model="R", dis="gauss", flip=True, g=4, s=1, reduction=1),
-    "pdo baseline": dict(model="R", dis="fd", baseline="pdo"),
-    "escnn baseline": dict(model="R", baseline="escnn"),
-    "cnn baseline": dict(model="R", baseline="cnn"),
+    "R (C16, fd)": dict(fields="regular", discretization="fd", g=4, s=4, reduction=1),
+    "Q (C16, gauss)": dict(fields="quotient", discretization="gauss", g=4, s=1, reduction=2),
+    "D16|5C16 (gauss)": dict(fields="regular", discretization="gauss", flip=True, g=4, s=1, reduction=1),
+    "pdo baseline": dict(fields="regular", discretization="fd", baseline="pdo"),
+    "escnn baseline": dict(fields="regular", baseline="escnn"),
+    "cnn baseline": dict(fields="regular", baseline="cnn"),
 }
 DEMO = dict(group_order=8, widths=(8, 8, 8, 8, 8, 8), g=2, s=1)
 SMALL = {
-    "R (C8, fd)": dict(model="R", dis="fd", **DEMO),
-    "pdo baseline": dict(model="R", dis="fd", baseline="pdo", **DEMO),
-    "escnn baseline": dict(model="R", baseline="escnn", **DEMO),
-    "cnn baseline": dict(model="R", baseline="cnn", **DEMO),
+    "R (C8, fd)": dict(fields="regular", discretization="fd", **DEMO),
+    "pdo baseline": dict(fields="regular", discretization="fd", baseline="pdo", **DEMO),
+    "escnn baseline": dict(fields="regular", baseline="escnn", **DEMO),
+    "cnn baseline": dict(fields="regular", baseline="cnn", **DEMO),
 }
 
 

@@ -13,10 +13,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from epdo.data import DatasetError, load_dataset
-from epdo.data.augment import rotate_batch
+from epdo.cli import positive_int
+from epdo.data import DatasetError, load_dataset, rotate_batch
+from epdo.models import build_model, config_from_checkpoint
 from epdo.runtime import tune_malloc
-from epdo.train import _make_model
 
 
 def parse_angles(text: str) -> List[float]:
@@ -32,15 +32,27 @@ def parse_angles(text: str) -> List[float]:
 
 
 def rotation_errors(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, angles: Sequence[float], batch_size: int = 256
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    angles: Sequence[float],
+    batch_size: int = 256,
+    progress: bool = False,
 ) -> List[Tuple[float, float]]:
-    """``[(angle, error)]``: error on the images rotated by ``angle`` degrees (bilinear; 90-degree multiples exact)."""
+    """``[(angle, error)]``: error on the images rotated by ``angle`` degrees (bilinear; 90-degree multiples exact).
+    ``progress``: a progress bar per angle on stderr."""
     model.eval()
     results = []
     with torch.no_grad():
-        for angle in angles:
+        for index, angle in enumerate(angles):
             wrong = 0
-            for start in range(0, len(labels), batch_size):
+            batches = range(0, len(labels), batch_size)
+            if progress:
+                from tqdm import tqdm
+
+                desc = f"angle {angle:g} deg ({index + 1}/{len(angles)})"
+                batches = tqdm(batches, desc=desc, leave=False, file=sys.stderr)
+            for start in batches:
                 x = images[start : start + batch_size]
                 quarter = angle / 90.0
                 if abs(quarter - round(quarter)) < 1e-9:
@@ -57,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--rotations", type=parse_angles, default=parse_angles("0:360:15"))
     parser.add_argument("--data-dir", type=Path, default=None, help="override the checkpoint's data directory")
-    parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--limit-test", type=positive_int, default=None)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: beside the checkpoint)")
     args = parser.parse_args(argv)
     tune_malloc()
@@ -65,16 +78,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"epdo-evaluate: {args.checkpoint} does not exist", file=sys.stderr)
         return 2
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    train_args = argparse.Namespace(**state["args"])
-    model = _make_model(train_args)
-    model.load_state_dict(state["model"])
     try:
-        _, test = load_dataset(train_args.dataset, args.data_dir or train_args.data_dir, seed=train_args.seed)
+        model = build_model(config_from_checkpoint(state))
+    except ValueError as err:
+        print(f"epdo-evaluate: {args.checkpoint}: {err}", file=sys.stderr)
+        return 2
+    model.load_state_dict(state["model"])
+    data = state.get("data") or state["args"]  # "args": checkpoints written before the model configuration
+    try:
+        _, test = load_dataset(data["dataset"], args.data_dir or data["data_dir"], seed=data["seed"])
     except DatasetError as err:
         print(f"epdo-evaluate: {err}", file=sys.stderr)
         return 1
-    test = test.limit(args.limit_test or train_args.limit_test)
-    results = rotation_errors(model, test.images, test.labels, args.rotations)
+    test = test.limit(args.limit_test or data["limit_test"])
+    results = rotation_errors(model, test.images, test.labels, args.rotations, progress=not args.no_progress)
     print(f"{'angle (deg)':>12} {'test error (%)':>15}")
     for angle, error in results:
         print(f"{angle:12.1f} {100 * error:15.2f}")

@@ -23,8 +23,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from epdo.cli import positive_float, positive_int
 from epdo.data import DATASETS, DatasetError, ImageSet, load_dataset, random_rotation
-from epdo.models import BASELINES, count_parameters, mnist_rot_model
+from epdo.models import BASELINES, ModelConfig, build_model, count_parameters
 from epdo.runtime import tune_malloc
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
@@ -41,8 +42,8 @@ def _widths(text: str) -> List[int]:
         widths = [int(w) for w in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected six comma-separated integers, got {text!r}") from None
-    if len(widths) != 6:
-        raise argparse.ArgumentTypeError(f"expected six comma-separated integers, got {text!r}")
+    if len(widths) != 6 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected six comma-separated positive integers, got {text!r}")
     return widths
 
 
@@ -51,28 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["R", "Q"], default="R", help="regular (R) or regular+quotient (Q) fields")
     p.add_argument("--dis", choices=["fd", "gauss", "rbffd"], default="fd", help="derivative discretization")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="D_N|5C_N model")
-    p.add_argument("--g", type=int, default=4, help="fields per partition")
-    p.add_argument("--s", type=int, default=4, help="groups of the generator's output map")
-    p.add_argument("--reduction", type=int, default=1, help="hidden width reduction of the generator")
+    p.add_argument("--g", type=positive_int, default=4, help="fields per partition")
+    p.add_argument("--s", type=positive_int, default=4, help="groups of the generator's output map")
+    p.add_argument("--reduction", type=positive_int, default=1, help="hidden width reduction of the generator")
     p.add_argument("--dataset", choices=DATASETS, default="mnist-rot")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default $EPDO_DATA or ~/.cache/epdo)")
     p.add_argument("--baseline", choices=BASELINES, default="none")
-    p.add_argument("--group-order", type=int, default=16)
+    p.add_argument("--group-order", type=positive_int, default=16)
     p.add_argument("--widths", type=_widths, default=None, help="fields of layers 1-6, e.g. 8,8,12,12,16,16")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=200)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply the schedule's rates")
+    p.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply the schedule's rates")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit-train", type=int, default=None)
-    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--limit-train", type=positive_int, default=None)
+    p.add_argument("--limit-test", type=positive_int, default=None)
     p.add_argument("--no-augment", action="store_true", help="skip the random-rotation augmentation")
     p.add_argument("--out", type=Path, default=Path("runs/latest"))
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--reset-optimizer-each-epoch", action="store_true", help="re-create Adam every epoch (the reference quirk)"
     )
@@ -83,7 +84,38 @@ def build_parser() -> argparse.ArgumentParser:
         default="static",
         help="start each generator static (default) or as the reference implementation does",
     )
+    p.add_argument(
+        "--normalization",
+        choices=["rms", "l1"],
+        default="rms",
+        help="per-pixel tap normalization: variance-preserving (default) or the reference's L1",
+    )
+    p.add_argument(
+        "--order-decay",
+        type=positive_float,
+        default=None,
+        help="scale the PDO bases' derivative orders k by this**k (a smoothness prior; default: off)",
+    )
     return p
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    """The model configuration of parsed ``epdo-train`` arguments (``--model R|Q`` and ``--dis`` as in the paper)."""
+    return ModelConfig(
+        fields={"R": "regular", "Q": "quotient"}[args.model],
+        discretization=args.dis,
+        flip=args.flip,
+        g=args.g,
+        s=args.s,
+        reduction=args.reduction,
+        group_order=args.group_order,
+        widths=tuple(args.widths) if args.widths else None,
+        dropout=args.dropout,
+        baseline=args.baseline,
+        generator_init=args.generator_init,
+        normalization=args.normalization,
+        order_decay=args.order_decay,
+    )
 
 
 class _Run:
@@ -121,29 +153,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model of a run, in training mode (escnn's R2Conv registers eval-only buffers until ``train()``, which
-    would make a fresh model's state_dict keys differ from a saved one's)."""
-    return mnist_rot_model(
-        model=args.model,
-        dis=args.dis,
-        flip=args.flip,
-        g=args.g,
-        s=args.s,
-        reduction=args.reduction,
-        group_order=args.group_order,
-        widths=args.widths,
-        dropout=args.dropout,
-        baseline=args.baseline,
-        generator_init=getattr(args, "generator_init", "reference"),  # checkpoints from before the option: reference
-    ).train()
-
-
 def _autocast(args: argparse.Namespace, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
 
 
-def evaluate(
+def loss_and_error(
     model: torch.nn.Module, data: ImageSet, run: _Run, batch_size: int, args: argparse.Namespace
 ) -> Tuple[float, float]:
     """``(mean loss, error)`` over ``data``, sharded across ranks."""
@@ -231,6 +245,7 @@ def plot_curves(rows: List[Dict[str, float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -240,6 +255,7 @@ def plot_curves(rows: List[Dict[str, float]], path: Path) -> None:
     axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     axes[1].set(xlabel="epoch", ylabel="error (%)", title="error")
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -285,7 +301,8 @@ def _train(args: argparse.Namespace, run: _Run) -> int:
     train, test = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     train, test = train.limit(args.limit_train), test.limit(args.limit_test)
     start_time = time.perf_counter()
-    model = _make_model(args).to(run.device)
+    config = model_config(args)
+    model = build_model(config).to(run.device)
     build_seconds = time.perf_counter() - start_time
     if run.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -328,7 +345,7 @@ def _train(args: argparse.Namespace, run: _Run) -> int:
             kept = f"the last good checkpoint ({checkpoint}) is kept" if checkpoint.exists() else "no checkpoint yet"
             print(f"epdo-train: stopping: {err}; {kept}", file=sys.stderr)
             return 3
-        test_loss, test_error = evaluate(model, test, run, max(args.batch_size, 256), args)
+        test_loss, test_error = loss_and_error(model, test, run, max(args.batch_size, 256), args)
         row = dict(
             epoch=epoch + 1,
             lr=lr,
@@ -353,7 +370,8 @@ def _train(args: argparse.Namespace, run: _Run) -> int:
                 optimizer=optimizer.state_dict(),
                 epoch=epoch + 1,
                 metrics=rows,
-                args=vars(args),
+                config=config.as_dict(),
+                data=dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit_test=args.limit_test),
                 rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
             )
             plot_curves(rows, out / "curves.png")
@@ -377,7 +395,10 @@ def _describe(args: argparse.Namespace) -> str:
     elif args.baseline == "cnn":
         kind = "plain CNN baseline"
     else:
-        kind = f"Neural ePDO {args.model}/{args.dis} g={args.g} s={args.s} r={args.reduction}"
+        kind = (
+            f"Neural ePDO {args.model}/{args.dis} g={args.g} s={args.s} r={args.reduction} "
+            f"normalization={args.normalization}"
+        )
     group = f"{'D' if args.flip else 'C'}{args.group_order}{'|5C' + str(args.group_order) if args.flip else ''}"
     return f"{kind} on {group}"
 

@@ -3,10 +3,10 @@ import torch
 from conftest import TOL, off_grid, quotient, regular_plus_quotient, space
 from escnn import gspaces, nn
 
-from epdo.diffops import METHODS
+from epdo.diffops import DISCRETIZATIONS
 from epdo.equivariance import equivariance_errors, smooth_field
 from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations, adaptive_pdo
-from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS
+from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS, NORMALIZATIONS
 
 REPRESENTATIONS = {
     "regular": lambda gs: gs.regular_repr,
@@ -23,20 +23,23 @@ def randomize(module: torch.nn.Module) -> None:
                 p.normal_()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
 @pytest.mark.parametrize("group_name", ["C4", "C8", "C16", "D4", "D8", "D16"])
-def test_equivariance_exact_on_grid(group_name, method):
+def test_equivariance_exact_on_grid(group_name, discretization):
     gs = space(group_name)
     in_type = nn.FieldType(gs, [gs.regular_repr] * 4)
     out_type = nn.FieldType(gs, [gs.regular_repr] * 2 + [gs.trivial_repr])
-    layer = NeuralePDO(in_type, out_type, g=2, s=1, discretization=method).train()
+    layer = NeuralePDO(in_type, out_type, g=2, s=1, discretization=discretization).train()
     randomize(layer)
     x = nn.GeometricTensor(torch.randn(2, in_type.size, 11, 11), in_type)
     errors = equivariance_errors(layer, x)
     assert max(errors.values()) <= TOL, errors
-    if off_grid(gs) and method == "fd":
+    if off_grid(gs) and discretization == "fd":
         off = equivariance_errors(layer, smooth_field(in_type, 2, 29), off_grid(gs), margin=4)
-        print(f"\nNeuralePDO {group_name} {method} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()})
+        print(
+            f"\nNeuralePDO {group_name} {discretization} off-grid errors:",
+            {str(e): round(v, 3) for e, v in off.items()},
+        )
 
 
 @pytest.mark.parametrize("rep", REPRESENTATIONS)
@@ -107,27 +110,65 @@ def test_parameter_count_matches_the_design_formula():
     assert sum(p.numel() for p in layer.parameters()) == formula - 2 * m == 14144 - 32
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_gradcheck_float64(normalization):
     gs = gspaces.rot2dOnR2(4)
     t = nn.FieldType(gs, [gs.regular_repr] * 2)
-    layer = NeuralePDO(t, t, g=2).double()
+    layer = NeuralePDO(t, t, g=2, normalization=normalization).double()
     x = torch.randn(1, t.size, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: layer(nn.GeometricTensor(v, t)).tensor, (x,))
     coefficients = torch.randn(1, 2 * 4 * 15, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, a: adaptive_pdo(v, a, layer.stencils, 2), (x, coefficients))
+    assert torch.autograd.gradcheck(
+        lambda v, a: adaptive_pdo(v, a, layer.stencils, 2, normalization), (x, coefficients)
+    )
 
 
-def test_adaptive_pdo_matches_unfold_reference():
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_adaptive_pdo_matches_unfold_reference(normalization):
     torch.manual_seed(1)
     b, q, g, d, n_ops, h, w = 2, 3, 2, 4, 15, 7, 8
     stencils = torch.randn(n_ops, 5, 5, dtype=torch.float64)
     x = torch.randn(b, q * g * d, h, w, dtype=torch.float64)
     a = torch.randn(b, g * d * n_ops, h, w, dtype=torch.float64)
     taps = torch.einsum("bjcaz,ap->bjcpz", a.view(b, g, d, n_ops, h * w) * COEFFICIENT_SCALE, stencils.view(n_ops, 25))
-    taps = taps / (taps.abs().sum(dim=(2, 3), keepdim=True) + NORM_EPS)
+    if normalization == "l1":  # the reference: sum of |taps| over the field's channels and taps
+        nu = taps.abs().sum(dim=(2, 3), keepdim=True)
+    else:  # root mean square over the field's channels of each channel's L2 norm
+        nu = taps.square().sum(dim=(2, 3), keepdim=True).div(d).sqrt()
+    taps = taps / (nu + NORM_EPS)
     patches = torch.nn.functional.unfold(x, 5, padding=2).view(b, q, g, d, 25, h * w)
     expected = (patches * taps[:, None]).sum(4).view(b, q * g * d, h, w)
-    torch.testing.assert_close(adaptive_pdo(x, a, stencils, g), expected)
+    torch.testing.assert_close(adaptive_pdo(x, a, stencils, g, normalization), expected)
+
+
+@pytest.mark.parametrize("group_name", ["C8", "D4"])
+def test_layer_preserves_variance_at_initialization(group_name):
+    """Issue 8: the reference's L1 normalization shrank the variance ~1000x (BN running statistics then collapsed
+    eval mode); the default layer keeps it within a factor 4, as escnn's R2Conv does."""
+    torch.manual_seed(0)
+    gs = space(group_name)
+    t = nn.FieldType(gs, [gs.regular_repr] * 8)
+    x = nn.GeometricTensor(torch.randn(8, t.size, 16, 16), t)
+    with torch.no_grad():
+        for normalization, (low, high) in (("rms", (0.25, 4.0)), ("l1", (0.0, 0.01))):
+            ratios = [
+                NeuralePDO(t, t, g=2, discretization=discretization, normalization=normalization)(x).tensor.var().item()
+                for discretization in DISCRETIZATIONS
+            ]
+            assert all(low <= r <= high for r in ratios), (normalization, ratios)
+        escnn_ratio = nn.R2Conv(t, t, 5, padding=2)(x).tensor.var().item()
+        assert 0.25 <= escnn_ratio <= 4.0  # the yardstick
+
+
+@pytest.mark.parametrize("order_decay", [None, 0.5])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_options_keep_exact_equivariance(normalization, order_decay):
+    gs = space("D4")
+    t = nn.FieldType(gs, [gs.regular_repr] * 4)
+    layer = NeuralePDO(t, t, g=2, normalization=normalization, order_decay=order_decay).train()
+    randomize(layer)
+    x = nn.GeometricTensor(torch.randn(2, t.size, 11, 11), t)
+    assert max(equivariance_errors(layer, x).values()) <= TOL
 
 
 def test_export_and_state_dict_round_trip():
@@ -172,6 +213,8 @@ def test_bad_configurations_are_refused_with_numbers():
         NeuralePDO(nn.FieldType(gs, [gs.regular_repr, gs.trivial_repr]), reg, g=1)
     with pytest.raises(ValueError, match="positive integer"):
         NeuralePDO(reg, reg, g=0)
+    with pytest.raises(ValueError, match=r"normalization must be one of \('rms', 'l1'\), got 'l2'"):
+        NeuralePDO(reg, reg, g=2, normalization="l2")
     layer = NeuralePDO(reg, reg, g=2)
     with pytest.raises(TypeError, match="GeometricTensor"):
         layer(torch.randn(1, reg.size, 8, 8))

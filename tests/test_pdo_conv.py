@@ -1,11 +1,12 @@
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import TOL, off_grid, quotient, space
 from escnn import gspaces, nn
 
-from epdo.diffops import METHODS
+from epdo.diffops import DISCRETIZATIONS
 from epdo.equivariance import equivariance_errors, grid_elements, smooth_field
 from epdo.kernels import pdo_filter_basis
 from epdo.nn import PDOConv
@@ -18,20 +19,22 @@ FIELDS = {
 }
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
 @pytest.mark.parametrize("group_name", ["C4", "C8", "C16", "D4", "D8"])
-def test_equivariance_exact_on_grid(group_name, method):
+def test_equivariance_exact_on_grid(group_name, discretization):
     gs = space(group_name)
     in_type = nn.FieldType(gs, [f(gs) for f in FIELDS.values()])
     out_type = nn.FieldType(gs, [f(gs) for f in reversed(FIELDS.values())] + [gs.regular_repr])
-    layer = PDOConv(in_type, out_type, method, bias=True).train()
+    layer = PDOConv(in_type, out_type, discretization, bias=True).train()
     x = nn.GeometricTensor(torch.randn(2, in_type.size, 13, 13), in_type)
     errors = equivariance_errors(layer, x)
     assert len(errors) == len(grid_elements(gs))
     assert max(errors.values()) <= TOL, errors
     off = equivariance_errors(layer, smooth_field(in_type, 2, 29), off_grid(gs), margin=4)
     if off:
-        print(f"\nPDOConv {group_name} {method} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()})
+        print(
+            f"\nPDOConv {group_name} {discretization} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()}
+        )
 
 
 @pytest.mark.parametrize("name", FIELDS)
@@ -49,6 +52,26 @@ def test_basis_sizes_follow_frobenius_reciprocity():
     assert pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, "fd").shape[0] == 15 * 16
     d16 = gspaces.flipRot2dOnR2(16)
     assert pdo_filter_basis(d16, d16.trivial_repr, d16.regular_repr, "fd").shape[0] == 15
+
+
+@pytest.mark.parametrize("discretization", ["fd", "gauss"])
+def test_order_graded_basis_spans_the_same_space_scaled_per_order(discretization):
+    gs = gspaces.rot2dOnR2(8)
+    plain = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, discretization)
+    graded = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, discretization, order_decay=0.5)
+    assert graded.shape == plain.shape
+    flat_plain, flat_graded = plain.reshape(len(plain), -1), graded.reshape(len(graded), -1)
+    projector = flat_plain.T @ flat_plain  # plain is orthonormal
+    np.testing.assert_allclose(flat_graded @ projector, flat_graded, atol=1e-9)  # same span
+    # orthonormal within each order k (Frobenius reciprocity: 8 (k + 1) elements), scaled by 0.5 ** k
+    gram, start = flat_graded @ flat_graded.T, 0
+    for k in range(5):
+        size = 8 * (k + 1)
+        block = gram[start : start + size, start : start + size]
+        np.testing.assert_allclose(block, 0.25**k * np.eye(size), atol=1e-9)
+        start += size
+    with pytest.raises(ValueError, match="order_decay must be a positive number, got 0"):
+        pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, discretization, order_decay=0)
 
 
 def test_build_time_with_cached_basis():

@@ -3,7 +3,7 @@ import pytest
 from escnn import gspaces
 
 from epdo.diffops import (
-    METHODS,
+    DISCRETIZATIONS,
     coefficient_representation,
     derivative_matrix,
     derivative_representation,
@@ -24,10 +24,10 @@ def stencil_at_gz(stack: np.ndarray, g: np.ndarray) -> np.ndarray:
     return stack[:, c - gy, c + gx]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
 @pytest.mark.parametrize("space", SPACES, ids=lambda s: s.name)
-def test_stencils_transform_by_the_representation(space, method):
-    stack = stencils_numpy(method)
+def test_stencils_transform_by_the_representation(space, discretization):
+    stack = stencils_numpy(discretization)
     rep = derivative_representation(space)
     elements = grid_elements(space)
     assert len(elements) == 4 * (2 if space.flips_order > 0 else 1)

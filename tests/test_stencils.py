@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from epdo.diffops import METHODS, grid_coordinates, multi_indices, num_operators, stencils, stencils_numpy
+from epdo.diffops import DISCRETIZATIONS, grid_coordinates, multi_indices, num_operators, stencils, stencils_numpy
 
 
 def response(stack: np.ndarray, p: int, q: int) -> np.ndarray:
@@ -18,11 +18,11 @@ def truth(p: int, q: int, max_order: int = 4) -> np.ndarray:
     return np.array([math.factorial(p) * math.factorial(q) * (i == p and j == q) for i, j in multi_indices(max_order)])
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_shape_and_order(method):
-    s = stencils(method)
+@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+def test_shape_and_order(discretization):
+    s = stencils(discretization)
     assert s.shape == (15, 5, 5) and s.dtype == torch.get_default_dtype()
-    assert stencils(method, max_order=2, size=3).shape == (6, 3, 3)
+    assert stencils(discretization, max_order=2, size=3).shape == (6, 3, 3)
     assert num_operators(4) == 15 and multi_indices(2) == [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
 
 
@@ -68,10 +68,10 @@ def test_gauss_approximates_derivatives_with_known_error():
                     assert abs(response(stack, p, q)[index]) < 1e-12
 
 
-@pytest.mark.parametrize("method", ["gauss", "rbffd"])
-def test_orientation_and_sign_agree_with_fd(method):
+@pytest.mark.parametrize("discretization", ["gauss", "rbffd"])
+def test_orientation_and_sign_agree_with_fd(discretization):
     fd = stencils_numpy("fd").reshape(15, -1)
-    other = stencils_numpy(method).reshape(15, -1)
+    other = stencils_numpy(discretization).reshape(15, -1)
     fd_n = fd / np.linalg.norm(fd, axis=1, keepdims=True)
     other_n = other / np.linalg.norm(other, axis=1, keepdims=True)
     similarity = other_n @ fd_n.T

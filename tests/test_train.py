@@ -9,6 +9,7 @@ import torch
 import epdo.train as train_module
 from epdo.evaluate import main as evaluate_main
 from epdo.evaluate import parse_angles
+from epdo.models import ModelConfig, build_model, config_from_checkpoint
 from epdo.train import learning_rate
 from epdo.train import main as train_main
 
@@ -60,8 +61,8 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
-    build = train_module._make_model
-    monkeypatch.setattr(train_module, "_make_model", lambda args: _NaNAfter(build(args), after=6))  # epoch 2
+    build = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda config: _NaNAfter(build(config), after=6))  # epoch 2
     out = tmp_path / "run"
     assert train_main([*TINY, "--epochs", "3", "--out", str(out)]) == 3
     assert "non-finite loss" in capsys.readouterr().err
@@ -91,6 +92,50 @@ def test_evaluate_rotation_table(tmp_path, capsys, baseline):
     assert len({r[1] for r in rows}) == 1  # 90-degree turns: the same error (the model is C4-invariant)
     assert (out / "rotation_errors.png").exists()
     assert parse_angles("0:45:15") == [0, 15, 30]
+
+
+def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--model", "Q", "--reduction", "2"]) == 0
+    path = out / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    assert "args" not in state
+    config = config_from_checkpoint(state)
+    assert config == ModelConfig(**state["config"])
+    assert (config.fields, config.discretization, config.widths, config.normalization) == (
+        "quotient", "fd", (4, 4, 4, 4, 4, 4), "rms"
+    )  # fmt: skip
+    # a checkpoint in the earlier format: the whole CLI namespace under "args", layers with L1 normalization
+    old = dict(model="Q", dis="fd", flip=False, g=2, s=1, reduction=2, group_order=4, widths=[4] * 6, dropout=0.1,
+               baseline="none", dataset="synthetic", data_dir=None, seed=0, limit_test=32, epochs=1)  # fmt: skip
+    legacy = build_model(ModelConfig(**{**state["config"], "normalization": "l1", "generator_init": "reference"}))
+    torch.save(dict(model=legacy.state_dict(), args=old), tmp_path / "old.pt")
+    assert config_from_checkpoint(torch.load(tmp_path / "old.pt", weights_only=False)) == ModelConfig(
+        fields="quotient", discretization="fd", g=2, s=1, reduction=2, group_order=4, widths=(4,) * 6,
+        generator_init="reference", normalization="l1",
+    )  # fmt: skip
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--rotations", "0", "--no-progress"]) == 0
+    torch.save(dict(model=legacy.state_dict()), tmp_path / "foreign.pt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "foreign.pt"), "--no-progress"]) == 2
+    assert "expected a 'config'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
+     ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
+     ("--widths", "4,4,0,4,4,4"), ("--epochs", "two")],
+)  # fmt: skip
+def test_cli_refuses_non_positive_numbers(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*TINY, flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and value in err
+    with pytest.raises(SystemExit):
+        evaluate_main(["--checkpoint", "x.pt", "--limit-test", "0"])
+    assert "argument --limit-test: must be a positive integer, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")

@@ -1,6 +1,6 @@
 """Datasets (MNIST-rot, rotated Fashion-MNIST, synthetic) and training-time augmentation."""
 
-from epdo.data.augment import random_rotation
+from epdo.data.augment import random_rotation, rotate_batch
 from epdo.data.datasets import (
     DATASETS,
     DatasetError,
@@ -23,5 +23,6 @@ __all__ = [
     "load_mnist_rot",
     "parse_amat",
     "random_rotation",
+    "rotate_batch",
     "synthetic",
 ]

@@ -1,11 +1,19 @@
 """Derivative operators: multi-indices, stencils and their group representation."""
 
-from epdo.diffops.multiindex import multi_indices, num_operators
-from epdo.diffops.representation import coefficient_representation, derivative_matrix, derivative_representation
-from epdo.diffops.stencils import METHODS, grid_coordinates, stencils, stencils_numpy
+from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators
+from epdo.diffops.representation import (
+    check_planar_gspace,
+    coefficient_representation,
+    derivative_matrix,
+    derivative_representation,
+)
+from epdo.diffops.stencils import DISCRETIZATIONS, check_discretization, grid_coordinates, stencils, stencils_numpy
 
 __all__ = [
-    "METHODS",
+    "DISCRETIZATIONS",
+    "check_discretization",
+    "check_max_order",
+    "check_planar_gspace",
     "coefficient_representation",
     "derivative_matrix",
     "derivative_representation",

@@ -9,7 +9,7 @@ of degree k.  Derivative stencils obey the same law on grid symmetries:  ``S_a(g
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -18,6 +18,7 @@ from escnn.group.representation import build_from_discrete_group_representation
 from escnn.gspaces import GSpace2D
 
 from epdo.diffops.multiindex import check_max_order, multi_indices
+from epdo.memo import memoize
 
 
 def derivative_matrix(g: np.ndarray, max_order: int = 4) -> np.ndarray:
@@ -38,38 +39,38 @@ def derivative_matrix(g: np.ndarray, max_order: int = 4) -> np.ndarray:
     return scipy.linalg.block_diag(*blocks)
 
 
-_CACHE: Dict[Tuple[str, int, bool], Representation] = {}
-
-
-def _check_gspace(gspace: GSpace2D) -> None:
+def check_planar_gspace(gspace: Any, context: str = "") -> None:
+    """Raise ``ValueError`` unless ``gspace`` is escnn's ``rot2dOnR2(N)`` or ``flipRot2dOnR2(N)`` (a finite group
+    acting on the plane); ``context`` (e.g. a module name) prefixes the message."""
     if not isinstance(gspace, GSpace2D) or gspace.fibergroup.order() <= 0:
+        prefix = f"{context}: " if context else ""
         raise ValueError(
-            "expected a gspace of a finite group acting on the plane (rot2dOnR2(N) or flipRot2dOnR2(N)), "
+            f"{prefix}expected a gspace of a finite group acting on the plane (rot2dOnR2(N) or flipRot2dOnR2(N)), "
             f"got {gspace!r}"
         )
 
 
+@memoize
 def _build(gspace: GSpace2D, max_order: int, dual: bool) -> Representation:
-    _check_gspace(gspace)
-    check_max_order(max_order)
-    key = (gspace.name, max_order, dual)
-    if key not in _CACHE:
-        group = gspace.fibergroup
-        matrices = {}
-        for element in group.elements:
-            d = derivative_matrix(gspace.basespace_action(element), max_order)
-            matrices[element] = np.linalg.inv(d).T if dual else d
-        name = f"{'dual_' if dual else ''}derivatives{max_order}@{gspace.name}"
-        _CACHE[key] = build_from_discrete_group_representation(matrices, name, group, [])
-    return _CACHE[key]
+    group = gspace.fibergroup
+    matrices = {}
+    for element in group.elements:
+        d = derivative_matrix(gspace.basespace_action(element), max_order)
+        matrices[element] = np.linalg.inv(d).T if dual else d
+    name = f"{'dual_' if dual else ''}derivatives{max_order}@{gspace.name}"
+    return build_from_discrete_group_representation(matrices, name, group, [])
 
 
 def derivative_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
     """escnn ``Representation`` ``D`` of ``gspace.fibergroup`` on the derivative vector (cached)."""
+    check_planar_gspace(gspace)
+    check_max_order(max_order)
     return _build(gspace, max_order, dual=False)
 
 
 def coefficient_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
     """The contragredient ``D^-T(g) = D(g^-1)^T``: how PDO coefficients ``A`` with ``sum_a A_a d^a f`` invariant
     transform (cached)."""
+    check_planar_gspace(gspace)
+    check_max_order(max_order)
     return _build(gspace, max_order, dual=True)

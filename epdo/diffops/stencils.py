@@ -6,7 +6,7 @@ the entry ``S[u, v]`` is the weight of the pixel at ``x = v - c`` (column offset
 the derivative at the centre pixel:  ``(S * f)(p) = sum_{u,v} S[u, v] f(p + (u - c, v - c)) ~ d^a f(p)``.
 
 Stencils are stacked in the order of :func:`epdo.diffops.multi_indices`: orders ``k = 0..max_order``
-and, within an order, ``[d_x^k, d_x^(k-1) d_y, ..., d_y^k]``.  Every method gives ``d_x^i d_y^j`` a
+and, within an order, ``[d_x^k, d_x^(k-1) d_y, ..., d_y^k]``.  Every discretization gives ``d_x^i d_y^j`` a
 positive response to the monomial ``x^i y^j``.
 
 Methods:
@@ -129,39 +129,41 @@ def _rbffd(max_order: int, size: int) -> np.ndarray:
     return weights.T.reshape(-1, size, size)
 
 
-_METHODS: Dict[str, Callable[[int, int], np.ndarray]] = {"fd": _fd, "gauss": _gauss, "rbffd": _rbffd}
-METHODS = tuple(_METHODS)
+_DISCRETIZATIONS: Dict[str, Callable[[int, int], np.ndarray]] = {"fd": _fd, "gauss": _gauss, "rbffd": _rbffd}
+DISCRETIZATIONS = tuple(_DISCRETIZATIONS)
 
 
-def check_method(method: str) -> None:
-    """Raise ``ValueError`` unless ``method`` names a discretization."""
-    if method not in _METHODS:
-        raise ValueError(f"unknown discretization {method!r}; valid ones are {', '.join(METHODS)}")
+def check_discretization(discretization: str) -> None:
+    """Raise ``ValueError`` unless ``discretization`` names a discretization."""
+    if discretization not in _DISCRETIZATIONS:
+        raise ValueError(f"unknown discretization {discretization!r}; valid ones are {', '.join(DISCRETIZATIONS)}")
 
 
 @cache
-def _stencils_float64(method: str, max_order: int, size: int) -> np.ndarray:
-    check_method(method)
+def _stencils_float64(discretization: str, max_order: int, size: int) -> np.ndarray:
+    check_discretization(discretization)
     check_max_order(max_order)
     if not isinstance(size, int) or size % 2 == 0:
         raise ValueError(f"stencil size must be an odd integer, got {size!r}")
-    stack = _METHODS[method](max_order, size)
+    stack = _DISCRETIZATIONS[discretization](max_order, size)
     stack.setflags(write=False)
     return stack
 
 
-def stencils_numpy(method: str, max_order: int = 4, size: int = 5) -> np.ndarray:
+def stencils_numpy(discretization: str, max_order: int = 4, size: int = 5) -> np.ndarray:
     """float64 ``(n_ops, size, size)`` stencil stack (read-only, cached); see :func:`stencils`."""
-    return _stencils_float64(method, max_order, size)
+    return _stencils_float64(discretization, max_order, size)
 
 
-def stencils(method: str, max_order: int = 4, size: int = 5, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def stencils(
+    discretization: str, max_order: int = 4, size: int = 5, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
     """Derivative stencils, shape ``(n_ops, size, size)``, ``n_ops = (max_order + 1)(max_order + 2) / 2``.
 
     Args:
-        method: ``"fd"``, ``"gauss"`` or ``"rbffd"``.
+        discretization: ``"fd"``, ``"gauss"`` or ``"rbffd"``.
         max_order: highest derivative order, 0..4.
         size: odd stencil width.
         dtype: torch dtype of the result (default: ``torch.get_default_dtype()``); computed in float64.
     """
-    return torch.tensor(stencils_numpy(method, max_order, size), dtype=dtype or torch.get_default_dtype())
+    return torch.tensor(stencils_numpy(discretization, max_order, size), dtype=dtype or torch.get_default_dtype())

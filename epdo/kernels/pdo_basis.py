@@ -8,17 +8,14 @@ derivative.  Contracting such a ``W`` with the stencils gives a ``size x size`` 
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Optional
 
 import numpy as np
 from escnn.group import Representation
 from escnn.gspaces import GSpace2D
 
-from epdo.diffops import derivative_representation, stencils_numpy
-
-_INTERTWINERS: Dict[Tuple[str, str, str], np.ndarray] = {}
-_FILTERS: Dict[Tuple[str, str, str, str, int, int], np.ndarray] = {}
-_COEFFICIENTS: Dict[Tuple[str, str, str, str, int, int], np.ndarray] = {}
+from epdo.diffops import derivative_representation, multi_indices, stencils_numpy
+from epdo.memo import memoize
 
 
 def orthonormalize(basis: np.ndarray, metric_view: np.ndarray = None) -> np.ndarray:
@@ -53,22 +50,55 @@ def canonical_basis(basis: np.ndarray, seed: int = 0) -> np.ndarray:
     return orthonormalize(np.tensordot(coefficients, basis, axes=1))
 
 
+def order_graded_basis(hom: np.ndarray, stencil: np.ndarray, order_decay: float) -> np.ndarray:
+    """Re-basis PDO coefficients ``hom`` ``(K, X, n_ops, Y)`` (derivatives on axis 2) order by order: for each order
+    ``k``, a canonical basis of the order-``k`` part, orthonormal for the filters it composes with ``stencil``
+    ``(n_ops, u, v)``, scaled by ``order_decay ** k``.  Shape ``(K', X, n_ops, Y)``, ``K' = K`` for a basis whose
+    span splits by order (the equivariant ones do: ``D`` is block diagonal by order).
+
+    With ``order_decay < 1`` higher derivatives start smaller and, under Adam (steps of similar size per parameter),
+    also move more slowly: a smoothness prior on the learned operators.
+    """
+    if isinstance(order_decay, bool) or not isinstance(order_decay, (int, float)) or not order_decay > 0:
+        raise ValueError(f"order_decay must be a positive number, got {order_decay!r}")
+    max_order = int(round((np.sqrt(8 * len(stencil) + 1) - 3) / 2))
+    order_of_op = np.array([i + j for i, j in multi_indices(max_order)])
+    graded = []
+    for k in range(max_order + 1):
+        part = np.where((order_of_op == k)[None, None, :, None], hom, 0.0)
+        composed = np.einsum("kxay,auv->kxyuv", part, stencil).reshape(len(part), -1)
+        eigenvalues, eigenvectors = np.linalg.eigh(composed @ composed.T)
+        keep = eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)
+        if not keep.any():
+            continue
+        to_orthonormal = (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])).T
+        part, composed = np.tensordot(to_orthonormal, part, axes=1), to_orthonormal @ composed
+        probe = np.random.default_rng(k).standard_normal((len(part), composed.shape[1]))
+        canonical = probe @ composed.T  # the probe projected onto the span, in these orthonormal coordinates
+        eigenvalues, eigenvectors = np.linalg.eigh(canonical @ canonical.T)
+        transform = ((eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T) @ canonical
+        graded.append(order_decay**k * np.tensordot(transform, part, axes=1))
+    return np.concatenate(graded)
+
+
+def _check_same_group(rho_in: Representation, rho_out: Representation) -> None:
+    if rho_in.group != rho_out.group:
+        raise ValueError(f"representations of different groups: {rho_in.group} and {rho_out.group}")
+
+
+@memoize
 def intertwiner_basis(rho_in: Representation, rho_out: Representation) -> np.ndarray:
     """Orthonormal, canonical (:func:`canonical_basis`) basis of ``Hom_G(rho_in, rho_out)``: ``(n_basis, d_out, d_in)``,
     float64, read-only, cached.
 
     ``n_basis`` follows Frobenius reciprocity, e.g. ``dim rho_in`` when ``rho_out`` is regular.
     """
-    if rho_in.group != rho_out.group:
-        raise ValueError(f"representations of different groups: {rho_in.group} and {rho_out.group}")
-    key = (rho_in.group.name, rho_in.name, rho_out.name)
-    if key not in _INTERTWINERS:
-        basis = _homomorphisms(rho_in, rho_out)
-        if len(basis):
-            basis = canonical_basis(basis)
-        basis.setflags(write=False)
-        _INTERTWINERS[key] = basis
-    return _INTERTWINERS[key]
+    _check_same_group(rho_in, rho_out)
+    basis = _homomorphisms(rho_in, rho_out)
+    if len(basis):
+        basis = canonical_basis(basis)
+    basis.setflags(write=False)
+    return basis
 
 
 def _homomorphisms(rho_in: Representation, rho_out: Representation) -> np.ndarray:
@@ -89,53 +119,60 @@ def _homomorphisms(rho_in: Representation, rho_out: Representation) -> np.ndarra
     return rho_out.change_of_basis @ np.stack(blocks) @ rho_in.change_of_basis_inv
 
 
+@memoize
 def pdo_filter_basis(
     gspace: GSpace2D,
     rho_in: Representation,
     rho_out: Representation,
-    method: str,
+    discretization: str,
     max_order: int = 4,
     size: int = 5,
+    order_decay: Optional[float] = None,
 ) -> np.ndarray:
-    """Orthonormal filters of the equivariant PDOs ``rho_in -> rho_out``: ``(n_basis, d_out, d_in, size, size)``.
+    """Filters of the equivariant PDOs ``rho_in -> rho_out``: ``(n_basis, d_out, d_in, size, size)``.
 
     ``n_basis = dim Hom_G(rho_in (x) D, rho_out)``: 15 for trivial -> C_N regular, ``15 N`` for regular ->
-    regular (max_order 4).  float64, read-only, cached per (gspace, representations, method, order, size).
+    regular (max_order 4).  Orthonormal with ``order_decay=None``; else orthonormal within each derivative order
+    and scaled by ``order_decay ** order`` (:func:`order_graded_basis`).  float64, read-only, cached.
     """
-    key = (gspace.name, rho_in.name, rho_out.name, method, max_order, size)
-    if key not in _FILTERS:
-        stencil = stencils_numpy(method, max_order, size)
-        deriv = derivative_representation(gspace, max_order)
-        hom = intertwiner_basis(rho_in.tensor(deriv), rho_out)
-        hom = hom.reshape(hom.shape[0], rho_out.size, rho_in.size, deriv.size)
-        filters = np.einsum("koca,auv->kocuv", hom, stencil)
-        if len(filters):
-            filters = orthonormalize(filters)
-        filters.setflags(write=False)
-        _FILTERS[key] = filters
-    return _FILTERS[key]
+    stencil = stencils_numpy(discretization, max_order, size)
+    deriv = derivative_representation(gspace, max_order)
+    hom = intertwiner_basis(rho_in.tensor(deriv), rho_out)
+    hom = hom.reshape(hom.shape[0], rho_out.size, rho_in.size, deriv.size)
+    if len(hom) and order_decay is not None:
+        hom = order_graded_basis(hom.reshape(len(hom), -1, deriv.size, 1), stencil, order_decay)
+        hom = hom.reshape(len(hom), rho_out.size, rho_in.size, deriv.size)
+    filters = np.einsum("koca,auv->kocuv", hom, stencil)
+    if len(filters) and order_decay is None:
+        filters = orthonormalize(filters)
+    filters.setflags(write=False)
+    return filters
 
 
+@memoize
 def pdo_coefficient_basis(
     rho_in: Representation,
     rho_coefficients: Representation,
-    method: str,
+    discretization: str,
     max_order: int = 4,
     size: int = 5,
+    order_decay: Optional[float] = None,
 ) -> np.ndarray:
     """Basis of ``Hom_G(rho_in, rho_coefficients)`` for a coefficient representation ``rho (x) D^-T`` (index
-    ``(c, a)``), orthonormal for the filters the coefficients compose: ``<A, B> = sum A[c,a] B[c,b] <S_a, S_b>``.
+    ``(c, a)``), orthonormal for the filters the coefficients compose: ``<A, B> = sum A[c,a] B[c,b] <S_a, S_b>``
+    (with ``order_decay``: per derivative order, scaled by ``order_decay ** order``, :func:`order_graded_basis`).
 
     Shape ``(n_basis, d * n_ops, d_in)``; float64, read-only, cached.
     """
-    key = (rho_in.group.name, rho_in.name, rho_coefficients.name, method, max_order, size)
-    if key not in _COEFFICIENTS:
-        stencil = stencils_numpy(method, max_order, size)
-        n_ops = len(stencil)
-        hom = intertwiner_basis(rho_in, rho_coefficients)
-        split = hom.reshape(len(hom), -1, n_ops, rho_in.size)
-        composed = np.einsum("kcai,auv->kcuvi", split, stencil)
-        basis = orthonormalize(hom, composed) if len(hom) else hom
-        basis.setflags(write=False)
-        _COEFFICIENTS[key] = basis
-    return _COEFFICIENTS[key]
+    stencil = stencils_numpy(discretization, max_order, size)
+    n_ops = len(stencil)
+    hom = intertwiner_basis(rho_in, rho_coefficients)
+    split = hom.reshape(len(hom), -1, n_ops, rho_in.size)
+    if not len(hom):
+        basis = hom
+    elif order_decay is None:
+        basis = orthonormalize(hom, np.einsum("kcai,auv->kcuvi", split, stencil))
+    else:
+        basis = order_graded_basis(split, stencil, order_decay).reshape(-1, *hom.shape[1:])
+    basis.setflags(write=False)
+    return basis

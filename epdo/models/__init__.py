@@ -2,10 +2,13 @@
 
 from epdo.models.mnist_rot import (
     BASELINES,
-    MODELS,
+    FIELDS,
     PAPER_WIDTHS,
     EquivariantClassifier,
+    ModelConfig,
     PlainCNN,
+    build_model,
+    config_from_checkpoint,
     count_parameters,
     mnist_rot_model,
     plain_cnn,
@@ -13,10 +16,13 @@ from epdo.models.mnist_rot import (
 
 __all__ = [
     "BASELINES",
-    "MODELS",
+    "FIELDS",
     "PAPER_WIDTHS",
     "EquivariantClassifier",
+    "ModelConfig",
     "PlainCNN",
+    "build_model",
+    "config_from_checkpoint",
     "count_parameters",
     "mnist_rot_model",
     "plain_cnn",

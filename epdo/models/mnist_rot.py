@@ -7,16 +7,79 @@ global max pooling and a two-layer classifier.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from escnn import group, gspaces, nn
 
 from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations
 
-PAPER_WIDTHS = {"R": (16, 24, 32, 32, 48, 64), "Q": (12, 16, 24, 24, 32, 64), "flip": (12, 16, 24, 24, 32, 64)}
-MODELS = ("R", "Q")
+PAPER_WIDTHS = {
+    "regular": (16, 24, 32, 32, 48, 64),
+    "quotient": (12, 16, 24, 24, 32, 64),
+    "flip": (12, 16, 24, 24, 32, 64),
+}
+FIELDS = ("regular", "quotient")
 BASELINES = ("none", "pdo", "escnn", "cnn")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model of :func:`mnist_rot_model` (stored in checkpoints; see its arguments)."""
+
+    fields: str = "regular"
+    discretization: str = "fd"
+    flip: bool = False
+    g: int = 4
+    s: int = 4
+    reduction: int = 1
+    group_order: int = 16
+    widths: Optional[Tuple[int, ...]] = None
+    dropout: float = 0.1
+    baseline: str = "none"
+    generator_init: str = "static"
+    normalization: str = "rms"
+    order_decay: Optional[float] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def build_model(config: ModelConfig) -> torch.nn.Module:
+    """The model of ``config``, in training mode (escnn's ``R2Conv`` registers eval-only buffers until ``train()``,
+    which would make a fresh model's ``state_dict`` keys differ from a saved one's)."""
+    return mnist_rot_model(**config.as_dict()).train()
+
+
+_OLD_FIELDS = {"R": "regular", "Q": "quotient"}
+
+
+def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
+    """The :class:`ModelConfig` of a checkpoint written by ``epdo-train``, this version's (``state["config"]``) or an
+    earlier one's (the CLI namespace ``state["args"]``, whose layers used the reference's L1 normalization)."""
+    if "config" in state:
+        return ModelConfig(**state["config"])
+    if "args" not in state:
+        raise ValueError(
+            f"not an epdo-train checkpoint: expected a 'config' (or, before version 0.2, 'args') entry, found keys "
+            f"{sorted(state)}"
+        )
+    args = state["args"]
+    try:
+        converted = dict(fields=_OLD_FIELDS[args["model"]], discretization=args["dis"], normalization="l1")
+    except KeyError as err:
+        raise ValueError(
+            f"checkpoint 'args' lacks {err}; convert it by hand: state['config'] = epdo.models.ModelConfig(...)"
+            ".as_dict()"
+        ) from None
+    known = {f.name for f in dataclass_fields(ModelConfig)}
+    converted.update({k: v for k, v in args.items() if k in known and k not in converted})
+    converted.setdefault("generator_init", "reference")  # checkpoints from before the option
+    if converted.get("widths") is not None:
+        converted["widths"] = tuple(converted["widths"])
+    return ModelConfig(**converted)
 
 
 class EquivariantClassifier(torch.nn.Module):
@@ -49,8 +112,8 @@ def _classifier(channels: int, classes: int = 10) -> torch.nn.Module:
 
 
 def mnist_rot_model(
-    model: str = "R",
-    dis: str = "fd",
+    fields: str = "regular",
+    discretization: str = "fd",
     flip: bool = False,
     g: int = 4,
     s: int = 4,
@@ -60,12 +123,15 @@ def mnist_rot_model(
     dropout: float = 0.1,
     baseline: str = "none",
     generator_init: str = "static",
+    normalization: str = "rms",
+    order_decay: Optional[float] = None,
 ) -> torch.nn.Module:
     """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
 
     Args:
-        model: ``"R"`` (regular fields) or ``"Q"`` (regular + quotient by C_4 fields, d = |G| + |G|/4).
-        dis: discretization of every PDO (``"fd"``, ``"gauss"``, ``"rbffd"``).
+        fields: ``"regular"`` or ``"quotient"`` (regular + quotient by C_4 fields, d = |G| + |G|/4); the CLI's
+            ``--model R|Q``.
+        discretization: of every PDO (``"fd"``, ``"gauss"``, ``"rbffd"``); the CLI's ``--dis``.
         flip: D_N for layers 1-5, restricted to C_N before layer 6 (the D16|5C16 model).
         g, s, reduction: Neural ePDO hyperparameters (see :class:`epdo.nn.NeuralePDO`).
         group_order: N.
@@ -74,41 +140,54 @@ def mnist_rot_model(
         dropout: field dropout of layers 3-6.
         baseline: ``"none"``; ``"pdo"`` (every layer a static :class:`PDOConv`); ``"escnn"`` (escnn ``R2Conv`` 5x5);
             ``"cnn"`` (a plain CNN, see :func:`plain_cnn`).
-        generator_init: ``"static"`` or ``"reference"`` (see :class:`epdo.nn.NeuralePDO`).
+        generator_init, normalization, order_decay: see :class:`epdo.nn.NeuralePDO` (``order_decay`` applies to
+            the static PDO layers too).
     """
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if fields not in FIELDS:
+        raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    widths = tuple(widths or PAPER_WIDTHS["flip" if flip else model])
+    widths = tuple(widths or PAPER_WIDTHS["flip" if flip else fields])
     if len(widths) != 6 or any(w < 1 for w in widths):
         raise ValueError(f"widths must be six positive integers, got {widths}")
     if baseline == "cnn":
-        return plain_cnn(_reference_params(model, dis, flip, g, s, reduction, group_order, widths), dropout=dropout)
+        neural = dict(fields=fields, discretization=discretization, flip=flip, g=g, s=s, reduction=reduction)
+        target = count_parameters(mnist_rot_model(**neural, group_order=group_order, widths=widths, dropout=0.0))
+        return plain_cnn(target, dropout=dropout)
 
-    space = gspaces.flipRot2dOnR2(group_order) if flip else gspaces.rot2dOnR2(group_order)
+    gspace = gspaces.flipRot2dOnR2(group_order) if flip else gspaces.rot2dOnR2(group_order)
 
     def field(gs) -> group.Representation:
-        if model == "R":
+        if fields == "regular":
             return gs.regular_repr
         if group_order % 4:
-            raise ValueError(f"model Q needs a group order divisible by 4, got {group_order}")
+            raise ValueError(f"quotient fields need a group order divisible by 4, got {group_order}")
         quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
         return group.directsum([gs.regular_repr, quotient])
 
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
         if baseline == "pdo":
-            return PDOConv(in_type, out_type, dis)
+            return PDOConv(in_type, out_type, discretization, order_decay=order_decay)
         if baseline == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
         return NeuralePDO(
-            in_type, out_type, g=g, s=s, reduction=reduction, discretization=dis, generator_init=generator_init
+            in_type,
+            out_type,
+            g=g,
+            s=s,
+            reduction=reduction,
+            discretization=discretization,
+            generator_init=generator_init,
+            normalization=normalization,
+            order_decay=order_decay,
         )
 
-    types = [nn.FieldType(space, [field(space)] * w) for w in widths]
-    image = nn.FieldType(space, [space.trivial_repr])
+    types = [nn.FieldType(gspace, [field(gspace)] * w) for w in widths]
+    image = nn.FieldType(gspace, [gspace.trivial_repr])
     first = (
-        nn.R2Conv(image, types[0], 5, padding=2, bias=False) if baseline == "escnn" else PDOConv(image, types[0], dis)
+        nn.R2Conv(image, types[0], 5, padding=2, bias=False)
+        if baseline == "escnn"
+        else PDOConv(image, types[0], discretization, order_decay=order_decay)
     )
     modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
     for index in range(1, 6):
@@ -117,8 +196,8 @@ def mnist_rot_model(
             restrict = RestrictToRotations(in_type)
             modules.append(restrict)
             in_type = restrict.out_type
-            c_space = in_type.gspace
-            types[5] = nn.FieldType(c_space, [field(c_space)] * (2 * widths[5]))
+            c_gspace = in_type.gspace
+            types[5] = nn.FieldType(c_gspace, [field(c_gspace)] * (2 * widths[5]))
         modules += [layer(in_type, types[index]), *_norm_relu(types[index])]
         if index in (1, 3):
             modules.append(nn.PointwiseMaxPool2D(types[index], 2))
@@ -176,10 +255,3 @@ def plain_cnn(target_params: int, dropout: float = 0.1, base: Sequence[int] = (1
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def _reference_params(model, dis, flip, g, s, reduction, group_order, widths) -> int:
-    """Parameter count of the matching Neural ePDO model (the target of the plain CNN)."""
-    return count_parameters(
-        mnist_rot_model(model, dis, flip, g, s, reduction, group_order, widths, dropout=0.0, baseline="none")
-    )

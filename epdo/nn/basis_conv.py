@@ -25,7 +25,6 @@ class BasisConv(CachedWeight, EquivariantModule):
 
     def __init__(
         self,
-        name: str,
         in_type: FieldType,
         out_type: FieldType,
         basis: BasisFn,
@@ -34,16 +33,16 @@ class BasisConv(CachedWeight, EquivariantModule):
         groups: int = 1,
     ) -> None:
         super().__init__()
+        name = type(self).__name__  # error messages name the concrete layer (PDOConv, Conv1x1)
         check_field_types(name, in_type, out_type)
         group_in_type = _group_type(name, in_type, out_type, groups)
-        self.name = name
         self.in_type, self.out_type = in_type, out_type
-        self.space = in_type.gspace
+        self.gspace = in_type.gspace
         self.size, self.groups = size, groups
         self.filter_expansion = BlockBasisExpansion(group_in_type, out_type, basis)
         self.bias_expansion: Optional[BlockBasisExpansion] = None
         if bias:
-            trivial = FieldType(self.space, [self.space.trivial_repr])
+            trivial = FieldType(self.gspace, [self.gspace.trivial_repr])
             self.bias_expansion = BlockBasisExpansion(trivial, out_type, intertwiner_basis)
             for parameter in self.bias_expansion.parameters():
                 torch.nn.init.zeros_(parameter)
@@ -61,14 +60,15 @@ class BasisConv(CachedWeight, EquivariantModule):
         return self.cached(compute)
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
-        check_input(self.name, x, self.in_type)
+        check_input(type(self).__name__, x, self.in_type)
         weight, bias = self.filter_and_bias()
         out = F.conv2d(x.tensor, weight, bias, padding=self.size // 2, groups=self.groups)
         return GeometricTensor(out, self.out_type)
 
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         if len(input_shape) != 4 or input_shape[1] != self.in_type.size:
-            raise ValueError(f"{self.name}: expected shape (B, {self.in_type.size}, H, W), got {tuple(input_shape)}")
+            expected = f"(B, {self.in_type.size}, H, W)"
+            raise ValueError(f"{type(self).__name__}: expected shape {expected}, got {tuple(input_shape)}")
         return (input_shape[0], self.out_type.size, *input_shape[2:])
 
     @torch.no_grad()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from escnn.gspaces import GSpace2D
+import numpy as np
+from escnn.group import Representation
 from escnn.nn import FieldType, GeometricTensor
+
+from epdo.diffops import check_planar_gspace
 
 
 def check_field_types(module: str, in_type: Any, out_type: Any) -> None:
@@ -17,11 +20,17 @@ def check_field_types(module: str, in_type: Any, out_type: Any) -> None:
         raise ValueError(
             f"{module}: in_type and out_type must share one gspace, got {in_type.gspace} and {out_type.gspace}"
         )
-    gspace = in_type.gspace
-    if not isinstance(gspace, GSpace2D) or gspace.fibergroup.order() <= 0:
-        raise ValueError(
-            f"{module}: expected field types on rot2dOnR2(N) or flipRot2dOnR2(N) (a finite group), got {gspace}"
-        )
+    check_planar_gspace(in_type.gspace, module)
+
+
+def is_permutation_representation(rho: Representation) -> bool:
+    """Whether every ``rho(g)`` of the (finite) group is a permutation matrix (regular, quotient, trivial fields and
+    direct sums of them in their natural basis)."""
+    for element in rho.group.elements:
+        m = rho(element)
+        if not (np.allclose(m, np.round(m), atol=1e-8) and np.allclose(np.abs(m).sum(0), 1) and (m > -1e-8).all()):
+            return False
+    return True
 
 
 def check_input(module: str, x: Any, in_type: FieldType) -> None:

@@ -36,4 +36,4 @@ class Conv1x1(BasisConv):
         groups: int = 1,
         basis: Optional[BasisFn] = None,
     ) -> None:
-        super().__init__("Conv1x1", in_type, out_type, basis or intertwiner_basis, 1, bias=bias, groups=groups)
+        super().__init__(in_type, out_type, basis or intertwiner_basis, 1, bias=bias, groups=groups)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
-from epdo.nn.checks import check_input
+from epdo.nn.checks import check_input, is_permutation_representation
 
 
 class FieldNorm(EquivariantModule):
@@ -24,7 +24,7 @@ class FieldNorm(EquivariantModule):
         if not isinstance(in_type, FieldType):
             raise TypeError(f"FieldNorm: in_type must be an escnn FieldType, got {type(in_type).__name__}")
         sizes = {rho.size for rho in in_type.representations}
-        if len(sizes) != 1 or any("pointwise" not in rho.supported_nonlinearities for rho in in_type.representations):
+        if len(sizes) != 1 or not all(is_permutation_representation(rho) for rho in set(in_type.representations)):
             raise ValueError(f"FieldNorm: expected fields of one permutation representation, got {in_type}")
         self.in_type = self.out_type = in_type
         self.eps = eps

@@ -9,12 +9,33 @@ COEFFICIENT_SCALE = 0.2
 """The generator's output is multiplied by this before normalization (the reference's ``/ 5``)."""
 
 NORM_EPS = 0.01
-"""``nu = ||taps||_1 + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
+"""``nu = norm(taps) + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
+
+NORMALIZATIONS = ("rms", "l1")
+"""How each coefficient field's per-pixel taps are normalized (see :func:`adaptive_pdo`)."""
+
+
+def check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def _tap_norm(by_field: torch.Tensor, normalization: str) -> torch.Tensor:
+    """``nu`` of taps ``(B, g, d, k*k, H, W)`` per field and pixel, ``(B, g, H, W)``, without a taps-sized temporary:
+    ``"l1"`` the sum of ``|taps|``; ``"rms"`` the root mean square over the field's ``d`` channels of each channel's
+    L2 norm; plus ``NORM_EPS``."""
+    reduce = torch.abs if normalization == "l1" else torch.square
+    nu = reduce(by_field[:, :, :, 0]).sum(2)
+    for t in range(1, by_field.shape[3]):
+        nu += reduce(by_field[:, :, :, t]).sum(2)
+    if normalization == "rms":
+        nu.div_(by_field.shape[2]).sqrt_()
+    return nu.add_(NORM_EPS)
 
 
 class _NormalizedPixelwiseConv(torch.autograd.Function):
     """``out[b, p, j, c] = (sum_t taps[b, j, c, t] * f[b, p, j, c](. + offset_t)) / nu[b, j]``, zero padding, with
-    ``nu[b, j] = sum_(c, t) |taps[b, j, c, t]| + NORM_EPS`` (per pixel).
+    ``nu[b, j]`` the per-pixel norm of field ``j``'s taps (:func:`_tap_norm`).
 
     A per-pixel depthwise ``k x k`` filter shared across the partitions ``p``, computed as ``k^2`` fused
     multiply-adds of shifted views, the L1 normalization folded in: no ``k^2``-fold copy of the input and no
@@ -23,16 +44,14 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, taps: torch.Tensor, fields: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str
+    ) -> torch.Tensor:
         batch, parts, channels, height, width = x.shape
         kk = taps.shape[2]
         k = int(round(kk**0.5))
         r = k // 2
-        by_field = taps.view(batch, fields, channels // fields, kk, height, width)
-        nu = by_field[:, :, :, 0].abs().sum(2)
-        for t in range(1, kk):
-            nu += by_field[:, :, :, t].abs().sum(2)
-        nu += NORM_EPS  # (B, g, H, W)
+        nu = _tap_norm(taps.view(batch, fields, channels // fields, kk, height, width), normalization)
         padded = F.pad(x.reshape(batch, parts * channels, height, width), (r, r, r, r))
         padded = padded.view(batch, parts, channels, height + 2 * r, width + 2 * r)
         out = padded[..., :height, :width] * taps[:, None, :, 0]
@@ -40,7 +59,7 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
             u, v = divmod(t, k)
             out.addcmul_(padded[..., u : u + height, v : v + width], taps[:, None, :, t])
         out.view(batch, parts, fields, channels // fields, height, width).div_(nu[:, None, :, None])
-        ctx.fields = fields
+        ctx.fields, ctx.normalization = fields, normalization
         ctx.save_for_backward(padded, taps, nu, out)
         return out
 
@@ -57,6 +76,8 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
         grad_x = grad_taps = None
         if ctx.needs_input_grad[1]:
             grad_nu = (grad_out * out).view(split).sum(dim=(1, 3)).neg_().div_(nu)  # (B, g, H, W)
+            if ctx.normalization == "rms":  # d nu / d taps = taps / (d (nu - eps))
+                grad_nu.div_((nu - NORM_EPS).clamp_min_(1e-30).mul_(channels // fields))
             grad_taps = torch.empty_like(taps)
             by_field = grad_taps.view(batch, fields, channels // fields, kk, height, width)
             taps_by_field = taps.view(by_field.shape)
@@ -66,17 +87,20 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
                 torch.mul(grad_raw[:, 0], shifted[:, 0], out=grad_taps[:, :, t])
                 for p in range(1, parts):  # sum over partitions without a temporary
                     grad_taps[:, :, t].addcmul_(grad_raw[:, p], shifted[:, p])
-                by_field[:, :, :, t].addcmul_(taps_by_field[:, :, :, t].sign(), grad_nu[:, :, None])
+                tap = taps_by_field[:, :, :, t]
+                by_field[:, :, :, t].addcmul_(tap.sign() if ctx.normalization == "l1" else tap, grad_nu[:, :, None])
         if ctx.needs_input_grad[0]:
             grad_padded = torch.zeros_like(padded)
             for t in range(kk):
                 u, v = divmod(t, k)
                 grad_padded[..., u : u + height, v : v + width].addcmul_(grad_raw, taps[:, None, :, t])
             grad_x = grad_padded[..., r : r + height, r : r + width]
-        return grad_x, grad_taps, None
+        return grad_x, grad_taps, None, None
 
 
-def adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int) -> torch.Tensor:
+def adaptive_pdo(
+    x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int, normalization: str = "rms"
+) -> torch.Tensor:
     """Apply per-pixel PDOs whose coefficients are shared across partitions of ``fields`` fields.
 
     Args:
@@ -85,10 +109,13 @@ def adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Te
             applied to channel ``(p, j, c)`` of every partition p is ``sum_a coefficients[j, c, a] S_a``.
         stencils: ``(n_ops, k, k)`` derivative stencils.
         fields: fields per partition (the layer's ``g``).
+        normalization: ``"rms"`` divides field ``j``'s taps by the root mean square of its channels' L2 norms, so
+            that a white input keeps its variance on average; ``"l1"`` by their summed absolute values (the
+            reference implementation: the output is about ``d^2`` times smaller in variance than the input).
 
     The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
-    each coefficient field ``j`` is divided by ``nu_j = sum_(c, taps) |K[j, c]| + NORM_EPS`` (the reference's L1
-    normalization) after scaling by ``COEFFICIENT_SCALE``.  Memory: the taps are ``(B, fields * d, k^2, H, W)``,
+    each coefficient field ``j`` is divided by ``nu_j = norm(K[j]) + NORM_EPS`` after scaling by
+    ``COEFFICIENT_SCALE``.  Memory: the taps are ``(B, fields * d, k^2, H, W)``,
     ``k^2 fields / (q fields) = k^2 / q`` times the input, never ``k^2`` times.
 
     Returns:
@@ -106,5 +133,6 @@ def adaptive_pdo(x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Te
     a = coefficients.reshape(batch, fields * d, n_ops, height * width)
     taps = torch.matmul(stencils.reshape(n_ops, k * k).t() * COEFFICIENT_SCALE, a)  # (B, g d, k^2, HW)
     taps = taps.reshape(batch, fields * d, k * k, height, width)
-    out = _NormalizedPixelwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps, fields)
+    check_normalization(normalization)
+    out = _NormalizedPixelwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps, fields, normalization)
     return out.reshape(batch, channels, height, width)

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
-from epdo.diffops import coefficient_representation, num_operators, stencils
-from epdo.diffops.multiindex import check_max_order
-from epdo.diffops.stencils import check_method
+from epdo.diffops import check_discretization, check_max_order, coefficient_representation, num_operators, stencils
 from epdo.kernels import pdo_coefficient_basis
-from epdo.nn.checks import check_field_types, check_input
+from epdo.nn.checks import check_field_types, check_input, is_permutation_representation
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.field_norm import FieldNorm
-from epdo.nn.functional import adaptive_pdo
+from epdo.nn.functional import adaptive_pdo, check_normalization
 
 GENERATOR_INITS = ("static", "reference")
-
-
-def is_permutation_representation(rho: Representation) -> bool:
-    """Whether every ``rho(g)`` of the (finite) group is a permutation matrix."""
-    for element in rho.group.elements:
-        m = rho(element)
-        if not (np.allclose(m, np.round(m), atol=1e-8) and np.allclose(np.abs(m).sum(0), 1) and (m > -1e-8).all()):
-            return False
-    return True
 
 
 class NeuralePDO(EquivariantModule):
@@ -38,7 +26,9 @@ class NeuralePDO(EquivariantModule):
        (``M = floor(z d / (reduction |G|))``) -> per-field normalization -> ReLU -> ``g`` fields of the coefficient
        representation ``rho (x) D^-T`` (a 1x1 map with ``s`` groups, whose basis is orthonormal for the composed
        ``5 x 5`` taps, as in the reference implementation).
-    2. Each coefficient field is scaled by 1/5 and divided by the L1 norm of its composed ``d x 5 x 5`` taps + 0.01.
+    2. Each coefficient field is scaled by 1/5 and divided, per pixel, by the norm of its composed ``d x 5 x 5`` taps
+       + 0.01: ``normalization="rms"`` (default) the root mean square of its channels' L2 norms, which keeps a white
+       input's variance; ``"l1"`` the sum of their absolute values (the reference implementation).
     3. The input's ``q = z / g`` partitions of ``g`` fields share these coefficients: channel ``(p, j, c)`` gets
        ``sum_a A[j, c, a] (S_a * f_(p, j, c))``; computed as stencil convolutions and a per-pixel contraction.
     4. An equivariant 1x1 map ``z`` rho-fields -> ``out_type``.
@@ -59,6 +49,13 @@ class NeuralePDO(EquivariantModule):
             ``"reference"`` uses weight 1, bias 0 as the reference implementation.  Only the initialization
             differs.  Measured (fashion-rot, C4, 2000 images, 3 epochs): 63.7% train / 66.2% test error with
             ``"static"`` against 76.3% / 77.0% with ``"reference"``.
+        normalization: ``"rms"`` or ``"l1"`` (step 2).  With ``"l1"`` the layer's output is ~1000x smaller in
+            variance than its input, so a following BatchNorm's running variance (starting at 1) is far off for
+            hundreds of steps and eval mode predicts one class (issue 8); the faithful reference layer is
+            ``generator_init="reference", normalization="l1"``.
+        order_decay: ``None`` (default): the generator's output basis is orthonormal for the composed taps; a
+            number ``q``: orthonormal within each derivative order ``k`` and scaled by ``q ** k`` (a smoothness
+            prior, :func:`epdo.kernels.order_graded_basis`).  Same span, same parameter count.
     """
 
     def __init__(
@@ -72,16 +69,19 @@ class NeuralePDO(EquivariantModule):
         max_order: int = 4,
         size: int = 5,
         generator_init: str = "static",
+        normalization: str = "rms",
+        order_decay: Optional[float] = None,
     ) -> None:
         super().__init__()
         check_field_types("NeuralePDO", in_type, out_type)
         if generator_init not in GENERATOR_INITS:
             raise ValueError(f"NeuralePDO: generator_init must be one of {GENERATOR_INITS}, got {generator_init!r}")
-        check_method(discretization)
+        check_discretization(discretization)
         check_max_order(max_order)
+        check_normalization(normalization)
         rho = _single_permutation_representation(in_type)
-        space = in_type.gspace
-        z, d, order = len(in_type), rho.size, space.fibergroup.order()
+        gspace = in_type.gspace
+        z, d, order = len(in_type), rho.size, gspace.fibergroup.order()
         for name, value in (("g", g), ("s", s), ("reduction", reduction)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"NeuralePDO: {name} must be a positive integer, got {value!r}")
@@ -95,13 +95,14 @@ class NeuralePDO(EquivariantModule):
             )
         if g % s or hidden % s:
             raise ValueError(f"NeuralePDO: s={s} must divide g={g} and the hidden width M={hidden}")
-        self.in_type, self.out_type, self.space = in_type, out_type, space
+        self.in_type, self.out_type, self.gspace = in_type, out_type, gspace
         self.g, self.s, self.reduction, self.hidden = g, s, reduction, hidden
         self.discretization, self.max_order, self.size = discretization, max_order, size
+        self.normalization, self.order_decay = normalization, order_decay
 
-        hidden_type = FieldType(space, [space.regular_repr] * hidden)
-        coefficient_rep = rho.tensor(coefficient_representation(space, max_order))
-        self.coefficient_type = FieldType(space, [coefficient_rep] * g)
+        hidden_type = FieldType(gspace, [gspace.regular_repr] * hidden)
+        coefficient_rep = rho.tensor(coefficient_representation(gspace, max_order))
+        self.coefficient_type = FieldType(gspace, [coefficient_rep] * g)
         self.generator_in = Conv1x1(in_type, hidden_type)
         self.generator_norm = FieldNorm(hidden_type)
         if generator_init == "static":
@@ -112,7 +113,7 @@ class NeuralePDO(EquivariantModule):
             hidden_type,
             self.coefficient_type,
             groups=s,
-            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size),
+            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size, order_decay),
         )
         self.mix = Conv1x1(in_type, out_type)
         self.register_buffer("stencils", stencils(discretization, max_order, size), persistent=False)
@@ -125,7 +126,7 @@ class NeuralePDO(EquivariantModule):
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input("NeuralePDO", x, self.in_type)
-        y = adaptive_pdo(x.tensor, self.coefficients(x).tensor, self.stencils, self.g)
+        y = adaptive_pdo(x.tensor, self.coefficients(x).tensor, self.stencils, self.g, self.normalization)
         return self.mix(GeometricTensor(y, self.in_type))
 
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -139,25 +140,27 @@ class NeuralePDO(EquivariantModule):
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), torch.nn.ReLU(), self.generator_out.export()
         )
-        return ExportedNeuralePDO(generator, self.mix.export(), self.stencils.clone(), self.g)
+        return ExportedNeuralePDO(generator, self.mix.export(), self.stencils.clone(), self.g, self.normalization)
 
     def extra_repr(self) -> str:
         return (
             f"g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, "
-            f"discretization={self.discretization!r}, max_order={self.max_order}"
+            f"discretization={self.discretization!r}, max_order={self.max_order}, normalization={self.normalization!r}"
         )
 
 
 class ExportedNeuralePDO(torch.nn.Module):
     """The exported form of :class:`NeuralePDO`: the same computation on plain tensors ``(B, C, H, W)``."""
 
-    def __init__(self, generator: torch.nn.Module, mix: torch.nn.Module, stencil: torch.Tensor, g: int) -> None:
+    def __init__(
+        self, generator: torch.nn.Module, mix: torch.nn.Module, stencil: torch.Tensor, g: int, normalization: str
+    ) -> None:
         super().__init__()
-        self.generator, self.mix, self.g = generator, mix, g
+        self.generator, self.mix, self.g, self.normalization = generator, mix, g, normalization
         self.register_buffer("stencils", stencil)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mix(adaptive_pdo(x, self.generator(x), self.stencils, self.g))
+        return self.mix(adaptive_pdo(x, self.generator(x), self.stencils, self.g, self.normalization))
 
 
 def _single_permutation_representation(in_type: FieldType) -> Representation:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from escnn.nn import FieldType
 
-from epdo.diffops.multiindex import check_max_order
-from epdo.diffops.stencils import check_method
+from epdo.diffops import check_discretization, check_max_order
 from epdo.kernels import pdo_filter_basis
 from epdo.nn.basis_conv import BasisConv
 
@@ -15,7 +16,7 @@ class PDOConv(BasisConv):
 
     ``W`` spans ``Hom_G(rho_in (x) D, rho_out)`` per field pair (:func:`epdo.kernels.pdo_filter_basis`); the
     derivatives ``d^a`` are discretized by ``size x size`` stencils, so the layer is one ``conv2d`` with the
-    filter ``sum_a W_a S_a`` (same padding, stride 1).  Basis filters have unit norm.
+    filter ``sum_a W_a S_a`` (same padding, stride 1).  Basis filters have unit norm (see ``order_decay``).
 
     Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
 
@@ -26,6 +27,8 @@ class PDOConv(BasisConv):
         max_order: highest derivative order (0..4).
         bias: add an invariant bias (on the trivial components of the output fields).
         size: stencil width.
+        order_decay: ``None``: an orthonormal basis; ``q``: orthonormal per derivative order ``k``, scaled by ``q ** k``
+            (:func:`epdo.kernels.order_graded_basis`).
     """
 
     def __init__(
@@ -36,16 +39,17 @@ class PDOConv(BasisConv):
         max_order: int = 4,
         bias: bool = False,
         size: int = 5,
+        order_decay: Optional[float] = None,
     ) -> None:
-        check_method(discretization)
+        check_discretization(discretization)
         check_max_order(max_order)
-        space = in_type.gspace if isinstance(in_type, FieldType) else None
+        gspace = in_type.gspace if isinstance(in_type, FieldType) else None
 
         def basis(rho_in, rho_out):
-            return pdo_filter_basis(space, rho_in, rho_out, discretization, max_order, size)
+            return pdo_filter_basis(gspace, rho_in, rho_out, discretization, max_order, size, order_decay)
 
-        super().__init__("PDOConv", in_type, out_type, basis, size, bias=bias)
-        self.discretization, self.max_order = discretization, max_order
+        super().__init__(in_type, out_type, basis, size, bias=bias)
+        self.discretization, self.max_order, self.order_decay = discretization, max_order, order_decay
 
     def extra_repr(self) -> str:
         return f"discretization={self.discretization!r}, max_order={self.max_order}, size={self.size}"

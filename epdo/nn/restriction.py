@@ -9,8 +9,7 @@ import torch
 from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor, RestrictionModule
 
-from epdo.nn.checks import check_input
-from epdo.nn.neural_epdo import is_permutation_representation
+from epdo.nn.checks import check_input, is_permutation_representation
 
 
 class RestrictToRotations(EquivariantModule):
@@ -28,18 +27,18 @@ class RestrictToRotations(EquivariantModule):
             raise ValueError(f"RestrictToRotations: expected a field type on flipRot2dOnR2(N), got {in_type}")
         self.in_type = in_type
         self.restriction = RestrictionModule(in_type, (None, in_type.gspace.rotations_order))
-        space = self.restriction.out_type.gspace
+        gspace = self.restriction.out_type.gspace
         representations: List[Representation] = []
         permutation: List[int] = []
         offset = 0
         for rho in self.restriction.out_type.representations:
             if not is_permutation_representation(rho):
                 raise ValueError(f"RestrictToRotations: field representation {rho.name!r} is not a permutation")
-            for target, channels in _rotation_orbits(space, rho):
+            for target, channels in _rotation_orbits(gspace, rho):
                 representations.append(target)
                 permutation.extend(offset + c for c in channels)
             offset += rho.size
-        self.out_type = FieldType(space, representations)
+        self.out_type = FieldType(gspace, representations)
         self.register_buffer("permutation", torch.tensor(permutation, dtype=torch.long), persistent=False)
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
@@ -63,10 +62,10 @@ class _ChannelPermutation(torch.nn.Module):
         return x[:, self.permutation]
 
 
-def _rotation_orbits(space, rho: Representation) -> List[Tuple[Representation, List[int]]]:
+def _rotation_orbits(gspace, rho: Representation) -> List[Tuple[Representation, List[int]]]:
     """Orbits of the rotation generator on a C_N permutation representation, each matched to escnn's C_N regular or
     quotient representation: ``[(target, channels)]`` with ``target(r^k) e_0 = e_(k-th channel)``."""
-    group = space.fibergroup
+    group = gspace.fibergroup
     n = group.order()
     generator = group.element(1)
     step = np.rint(rho(generator)).astype(int).argmax(axis=0)  # step[c] = channel that r sends c to
@@ -79,7 +78,7 @@ def _rotation_orbits(space, rho: Representation) -> List[Tuple[Representation, L
         while step[orbit[-1]] != start:
             orbit.append(int(step[orbit[-1]]))
         seen[orbit] = True
-        target = space.regular_repr if len(orbit) == n else space.quotient_repr(n // len(orbit))
+        target = gspace.regular_repr if len(orbit) == n else gspace.quotient_repr(n // len(orbit))
         target_step = np.rint(target(generator)).astype(int).argmax(axis=0)
         channels = [0] * len(orbit)
         position = 0

@@ -1,0 +1,41 @@
+"""One memoization helper for the library's expensive, deterministic constructions (bases, representations)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Dict, Hashable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def argument_key(value: Any) -> Hashable:
+    """A cache key for one argument: escnn objects (representations, gspaces, groups) by type, group and name,
+    which identify them across equal instances; anything else as itself (it must be hashable)."""
+    if isinstance(value, (str, int, float, bool, type(None), tuple)):
+        return value
+    name = getattr(value, "name", None)
+    if name is None:
+        raise TypeError(f"memoize: cannot key an argument of type {type(value).__name__} (no name, not a value)")
+    return (type(value).__name__, getattr(getattr(value, "group", None), "name", None), name)
+
+
+def memoize(fn: F) -> F:
+    """Cache ``fn``'s results per argument values (bound by name, defaults applied, keyed by :func:`argument_key`).
+
+    The cache is ``fn.cache`` (a dict).  Results are shared: return read-only arrays or immutable objects.
+    """
+    signature = inspect.signature(fn)
+    cache: Dict[Hashable, Any] = {}
+
+    @functools.wraps(fn)
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple(argument_key(value) for value in bound.arguments.values())
+        if key not in cache:
+            cache[key] = fn(*args, **kwargs)
+        return cache[key]
+
+    cached.cache = cache  # type: ignore[attr-defined]
+    return cached  # type: ignore[return-value]
