@@ -16,6 +16,7 @@ NORMALIZATIONS = ("rms", "l1")
 
 
 def check_normalization(normalization: str) -> None:
+    """Raise ``ValueError`` unless ``normalization`` is one of :data:`NORMALIZATIONS`."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
@@ -38,7 +39,7 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
     ``nu[b, j]`` the per-pixel norm of field ``j``'s taps (:func:`_tap_norm`).
 
     A per-pixel depthwise ``k x k`` filter shared across the partitions ``p``, computed as ``k^2`` fused
-    multiply-adds of shifted views, the L1 normalization folded in: no ``k^2``-fold copy of the input and no
+    multiply-adds of shifted views, the normalization folded in: no ``k^2``-fold copy of the input and no
     temporary of the taps' size exists, forward or backward.  Shapes: ``f (B, q, g*d, H, W)``,
     ``taps (B, g*d, k*k, H, W)``.
     """
