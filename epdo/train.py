@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from epdo.cli import positive_float, positive_int
 from epdo.data import DATASETS, DatasetError, ImageSet, load_dataset, random_rotation
-from epdo.models import BASELINES, ModelConfig, build_model, count_parameters
+from epdo.models import BASELINES, FIELDS_BY_FLAG, ModelConfig, build_model, count_parameters
 from epdo.runtime import tune_malloc
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def model_config(args: argparse.Namespace) -> ModelConfig:
     """The model configuration of parsed ``epdo-train`` arguments (``--model R|Q`` and ``--dis`` as in the paper)."""
     return ModelConfig(
-        fields={"R": "regular", "Q": "quotient"}[args.model],
+        fields=FIELDS_BY_FLAG[args.model],
         discretization=args.dis,
         flip=args.flip,
         g=args.g,

@@ -35,8 +35,9 @@ def orthonormalize(basis: np.ndarray, metric_view: np.ndarray = None) -> np.ndar
     return np.tensordot(transform, basis, axes=1)
 
 
-def canonical_basis(basis: np.ndarray, seed: int = 0) -> np.ndarray:
-    """An orthonormal basis of ``span(basis)`` that depends on the span alone, not on the spanning set.
+def canonical_basis(basis: np.ndarray, seed: int = 0, metric_view: np.ndarray = None) -> np.ndarray:
+    """An orthonormal basis of ``span(basis)`` that depends on the span alone, not on the spanning set
+    (orthonormal in the Frobenius product of ``metric_view``, a linear image of ``basis``, when given).
 
     escnn finds some changes of basis numerically (with random starts), and caches Clebsch-Gordan solutions per
     machine, so the raw basis of an intertwiner space can differ between processes or machines; parameters saved in
@@ -44,46 +45,38 @@ def canonical_basis(basis: np.ndarray, seed: int = 0) -> np.ndarray:
     (``R P``, ``P`` the orthogonal projector, which is basis-independent) and orthonormalizing symmetrically gives
     the same basis everywhere.
     """
-    flat = basis.reshape(len(basis), -1)
+    view = basis if metric_view is None else metric_view
+    flat = view.reshape(len(basis), -1)
     probe = np.random.default_rng(seed).standard_normal((len(basis), flat.shape[1]))
     coefficients = np.linalg.solve(flat @ flat.T, flat @ probe.T).T  # R B^T (B B^T)^-1
-    return orthonormalize(np.tensordot(coefficients, basis, axes=1))
+    mixed_view = None if metric_view is None else np.tensordot(coefficients, metric_view, axes=1)
+    return orthonormalize(np.tensordot(coefficients, basis, axes=1), mixed_view)
 
 
-def order_graded_basis(hom: np.ndarray, stencil: np.ndarray, order_decay: float) -> np.ndarray:
-    """Re-basis PDO coefficients ``hom`` ``(K, X, n_ops, Y)`` (derivatives on axis 2) order by order: for each order
-    ``k``, a canonical basis of the order-``k`` part, orthonormal for the filters it composes with ``stencil``
-    ``(n_ops, u, v)``, scaled by ``order_decay ** k``.  Shape ``(K', X, n_ops, Y)``, ``K' = K`` for a basis whose
-    span splits by order (the equivariant ones do: ``D`` is block diagonal by order).
+def order_graded_basis(hom: np.ndarray, stencil: np.ndarray, max_order: int, order_decay: float) -> np.ndarray:
+    """Re-basis PDO coefficients ``hom`` ``(K, X, n_ops, Y)`` (derivatives of order ``<= max_order`` on axis 2) order
+    by order: for each order ``k``, a canonical basis (:func:`canonical_basis`) of the order-``k`` part, orthonormal
+    for the filters it composes with ``stencil`` ``(n_ops, u, v)``, scaled by ``order_decay ** k``.  Shape
+    ``(K', X, n_ops, Y)``, ``K' = K`` for a basis whose span splits by order (the equivariant ones do: ``D`` is block
+    diagonal by order).
 
     With ``order_decay < 1`` higher derivatives start smaller and, under Adam (steps of similar size per parameter),
     also move more slowly: a smoothness prior on the learned operators.
     """
     if isinstance(order_decay, bool) or not isinstance(order_decay, (int, float)) or not order_decay > 0:
         raise ValueError(f"order_decay must be a positive number, got {order_decay!r}")
-    max_order = int(round((np.sqrt(8 * len(stencil) + 1) - 3) / 2))
     order_of_op = np.array([i + j for i, j in multi_indices(max_order)])
     graded = []
     for k in range(max_order + 1):
         part = np.where((order_of_op == k)[None, None, :, None], hom, 0.0)
         composed = np.einsum("kxay,auv->kxyuv", part, stencil).reshape(len(part), -1)
+        # the projected elements are linearly dependent: keep an independent combination of them
         eigenvalues, eigenvectors = np.linalg.eigh(composed @ composed.T)
-        keep = eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)
-        if not keep.any():
-            continue
-        to_orthonormal = (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])).T
-        part, composed = np.tensordot(to_orthonormal, part, axes=1), to_orthonormal @ composed
-        probe = np.random.default_rng(k).standard_normal((len(part), composed.shape[1]))
-        canonical = probe @ composed.T  # the probe projected onto the span, in these orthonormal coordinates
-        eigenvalues, eigenvectors = np.linalg.eigh(canonical @ canonical.T)
-        transform = ((eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T) @ canonical
-        graded.append(order_decay**k * np.tensordot(transform, part, axes=1))
+        independent = eigenvectors[:, eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)].T
+        if len(independent):
+            part, composed = np.tensordot(independent, part, axes=1), independent @ composed
+            graded.append(order_decay**k * canonical_basis(part, seed=k, metric_view=composed))
     return np.concatenate(graded)
-
-
-def _check_same_group(rho_in: Representation, rho_out: Representation) -> None:
-    if rho_in.group != rho_out.group:
-        raise ValueError(f"representations of different groups: {rho_in.group} and {rho_out.group}")
 
 
 @memoize
@@ -93,7 +86,8 @@ def intertwiner_basis(rho_in: Representation, rho_out: Representation) -> np.nda
 
     ``n_basis`` follows Frobenius reciprocity, e.g. ``dim rho_in`` when ``rho_out`` is regular.
     """
-    _check_same_group(rho_in, rho_out)
+    if rho_in.group != rho_out.group:
+        raise ValueError(f"representations of different groups: {rho_in.group} and {rho_out.group}")
     basis = _homomorphisms(rho_in, rho_out)
     if len(basis):
         basis = canonical_basis(basis)
@@ -140,7 +134,7 @@ def pdo_filter_basis(
     hom = intertwiner_basis(rho_in.tensor(deriv), rho_out)
     hom = hom.reshape(hom.shape[0], rho_out.size, rho_in.size, deriv.size)
     if len(hom) and order_decay is not None:
-        hom = order_graded_basis(hom.reshape(len(hom), -1, deriv.size, 1), stencil, order_decay)
+        hom = order_graded_basis(hom.reshape(len(hom), -1, deriv.size, 1), stencil, max_order, order_decay)
         hom = hom.reshape(len(hom), rho_out.size, rho_in.size, deriv.size)
     filters = np.einsum("koca,auv->kocuv", hom, stencil)
     if len(filters) and order_decay is None:
@@ -173,6 +167,6 @@ def pdo_coefficient_basis(
     elif order_decay is None:
         basis = orthonormalize(hom, np.einsum("kcai,auv->kcuvi", split, stencil))
     else:
-        basis = order_graded_basis(split, stencil, order_decay).reshape(-1, *hom.shape[1:])
+        basis = order_graded_basis(split, stencil, max_order, order_decay).reshape(-1, *hom.shape[1:])
     basis.setflags(write=False)
     return basis

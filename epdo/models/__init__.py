@@ -3,6 +3,7 @@
 from epdo.models.mnist_rot import (
     BASELINES,
     FIELDS,
+    FIELDS_BY_FLAG,
     PAPER_WIDTHS,
     EquivariantClassifier,
     ModelConfig,
@@ -17,6 +18,7 @@ from epdo.models.mnist_rot import (
 __all__ = [
     "BASELINES",
     "FIELDS",
+    "FIELDS_BY_FLAG",
     "PAPER_WIDTHS",
     "EquivariantClassifier",
     "ModelConfig",

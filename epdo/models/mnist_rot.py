@@ -53,7 +53,8 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
     return mnist_rot_model(**config.as_dict()).train()
 
 
-_OLD_FIELDS = {"R": "regular", "Q": "quotient"}
+FIELDS_BY_FLAG = {"R": "regular", "Q": "quotient"}
+"""``epdo-train --model R|Q`` (the paper's flag) -> ``fields``."""
 
 
 def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
@@ -68,7 +69,7 @@ def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
         )
     args = state["args"]
     try:
-        converted = dict(fields=_OLD_FIELDS[args["model"]], discretization=args["dis"], normalization="l1")
+        converted = dict(fields=FIELDS_BY_FLAG[args["model"]], discretization=args["dis"], normalization="l1")
     except KeyError as err:
         raise ValueError(
             f"checkpoint 'args' lacks {err}; convert it by hand: state['config'] = epdo.models.ModelConfig(...)"
