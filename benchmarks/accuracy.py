@@ -2,8 +2,9 @@
 plain-CNN baselines at matched parameter counts, several seeds, side by side in one run.
 
 Per epoch and model: eval-mode test error, the same weights' test error with batch statistics (what eval mode
-would give if BN's running statistics were right), training error (train mode, on the augmented batches as
-trained) and seconds.  Jobs (model, seed) run in ``--workers`` processes; every job sees the same data, batches
+would give if BN's running statistics were right), the eval-mode error after re-estimating BN's statistics with the
+final weights (:func:`recalibrated_error`), training error (train mode, on the augmented batches as trained) and
+seconds.  Jobs (model, seed) run in ``--workers`` processes; every job sees the same data, batches
 and augmentation for a given seed.
 
 Screening (the issue's protocol)::
@@ -94,12 +95,15 @@ def error(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
     return wrong / len(labels)
 
 
+def batch_norms(model: torch.nn.Module) -> List[torch.nn.Module]:
+    types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    return [m for m in model.modules() if isinstance(m, types)]
+
+
 def batch_statistics_error(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device) -> float:
     """Test error with every batch norm using the statistics of the evaluated batch (running statistics untouched,
     everything else in eval mode)."""
-    norms = [
-        m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
-    ]
+    norms = batch_norms(model)
     momenta = [m.momentum for m in norms]
     model.eval()
     for m in norms:
@@ -111,6 +115,33 @@ def batch_statistics_error(model: torch.nn.Module, images: torch.Tensor, labels:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         model.eval()
+
+
+def recalibrated_error(model: torch.nn.Module, train, test, device, seed: int, batches: int = 30) -> float:
+    """Eval-mode test error after re-estimating BN's running statistics with the final weights: the exact average
+    over ``batches`` augmented training batches (dropout off).  Running statistics are restored afterwards.
+
+    Separates the two causes of an eval/batch-statistics gap: statistics that lag weights still moving (this closes
+    the gap) and training inputs that differ from test inputs (it does not)."""
+    norms = batch_norms(model)
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    augment = torch.Generator().manual_seed(seed + 424242)
+    order = torch.randperm(len(train), generator=augment)[: 64 * batches]
+    with torch.no_grad():
+        for start in range(0, len(order), 64):
+            model(random_rotation(train.images[order[start : start + 64]], augment).to(device))
+    model.eval()
+    try:
+        return error(model, test.images, test.labels, device)
+    finally:
+        for m, (momentum, state) in zip(norms, saved):
+            m.load_state_dict(state)
+            m.momentum = momentum
 
 
 def run_job(args: argparse.Namespace) -> dict:
@@ -153,6 +184,7 @@ def run_job(args: argparse.Namespace) -> dict:
                 train_error=wrong / len(order),
                 test_error=error(model, test.images, test.labels, device),
                 batch_stats_error=batch_statistics_error(model, test.images, test.labels, device),
+                recalibrated_error=recalibrated_error(model, train, test, device, args.seed * 13 + epoch),
                 seconds=seconds,
             )
         )
@@ -182,6 +214,8 @@ def summarize(results: List[dict], epochs: int) -> str:
         for e in range(epochs):
             row[f"test err ep {e + 1} (%)"] = pm([r["epochs"][e]["test_error"] for r in runs])
         row["batch-stat test err (%)"] = pm([r["epochs"][-1]["batch_stats_error"] for r in runs])
+        if all("recalibrated_error" in r["epochs"][-1] for r in runs):
+            row["recalibrated-BN test err (%)"] = pm([r["epochs"][-1]["recalibrated_error"] for r in runs])
         row["train err (%)"] = pm([r["epochs"][-1]["train_error"] for r in runs])
         row["s / epoch"] = f"{statistics.mean(e['seconds'] for r in runs for e in r['epochs']):.1f}"
         rows[name] = row
