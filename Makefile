@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := gfortran dataset-fashion-mnist
+APT_PACKAGES := gcc gfortran dataset-fashion-mnist
 
 .PHONY: setup demo test lint bench
 
@@ -11,7 +11,7 @@ $(PY):
 		missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	elif ! command -v gfortran >/dev/null; then \
-		echo "escnn's dependency py3nj needs gfortran: run 'sudo apt-get install $(APT_PACKAGES)' first"; exit 1; \
+		echo "escnn's dependency py3nj needs gfortran (and epdo's CPU kernel gcc): run 'sudo apt-get install $(APT_PACKAGES)' first"; exit 1; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

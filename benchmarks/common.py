@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+
+from epdo.runtime import tune_malloc
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -75,6 +79,31 @@ def machine_description(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     return f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+ALLOCATORS = ("plain", "tuned")
+"""``plain``: glibc's defaults, as in a user's script; ``tuned``: :func:`epdo.runtime.tune_malloc` (as the CLI)."""
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allocator", choices=(*ALLOCATORS, "both"), default="both",
+        help="plain: glibc defaults (a user's script); tuned: epdo.runtime.tune_malloc; both: one fresh process each",
+    )  # fmt: skip
+
+
+def run_per_allocator(args: argparse.Namespace, script: str, argv: Optional[List[str]]) -> bool:
+    """With ``--allocator both``, run ``script`` once per allocator in a fresh process and return True (the caller
+    is done); otherwise apply the chosen allocator to this process and return False."""
+    if args.allocator == "both":
+        given = sys.argv[1:] if argv is None else list(argv)
+        for allocator in ALLOCATORS:
+            print(f"--- allocator: {allocator} ---", flush=True)
+            subprocess.run([sys.executable, script, *given, "--allocator", allocator], check=True)
+        return True
+    if args.allocator == "tuned":
+        tune_malloc()
+    return False
 
 
 def record(title: str, command: str, device: torch.device, table: str, machine: Optional[str] = None) -> None:

@@ -110,8 +110,9 @@ def test_parameter_count_matches_the_design_formula():
     assert sum(p.numel() for p in layer.parameters()) == formula - 2 * m == 14144 - 32
 
 
+@pytest.mark.parametrize("backend", ["native", "pytorch"])
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
-def test_gradcheck_float64(normalization):
+def test_gradcheck_float64(normalization, backend):
     gs = gspaces.rot2dOnR2(4)
     t = nn.FieldType(gs, [gs.regular_repr] * 2)
     layer = NeuralePDO(t, t, g=2, normalization=normalization).double()
@@ -119,12 +120,13 @@ def test_gradcheck_float64(normalization):
     assert torch.autograd.gradcheck(lambda v: layer(nn.GeometricTensor(v, t)).tensor, (x,))
     coefficients = torch.randn(1, 2 * 4 * 15, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda v, a: adaptive_pdo(v, a, layer.stencils, 2, normalization), (x, coefficients)
+        lambda v, a: adaptive_pdo(v, a, layer.stencils, 2, normalization, backend), (x, coefficients)
     )
 
 
+@pytest.mark.parametrize("backend", ["native", "pytorch"])
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
-def test_adaptive_pdo_matches_unfold_reference(normalization):
+def test_adaptive_pdo_matches_unfold_reference(normalization, backend):
     torch.manual_seed(1)
     b, q, g, d, n_ops, h, w = 2, 3, 2, 4, 15, 7, 8
     stencils = torch.randn(n_ops, 5, 5, dtype=torch.float64)
@@ -138,7 +140,7 @@ def test_adaptive_pdo_matches_unfold_reference(normalization):
     taps = taps / (nu + NORM_EPS)
     patches = torch.nn.functional.unfold(x, 5, padding=2).view(b, q, g, d, 25, h * w)
     expected = (patches * taps[:, None]).sum(4).view(b, q * g * d, h, w)
-    torch.testing.assert_close(adaptive_pdo(x, a, stencils, g, normalization), expected)
+    torch.testing.assert_close(adaptive_pdo(x, a, stencils, g, normalization, backend), expected)
 
 
 @pytest.mark.parametrize("group_name", ["C8", "D4"])

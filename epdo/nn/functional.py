@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from epdo.nn import native
 
 COEFFICIENT_SCALE = 0.2
 """The generator's output is multiplied by this before normalization (the reference's ``/ 5``)."""
@@ -13,6 +19,12 @@ NORM_EPS = 0.01
 
 NORMALIZATIONS = ("rms", "l1")
 """How each coefficient field's per-pixel taps are normalized (see :func:`adaptive_pdo`)."""
+
+
+BACKENDS = ("auto", "native", "pytorch")
+"""How :func:`adaptive_pdo` is computed: ``"native"`` the fused compiled CPU kernel (:mod:`epdo.nn.native`),
+``"pytorch"`` shifted-view tensor operations (any device; the reference the kernel is tested against), ``"auto"``
+the kernel for float32/float64 CPU tensors when it is available, PyTorch otherwise."""
 
 
 def check_normalization(normalization: str) -> None:
@@ -99,8 +111,74 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
         return grad_x, grad_taps, None, None
 
 
+class _NativeAdaptivePDO(torch.autograd.Function):
+    """The whole adaptive PDO (tap composition, normalization, per-pixel filter) in one compiled kernel per pass;
+    the backward recomputes taps and output instead of storing them.  Shapes: ``x (B, q, g*d, H, W)``,
+    ``coefficients (B, g*d*n, H, W)``, ``stencils (n, k*k)`` already scaled by ``COEFFICIENT_SCALE``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int, normalization: str,
+        library: ctypes.CDLL,
+    ) -> torch.Tensor:  # fmt: skip
+        x, coefficients, stencils = x.contiguous(), coefficients.contiguous(), stencils.contiguous()
+        batch, parts, channels, height, width = x.shape
+        n_ops, kk = stencils.shape
+        dims = (batch, parts, fields, channels // fields, n_ops, int(round(kk**0.5)), height, width)
+        out = torch.empty_like(x)
+        status = library.epdo_adaptive_pdo_forward(
+            x.data_ptr(), coefficients.data_ptr(), stencils.data_ptr(), out.data_ptr(), (ctypes.c_int64 * 8)(*dims),
+            normalization == "l1", NORM_EPS, torch.get_num_threads(),
+        )  # fmt: skip
+        _check_status(status, "forward")
+        ctx.save_for_backward(x, coefficients, stencils, out)
+        ctx.dims, ctx.normalization, ctx.library = dims, normalization, library
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        x, coefficients, stencils, out = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x, grad_coefficients = torch.empty_like(x), torch.empty_like(coefficients)
+        status = ctx.library.epdo_adaptive_pdo_backward(
+            x.data_ptr(), coefficients.data_ptr(), stencils.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
+            grad_x.data_ptr(),
+            grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*ctx.dims), ctx.normalization == "l1", NORM_EPS,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        _check_status(status, "backward")
+        return grad_x, grad_coefficients, None, None, None, None
+
+
+def _check_status(status: int, direction: str) -> None:
+    if status:
+        raise MemoryError(f"adaptive_pdo: the native {direction} kernel could not allocate its scratch buffers")
+
+
+def _native_library(x: torch.Tensor, backend: str) -> Optional[ctypes.CDLL]:
+    """The compiled kernel to use for ``x`` under ``backend``, or ``None`` for the PyTorch path."""
+    if backend not in BACKENDS:
+        raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "pytorch":
+        return None
+    if x.device.type != "cpu":
+        if backend == "native":
+            raise ValueError(f"adaptive_pdo: backend='native' runs on CPU tensors, got a tensor on {x.device}")
+        return None
+    try:
+        return native.load(x.dtype, required=backend == "native")
+    except native.NativeBuildError as error:
+        raise RuntimeError(f"adaptive_pdo: backend='native' is unavailable: {error}") from error
+
+
 def adaptive_pdo(
-    x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int, normalization: str = "rms"
+    x: torch.Tensor,
+    coefficients: torch.Tensor,
+    stencils: torch.Tensor,
+    fields: int,
+    normalization: str = "rms",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Apply per-pixel PDOs whose coefficients are shared across partitions of ``fields`` fields.
 
@@ -113,11 +191,12 @@ def adaptive_pdo(
         normalization: ``"rms"`` divides field ``j``'s taps by the root mean square of its channels' L2 norms, so
             that a white input keeps its variance on average; ``"l1"`` by their summed absolute values (the
             reference implementation: the output is about ``d^2`` times smaller in variance than the input).
+        backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available.
 
     The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
     each coefficient field ``j`` is divided by ``nu_j = norm(K[j]) + NORM_EPS`` after scaling by
-    ``COEFFICIENT_SCALE``.  Memory: the taps are ``(B, fields * d, k^2, H, W)``,
-    ``k^2 fields / (q fields) = k^2 / q`` times the input, never ``k^2`` times.
+    ``COEFFICIENT_SCALE``.  Memory: the native kernel stores nothing beyond its inputs; the PyTorch path keeps the
+    taps, ``(B, fields * d, k^2, H, W)``, ``k^2 / q`` times the input.
 
     Returns:
         ``(B, q * fields * d, H, W)``.
@@ -130,10 +209,15 @@ def adaptive_pdo(
             f"adaptive_pdo: coefficients with {coefficients.shape[1]} channels do not fit {fields} fields of "
             f"{n_ops} operators, or input channels {channels} are not a multiple of fields * d"
         )
-    q = channels // (fields * d)
-    a = coefficients.reshape(batch, fields * d, n_ops, height * width)
-    taps = torch.matmul(stencils.reshape(n_ops, k * k).t() * COEFFICIENT_SCALE, a)  # (B, g d, k^2, HW)
-    taps = taps.reshape(batch, fields * d, k * k, height, width)
     check_normalization(normalization)
-    out = _NormalizedPixelwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps, fields, normalization)
+    q = channels // (fields * d)
+    x = x.reshape(batch, q, fields * d, height, width)
+    scaled = stencils.reshape(n_ops, k * k).to(x.dtype) * COEFFICIENT_SCALE
+    library = _native_library(x, backend)
+    if library is not None:
+        out = _NativeAdaptivePDO.apply(x, coefficients.to(x.dtype), scaled, fields, normalization, library)
+    else:
+        a = coefficients.reshape(batch, fields * d, n_ops, height * width)
+        taps = torch.matmul(scaled.t(), a).reshape(batch, fields * d, k * k, height, width)  # (B, g d, k^2, H, W)
+        out = _NormalizedPixelwiseConv.apply(x, taps, fields, normalization)
     return out.reshape(batch, channels, height, width)

@@ -1,0 +1,121 @@
+"""The compiled adaptive-PDO kernel (epdo.nn.native) against the PyTorch path, and its build and fallback."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from epdo.diffops import stencils
+from epdo.nn import adaptive_pdo
+from epdo.nn.functional import NORMALIZATIONS
+
+# (batch, partitions q, fields g, field size d, height, width, discretization, max_order, stencil size)
+SHAPES = [
+    (2, 3, 2, 4, 9, 11, "fd", 4, 5),
+    (1, 1, 1, 1, 28, 28, "gauss", 4, 5),  # one channel; blocks of whole rows end inside the image
+    (3, 2, 4, 2, 13, 7, "rbffd", 4, 5),
+    (1, 2, 1, 3, 3, 2, "fd", 4, 5),  # narrower and lower than the stencil: every tap reads outside
+    (2, 1, 2, 8, 6, 40, "fd", 2, 3),  # 3x3 stencils of orders 0..2
+    (1, 2, 2, 2, 10, 9, "gauss", 4, 7),
+]
+
+
+def _inputs(shape, dtype):
+    b, q, g, d, h, w, discretization, max_order, size = shape
+    s = stencils(discretization, max_order, size, dtype=dtype)
+    x = torch.randn(b, q * g * d, h, w, dtype=dtype, requires_grad=True)
+    a = torch.randn(b, g * d * s.shape[0], h, w, dtype=dtype, requires_grad=True)
+    return x, a, s, g
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_native_equals_pytorch_in_float32(shape, normalization):
+    x, a, s, g = _inputs(shape, torch.float32)
+    grad = torch.randn(x.shape)
+    results = []
+    for backend in ("native", "pytorch"):
+        y = adaptive_pdo(x, a, s, g, normalization, backend)
+        results.append((y, *torch.autograd.grad(y, (x, a), grad)))
+    for got, expected in zip(*results):
+        scale = expected.abs().max()
+        assert (got - expected).abs().max() <= 1e-5 * scale, (got - expected).abs().max() / scale
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("shape", [SHAPES[3], (1, 2, 2, 2, 6, 5, "fd", 2, 3)])
+def test_native_gradcheck_float64(shape, normalization):
+    x, a, s, g = _inputs(shape, torch.float64)
+    assert torch.autograd.gradcheck(lambda v, c: adaptive_pdo(v, c, s, g, normalization, "native"), (x, a))
+
+
+def test_backend_choice_is_checked():
+    x, a, s, g = _inputs(SHAPES[0], torch.float32)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        adaptive_pdo(x, a, s, g, backend="fused")
+    with pytest.raises(RuntimeError, match="backend='native' is unavailable.*float16"):
+        adaptive_pdo(x.half(), a.half(), s.half(), g, backend="native")
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )  # fmt: skip
+
+
+FALLBACK = """
+import torch
+from epdo.diffops import stencils
+from epdo.nn import adaptive_pdo
+x, a = torch.randn(1, 4, 6, 6), torch.randn(1, 60, 6, 6)
+expected = adaptive_pdo(x, a, stencils("fd"), 1, backend="pytorch")
+torch.testing.assert_close(adaptive_pdo(x, a, stencils("fd"), 1), expected)
+torch.testing.assert_close(adaptive_pdo(x, a, stencils("fd"), 1), expected)
+print("ok")
+"""
+
+
+def test_without_a_compiler_the_pytorch_path_runs_with_one_warning(tmp_path):
+    import os
+
+    env = dict(os.environ, CC="no-such-compiler", EPDO_CACHE_DIR=str(tmp_path))
+    out = _run(FALLBACK, env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    warned = [line for line in out.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warned) == 1 and "no C compiler: 'no-such-compiler'" in warned[0], out.stderr
+    out = _run(FALLBACK, dict(env, EPDO_NATIVE="0"))  # disabled on purpose: silent
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+
+
+def test_the_build_is_cached_and_atomic(tmp_path):
+    import os
+
+    env = dict(os.environ, EPDO_CACHE_DIR=str(tmp_path))
+    for _ in range(2):
+        out = _run(FALLBACK, env)
+        assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+    built = sorted(p.name for p in (tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].startswith("adaptive_pdo_float_") and built[0].endswith(".so"), built
+
+
+def test_native_kernel_is_faster_than_the_pytorch_path():
+    """Not a benchmark (those are in benchmarks/): a guard that the compiled path is not silently the slow one."""
+    import time
+
+    x, a, s, g = _inputs((4, 4, 4, 8, 28, 28, "fd", 4, 5), torch.float32)
+    grad = torch.randn(x.shape)
+
+    def seconds(backend):
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.autograd.grad(adaptive_pdo(x, a, s, g, backend=backend), (x, a), grad)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[2]
+
+    seconds("native"), seconds("pytorch")  # warm-up
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert seconds("native") < seconds("pytorch")
