@@ -37,85 +37,146 @@ typedef struct {
     int64_t batch, parts, fields, dim, ops, size, height, width;
 } shape_t;
 
-/* The stencil's nonzero entries, grouped by tap: nonzeros of tap t are entries first[t] .. first[t + 1] - 1. */
+/* The stencil (n, k*k) as a sparse matrix whose rows are grouped: by tap (group t holds the entries of column t,
+ * index = operator) for composing taps, or by operator (group a holds row a, index = tap) for the coefficients'
+ * gradient.  Entries of group g: first[g] .. first[g + 1] - 1. */
 typedef struct {
-    int *first, *op;
+    int groups, *first, *index;
     real *value;
 } sparse_t;
 
-static int sparse_init(sparse_t *s, const real *stencil, int64_t ops, int64_t taps) {
-    s->first = malloc((size_t)(taps + 1) * sizeof(int));
-    s->op = malloc((size_t)(ops * taps) * sizeof(int));
+static int sparse_init(sparse_t *s, const real *stencil, int64_t ops, int64_t taps, int by_tap) {
+    s->groups = (int)(by_tap ? taps : ops);
+    s->first = malloc((size_t)(s->groups + 1) * sizeof(int));
+    s->index = malloc((size_t)(ops * taps) * sizeof(int));
     s->value = malloc((size_t)(ops * taps) * sizeof(real));
-    if (!s->first || !s->op || !s->value) return -1;
+    if (!s->first || !s->index || !s->value) return -1;
+    const int64_t inner = by_tap ? ops : taps;
     int count = 0;
-    for (int64_t t = 0; t < taps; t++) {
-        s->first[t] = count;
-        for (int64_t a = 0; a < ops; a++) {
-            real v = stencil[a * taps + t];
+    for (int g = 0; g < s->groups; g++) {
+        s->first[g] = count;
+        for (int64_t e = 0; e < inner; e++) {
+            const real v = by_tap ? stencil[e * taps + g] : stencil[g * taps + e];
             if (v != 0) {
-                s->op[count] = (int)a;
-                s->value[count] = v;
-                count++;
+                s->index[count] = (int)e;
+                s->value[count++] = v;
             }
         }
     }
-    s->first[taps] = count;
+    s->first[s->groups] = count;
     return 0;
 }
 
 static void sparse_free(sparse_t *s) {
     free(s->first);
-    free(s->op);
+    free(s->index);
     free(s->value);
 }
 
 /* Inner loops: restrict parameters let the compiler vectorize them. */
-static inline void add_scaled(int64_t m, real v, const real *restrict src, real *restrict dst) {
-    for (int64_t i = 0; i < m; i++) dst[i] += v * src[i];
-}
-
 static inline void multiply_add(int64_t lo, int64_t hi, const real *restrict a, const real *restrict b,
                                 real *restrict dst) {
     for (int64_t i = lo; i < hi; i++) dst[i] += a[i] * b[i];
 }
 
-/* The backward's per-tap work: the tap's gradient and (scattered) the input's gradient in one pass. */
-static inline void tap_backward(int64_t lo, int64_t hi, const real *restrict tap, const real *restrict xs,
-                                const real *restrict grad_raw, real *restrict grad_tap, real *restrict grad_xs) {
-    for (int64_t i = lo; i < hi; i++) {
-        grad_tap[i] += grad_raw[i] * xs[i];
-        grad_xs[i] += grad_raw[i] * tap[i];
+/* Register blocking with the compiler's vector extensions (GCC, Clang): one vector of pixels, up to PART_BLOCK
+ * partitions' accumulators kept in registers across all taps, so that each tap is loaded once per vector. */
+#if defined(__AVX512F__)
+#define VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define VECTOR_BYTES 32
+#else
+#define VECTOR_BYTES 16
+#endif
+#define LANES ((int64_t)(VECTOR_BYTES / sizeof(real)))
+#define PART_BLOCK 4
+typedef real vec_t __attribute__((vector_size(VECTOR_BYTES)));
+typedef real unaligned_vec_t __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(real)), may_alias));
+
+static inline vec_t load(const real *p) { return *(const unaligned_vec_t *)p; }
+static inline void store(real *p, vec_t v) { *(unaligned_vec_t *)p = v; }
+
+/* out[p][i] = inv[i] sum_t tap_t[i] x[p][i + offsets[t]] for p < parts (<= PART_BLOCK) and the whole vectors in
+ * [lo, hi), where every tap reads inside the image; tap rows are `stride` apart. */
+static void apply_vectors(int64_t lo, int64_t hi, int64_t kk, const real *taps, int64_t stride, const int64_t *offsets,
+                          const real *const *x, int parts, const real *inv, real *const *out) {
+    for (int64_t i = lo; i + LANES <= hi; i += LANES) {
+        vec_t acc[PART_BLOCK];
+        for (int p = 0; p < PART_BLOCK; p++) acc[p] = (vec_t){0};
+        for (int64_t t = 0; t < kk; t++) {
+            const vec_t tap = load(taps + t * stride + i);
+            const real *xt = x[0] + offsets[t] + i;
+            acc[0] += tap * load(xt);
+            for (int p = 1; p < PART_BLOCK; p++)
+                if (p < parts) acc[p] += tap * load(x[p] + offsets[t] + i);
+        }
+        const vec_t scale = load(inv + i);
+        for (int p = 0; p < parts; p++) store(out[p] + i, acc[p] * scale);
     }
 }
 
-/* A block: rows [h0, h0 + rows) of one item, pixels [begin, begin + count) of the flat image. */
+/* grad_taps[t][i] += sum_p grad_raw[p][i] x[p][i + offsets[t]] for p < parts (<= PART_BLOCK) and the whole vectors
+ * in [lo, hi), where every tap reads inside the image; grad_taps rows have length m. */
+static void tap_gradient_vectors(int64_t lo, int64_t hi, int64_t kk, real *grad_taps, int64_t m,
+                                 const int64_t *offsets, const real *const *x, int parts, const real *const *grad_raw) {
+    for (int64_t i = lo; i + LANES <= hi; i += LANES) {
+        vec_t g[PART_BLOCK];
+        for (int p = 0; p < PART_BLOCK; p++) g[p] = p < parts ? load(grad_raw[p] + i) : (vec_t){0};
+        for (int64_t t = 0; t < kk; t++) {
+            vec_t sum = g[0] * load(x[0] + offsets[t] + i);
+            for (int p = 1; p < PART_BLOCK; p++)
+                if (p < parts) sum += g[p] * load(x[p] + offsets[t] + i);
+            store(grad_taps + t * m + i, load(grad_taps + t * m + i) + sum);
+        }
+    }
+}
+
+/* out[g][i] = sum_{e in group g} value[e] in[index[e]][i] for i in [0, m): rows of `in` are in_stride apart, rows of
+ * `out` out_stride apart.  Vectorized over pixels: one load per term, one store per output row. */
+static void sparse_rows(const sparse_t *s, int64_t m, const real *in, int64_t in_stride, real *out, int64_t out_stride) {
+    int64_t i = 0;
+    for (; i + LANES <= m; i += LANES)
+        for (int g = 0; g < s->groups; g++) {
+            vec_t acc = (vec_t){0};
+            for (int e = s->first[g]; e < s->first[g + 1]; e++) acc += s->value[e] * load(in + s->index[e] * in_stride + i);
+            store(out + g * out_stride + i, acc);
+        }
+    for (; i < m; i++)
+        for (int g = 0; g < s->groups; g++) {
+            real acc = 0;
+            for (int e = s->first[g]; e < s->first[g + 1]; e++) acc += s->value[e] * in[s->index[e] * in_stride + i];
+            out[g * out_stride + i] = acc;
+        }
+}
+
+/* A block: rows [h0, h0 + rows) of one item, pixels [begin, begin + count) of the flat image.  Scratch rows of block
+ * pixels that are read shifted (taps, grad_raw) are `stride` apart, with `pad` = 2r zeros before and after the data. */
 typedef struct {
-    int64_t h0, rows, begin, count;
+    int64_t h0, rows, begin, count, stride, pad;
 } block_t;
 
+/* About BLOCK_PIXELS pixels, a whole number of vectors where some row count allows it. */
 static int64_t block_rows(const shape_t *sh) {
-    int64_t rows = BLOCK_PIXELS / sh->width;
-    return rows < 1 ? 1 : rows;
+    const int64_t most = BLOCK_PIXELS / sh->width < 1 ? 1 : BLOCK_PIXELS / sh->width;
+    for (int64_t rows = most; rows > 0; rows--)
+        if (rows * sh->width % LANES == 0) return rows;
+    return most;
 }
 
 static block_t block_at(const shape_t *sh, int64_t h0) {
     const int64_t rows = block_rows(sh) < sh->height - h0 ? block_rows(sh) : sh->height - h0;
-    block_t bl = {h0, rows, h0 * sh->width, rows * sh->width};
+    const int64_t pad = 2 * (sh->size / 2);
+    block_t bl = {h0, rows, h0 * sh->width, rows * sh->width, block_rows(sh) * sh->width + 2 * pad, pad};
     return bl;
 }
 
-/* taps (d, k*k, count) of a block; coef points at the item's (d, n, H, W) coefficients. */
-static void compose(const shape_t *sh, const sparse_t *st, const real *coef, block_t bl, real *taps) {
-    const int64_t plane = sh->height * sh->width, kk = sh->size * sh->size, m = bl.count;
-    for (int64_t c = 0; c < sh->dim; c++) {
-        const real *a_c = coef + c * sh->ops * plane + bl.begin;
-        for (int64_t t = 0; t < kk; t++) {
-            real *dst = taps + (c * kk + t) * m;
-            memset(dst, 0, (size_t)m * sizeof(real));
-            for (int e = st->first[t]; e < st->first[t + 1]; e++) add_scaled(m, st->value[e], a_c + st->op[e] * plane, dst);
-        }
-    }
+/* taps (d, k*k, count) of a block, padded rows; coef points at the item's (d, n, H, W) coefficients.  Zeroes the
+ * pad after each row too (a shorter last block leaves older data there). */
+static void compose(const shape_t *sh, const sparse_t *by_tap, const real *coef, block_t bl, real *taps) {
+    const int64_t plane = sh->height * sh->width, kk = sh->size * sh->size;
+    for (int64_t c = 0; c < sh->dim; c++)
+        sparse_rows(by_tap, bl.count, coef + c * sh->ops * plane + bl.begin, plane, taps + c * kk * bl.stride, bl.stride);
+    for (int64_t e = 0; e < sh->dim * kk; e++) memset(taps + e * bl.stride + bl.count, 0, (size_t)bl.pad * sizeof(real));
 }
 
 /* norm[i] = nu(i) - eps and inv[i] = 1 / nu(i) of a block's (unmasked) taps. */
@@ -124,7 +185,7 @@ static void normalize(const shape_t *sh, int l1, real eps, block_t bl, real *tap
     const int64_t n = sh->dim * sh->size * sh->size, m = bl.count;
     memset(norm, 0, (size_t)m * sizeof(real));
     for (int64_t e = 0; e < n; e++) {
-        const real *restrict tp = taps + e * m;
+        const real *restrict tp = taps + e * bl.stride;
         if (l1)
             for (int64_t i = 0; i < m; i++) norm[i] += fabs(tp[i]);
         else
@@ -159,7 +220,7 @@ static void mask_edges(const shape_t *sh, block_t bl, real *taps, int64_t c, rea
     const int64_t k = sh->size, kk = k * k;
     int64_t n = 0;
     for (int64_t t = 0; t < kk; t++) {
-        real *tp = taps + (c * kk + t) * bl.count;
+        real *tp = taps + (c * kk + t) * bl.stride;
         int64_t lo, hi;
         masked_columns(sh, t % k, &lo, &hi);
         if (mode == 1) {
@@ -187,6 +248,29 @@ static inline int64_t tap_offset(const shape_t *sh, int64_t t) {
     return (t / k - r) * sh->width + (t % k - r);
 }
 
+/* A block's tap geometry: flat offsets and valid ranges [lo[t], hi[t]) of every tap, and [inner_lo, vectors_hi):
+ * whole vectors where every tap reads inside the image.  The three arrays are the first 3 k*k int64 of scratch. */
+typedef struct {
+    int64_t *offset, *lo, *hi, inner_lo, vectors_hi;
+} geometry_t;
+
+static geometry_t block_geometry(const shape_t *sh, block_t bl, real *scratch) {
+    const int64_t kk = sh->size * sh->size;
+    geometry_t g = {(int64_t *)scratch, (int64_t *)scratch + kk, (int64_t *)scratch + 2 * kk, 0, bl.count};
+    int64_t inner_hi = bl.count;
+    for (int64_t t = 0; t < kk; t++) {
+        g.offset[t] = tap_offset(sh, t);
+        tap_range(sh, bl, g.offset[t], &g.lo[t], &g.hi[t]);
+        g.inner_lo = g.lo[t] > g.inner_lo ? g.lo[t] : g.inner_lo;
+        inner_hi = g.hi[t] < inner_hi ? g.hi[t] : inner_hi;
+    }
+    g.vectors_hi = inner_hi > g.inner_lo ? g.inner_lo + (inner_hi - g.inner_lo) / LANES * LANES : g.inner_lo;
+    return g;
+}
+
+/* Reals of scratch that block_geometry's int64 arrays take. */
+#define GEOMETRY_REALS(kk) (3 * (kk) * (int64_t)((sizeof(int64_t) + sizeof(real) - 1) / sizeof(real)))
+
 /* Runs item(b, j) for every (batch, field) pair on `threads` threads; -1 when a scratch buffer cannot be had. */
 static int run_items(const shape_t *sh, int threads, size_t scratch_reals,
                      void (*item)(const shape_t *, const void *, int64_t, int64_t, real *), const void *args) {
@@ -194,7 +278,7 @@ static int run_items(const shape_t *sh, int threads, size_t scratch_reals,
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        real *scratch = malloc(scratch_reals * sizeof(real));
+        real *scratch = calloc(scratch_reals, sizeof(real)); /* zeros: the pads of padded rows */
         failed = scratch == NULL;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < items; i++)
@@ -207,7 +291,7 @@ static int run_items(const shape_t *sh, int threads, size_t scratch_reals,
 typedef struct {
     const real *x, *coef, *grad_out;
     real *out, *grad_x, *grad_coef;
-    const sparse_t *stencil;
+    const sparse_t *by_tap, *by_op;
     int l1;
     real eps;
 } args_t;
@@ -216,27 +300,71 @@ static void forward_item(const shape_t *sh, const void *raw, int64_t b, int64_t 
     const args_t *args = raw;
     const int64_t W = sh->width, H = sh->height, plane = H * W, kk = sh->size * sh->size, d = sh->dim;
     const int64_t mmax = block_rows(sh) * W;
-    real *taps = scratch, *norm = taps + d * kk * mmax, *inv = norm + mmax, *acc = inv + mmax;
+    const int64_t stride = block_at(sh, 0).stride, pad = block_at(sh, 0).pad;
+    real *taps = scratch + GEOMETRY_REALS(kk) + pad, *norm = taps - pad + d * kk * stride, *inv = norm + mmax;
+    real *acc = inv + mmax;
     const real *coef = args->coef + (b * sh->fields + j) * d * sh->ops * plane;
     for (int64_t h0 = 0; h0 < H; h0 += block_rows(sh)) {
         const block_t bl = block_at(sh, h0);
         const int64_t m = bl.count;
-        compose(sh, args->stencil, coef, bl, taps);
+        const geometry_t geo = block_geometry(sh, bl, scratch);
+        compose(sh, args->by_tap, coef, bl, taps);
         normalize(sh, args->l1, args->eps, bl, taps, norm, inv);
         for (int64_t c = 0; c < d; c++) mask_edges(sh, bl, taps, c, NULL, 1);
-        for (int64_t c = 0; c < d; c++) /* channel-major: the channel's taps stay in L1 across partitions */
-            for (int64_t p = 0; p < sh->parts; p++) {
-                const int64_t at = (((b * sh->parts + p) * sh->fields + j) * d + c) * plane + bl.begin;
-                memset(acc, 0, (size_t)m * sizeof(real));
-                for (int64_t t = 0; t < kk; t++) {
-                    const int64_t offset = tap_offset(sh, t);
-                    int64_t lo, hi;
-                    tap_range(sh, bl, offset, &lo, &hi);
-                    multiply_add(lo, hi, taps + (c * kk + t) * m, args->x + at + offset, acc);
+        for (int64_t c = 0; c < d; c++) { /* channel-major: the channel's taps stay in L1 across partitions */
+            const real *tc = taps + c * kk * bl.stride;
+            for (int64_t p0 = 0; p0 < sh->parts; p0 += PART_BLOCK) {
+                const real *x[PART_BLOCK];
+                real *out[PART_BLOCK];
+                const int parts = (int)(sh->parts - p0 < PART_BLOCK ? sh->parts - p0 : PART_BLOCK);
+                for (int p = 0; p < parts; p++) {
+                    const int64_t at = (((b * sh->parts + p0 + p) * sh->fields + j) * d + c) * plane + bl.begin;
+                    x[p] = args->x + at;
+                    out[p] = args->out + at;
                 }
-                real *restrict o = args->out + at;
-                for (int64_t i = 0; i < m; i++) o[i] = acc[i] * inv[i];
+                apply_vectors(geo.inner_lo, geo.vectors_hi, kk, tc, bl.stride, geo.offset, x, parts, inv, out);
+                for (int p = 0; p < parts; p++) /* the pixels left: [0, inner_lo) and [vectors_hi, m) */
+                    for (int side = 0; side < 2; side++) {
+                        const int64_t from = side ? geo.vectors_hi : 0, to = side ? m : geo.inner_lo;
+                        if (from >= to) continue;
+                        memset(acc + from, 0, (size_t)(to - from) * sizeof(real));
+                        for (int64_t t = 0; t < kk; t++) {
+                            const int64_t l = geo.lo[t] > from ? geo.lo[t] : from, h = geo.hi[t] < to ? geo.hi[t] : to;
+                            multiply_add(l, h, tc + t * bl.stride, x[p] + geo.offset[t], acc);
+                        }
+                        for (int64_t i = from; i < to; i++) out[p][i] = acc[i] * inv[i];
+                    }
             }
+        }
+    }
+}
+
+/* The input gradient of one channel in a block, for p < parts (<= PART_BLOCK): every product grad_raw[p][i] tap_t[i]
+ * goes to grad_x[p][i + offset_t].  Computed as a gather per row offset u: acc[j] = sum_v (grad_raw tap_(u, v))[j - (v - r)]
+ * for j in [-r, m + r), then grad_x[p][j + (u - r) W] += acc[j] where that lies in the image, so that every
+ * destination vector is loaded and stored once per u.  grad_raw and tap rows are padded (zeros outside the block). */
+static void gather_input_gradient(const shape_t *sh, block_t bl, const real *taps, const real *const *grad_raw, int parts,
+                                  real *const *grad_x) {
+    const int64_t W = sh->width, k = sh->size, r = k / 2, plane = sh->height * W, m = bl.count;
+    for (int64_t u = 0; u < k; u++) {
+        const int64_t shift = (u - r) * W, lo = -r > -shift - bl.begin ? -r : -shift - bl.begin;
+        const int64_t hi = m + r < plane - shift - bl.begin ? m + r : plane - shift - bl.begin;
+        const real *row = taps + u * k * bl.stride; /* tap (u, 0) */
+        int64_t j = lo;
+        for (; j + LANES <= hi; j += LANES) {
+            vec_t acc[PART_BLOCK];
+            for (int p = 0; p < PART_BLOCK; p++) acc[p] = (vec_t){0};
+            for (int64_t v = 0; v < k; v++) {
+                const vec_t tap = load(row + v * bl.stride + j - (v - r));
+                for (int p = 0; p < PART_BLOCK; p++)
+                    if (p < parts) acc[p] += tap * load(grad_raw[p] + j - (v - r));
+            }
+            for (int p = 0; p < parts; p++) store(grad_x[p] + shift + j, load(grad_x[p] + shift + j) + acc[p]);
+        }
+        for (; j < hi; j++)
+            for (int p = 0; p < parts; p++)
+                for (int64_t v = 0; v < k; v++)
+                    grad_x[p][shift + j] += row[v * bl.stride + j - (v - r)] * grad_raw[p][j - (v - r)];
     }
 }
 
@@ -244,9 +372,10 @@ static void backward_item(const shape_t *sh, const void *raw, int64_t b, int64_t
     const args_t *args = raw;
     const int64_t W = sh->width, H = sh->height, plane = H * W, k = sh->size, kk = k * k, d = sh->dim;
     const int64_t n = sh->ops, mmax = block_rows(sh) * W;
-    real *taps = scratch, *grad_taps = taps + d * kk * mmax, *norm = grad_taps + kk * mmax, *inv = norm + mmax;
-    real *grad_nu = inv + mmax, *grad_raw = grad_nu + mmax, *saved = grad_raw + mmax;
-    const sparse_t *st = args->stencil;
+    const int64_t stride = block_at(sh, 0).stride, pad = block_at(sh, 0).pad;
+    real *taps = scratch + GEOMETRY_REALS(kk) + pad, *grad_taps = taps - pad + d * kk * stride;
+    real *norm = grad_taps + kk * mmax, *inv = norm + mmax, *grad_nu = inv + mmax, *grad_raw = grad_nu + mmax + pad;
+    real *saved = grad_raw - pad + PART_BLOCK * stride;
     const real *coef = args->coef + (b * sh->fields + j) * d * n * plane;
     real *grad_coef = args->grad_coef + (b * sh->fields + j) * d * n * plane;
     for (int64_t p = 0; p < sh->parts; p++)
@@ -254,7 +383,8 @@ static void backward_item(const shape_t *sh, const void *raw, int64_t b, int64_t
     for (int64_t h0 = 0; h0 < H; h0 += block_rows(sh)) {
         const block_t bl = block_at(sh, h0);
         const int64_t m = bl.count;
-        compose(sh, st, coef, bl, taps);
+        const geometry_t geo = block_geometry(sh, bl, scratch);
+        compose(sh, args->by_tap, coef, bl, taps);
         normalize(sh, args->l1, args->eps, bl, taps, norm, inv);
         /* d loss / d nu = -sum_{p, c} G out / nu, times d nu / d taps: rms taps / (d (nu - eps)), l1 sign(taps) */
         memset(grad_nu, 0, (size_t)m * sizeof(real));
@@ -268,25 +398,40 @@ static void backward_item(const shape_t *sh, const void *raw, int64_t b, int64_t
             if (!args->l1) grad_nu[i] /= (real)d * (norm[i] > (real)1e-30 ? norm[i] : (real)1e-30);
         }
         for (int64_t c = 0; c < d; c++) { /* channel by channel: its taps and their gradient stay in L1 */
+            const real *tc = taps + c * kk * bl.stride;
             mask_edges(sh, bl, taps, c, saved, 0);
             memset(grad_taps, 0, (size_t)(kk * m) * sizeof(real));
-            for (int64_t p = 0; p < sh->parts; p++) {
-                const int64_t at = (((b * sh->parts + p) * sh->fields + j) * d + c) * plane + bl.begin;
-                const real *restrict go = args->grad_out + at;
-                for (int64_t i = 0; i < m; i++) grad_raw[i] = go[i] * inv[i];
-                for (int64_t t = 0; t < kk; t++) {
-                    const int64_t offset = tap_offset(sh, t);
-                    int64_t lo, hi;
-                    tap_range(sh, bl, offset, &lo, &hi);
-                    tap_backward(lo, hi, taps + (c * kk + t) * m, args->x + at + offset, grad_raw, grad_taps + t * m,
-                                 args->grad_x + at + offset);
+            for (int64_t p0 = 0; p0 < sh->parts; p0 += PART_BLOCK) {
+                const real *x[PART_BLOCK], *gr[PART_BLOCK];
+                real *gx[PART_BLOCK];
+                const int parts = (int)(sh->parts - p0 < PART_BLOCK ? sh->parts - p0 : PART_BLOCK);
+                for (int p = 0; p < parts; p++) {
+                    const int64_t at = (((b * sh->parts + p0 + p) * sh->fields + j) * d + c) * plane + bl.begin;
+                    real *g = grad_raw + p * stride;
+                    const real *restrict go = args->grad_out + at;
+                    for (int64_t i = 0; i < m; i++) g[i] = go[i] * inv[i];
+                    memset(g + m, 0, (size_t)pad * sizeof(real));
+                    x[p] = args->x + at;
+                    gr[p] = g;
+                    gx[p] = args->grad_x + at;
                 }
+                tap_gradient_vectors(geo.inner_lo, geo.vectors_hi, kk, grad_taps, m, geo.offset, x, parts, gr);
+                for (int p = 0; p < parts; p++) {
+                    for (int side = 0; side < 2; side++) { /* tap gradient, the pixels left */
+                        const int64_t from = side ? geo.vectors_hi : 0, to = side ? m : geo.inner_lo;
+                        for (int64_t t = 0; t < kk && from < to; t++) {
+                            const int64_t l = geo.lo[t] > from ? geo.lo[t] : from, h = geo.hi[t] < to ? geo.hi[t] : to;
+                            multiply_add(l, h, gr[p], x[p] + geo.offset[t], grad_taps + t * m);
+                        }
+                    }
+                }
+                gather_input_gradient(sh, bl, tc, gr, parts, gx);
             }
             for (int64_t t = 0; t < kk; t++) /* wrapped reads: no gradient through the data term */
                 mask_columns(sh, bl, grad_taps + t * m, t % k);
             mask_edges(sh, bl, taps, c, saved, 2); /* the norm term uses the unmasked taps */
             for (int64_t t = 0; t < kk; t++) {
-                const real *restrict tp = taps + (c * kk + t) * m;
+                const real *restrict tp = tc + t * bl.stride;
                 real *restrict gt = grad_taps + t * m;
                 if (args->l1)
                     for (int64_t i = 0; i < m; i++) gt[i] += (real)((tp[i] > 0) - (tp[i] < 0)) * grad_nu[i];
@@ -294,11 +439,7 @@ static void backward_item(const shape_t *sh, const void *raw, int64_t b, int64_t
                     for (int64_t i = 0; i < m; i++) gt[i] += tp[i] * grad_nu[i];
             }
             /* grad_coef[c, a] = sum_t stencil[a, t] grad_taps[t] */
-            real *gc = grad_coef + c * n * plane + bl.begin;
-            for (int64_t a = 0; a < n; a++) memset(gc + a * plane, 0, (size_t)m * sizeof(real));
-            for (int64_t t = 0; t < kk; t++)
-                for (int e = st->first[t]; e < st->first[t + 1]; e++)
-                    add_scaled(m, st->value[e], grad_taps + t * m, gc + st->op[e] * plane);
+            sparse_rows(args->by_op, m, grad_taps, m, grad_coef + c * n * plane + bl.begin, plane);
         }
     }
 }
@@ -310,30 +451,34 @@ static shape_t make_shape(const int64_t *dims) {
 
 static int run(const int64_t *dims, const real *stencil, args_t *args, int threads, int backward) {
     shape_t sh = make_shape(dims);
-    sparse_t st;
+    const int64_t kk = sh.size * sh.size, m = block_rows(&sh) * sh.width, stride = block_at(&sh, 0).stride;
+    sparse_t by_tap = {0}, by_op = {0};
     int status = -1;
-    if (!sparse_init(&st, stencil, sh.ops, sh.size * sh.size)) {
-        const int64_t kk = sh.size * sh.size, m = block_rows(&sh) * sh.width, taps = sh.dim * kk * m;
-        args->stencil = &st;
-        if (backward) /* taps, one channel's grad_taps, 4 pixel rows, one channel's saved edges (< k*k a pixel) */
-            status = run_items(&sh, threads, (size_t)(taps + kk * m + 4 * m + kk * m), backward_item, args);
-        else /* taps, 3 pixel rows */
-            status = run_items(&sh, threads, (size_t)(taps + 3 * m), forward_item, args);
+    if (!sparse_init(&by_tap, stencil, sh.ops, kk, 1) && !sparse_init(&by_op, stencil, sh.ops, kk, 0)) {
+        args->by_tap = &by_tap;
+        args->by_op = &by_op;
+        const int64_t head = GEOMETRY_REALS(kk) + sh.dim * kk * stride; /* geometry, padded taps */
+        if (backward) /* one channel's grad_taps, 3 pixel rows, PART_BLOCK padded grad_raw rows, saved edges */
+            status = run_items(&sh, threads, (size_t)(head + kk * m + 3 * m + PART_BLOCK * stride + kk * m),
+                               backward_item, args);
+        else /* 3 pixel rows */
+            status = run_items(&sh, threads, (size_t)(head + 3 * m), forward_item, args);
     }
-    sparse_free(&st);
+    sparse_free(&by_tap);
+    sparse_free(&by_op);
     return status;
 }
 
 /* dims: batch, parts, fields, dim, ops, size, height, width.  Both return 0, or -1 when out of memory. */
 int epdo_adaptive_pdo_forward(const real *x, const real *coef, const real *stencil, real *out, const int64_t *dims,
                               int l1, double eps, int threads) {
-    args_t args = {x, coef, NULL, out, NULL, NULL, NULL, l1, (real)eps};
+    args_t args = {x, coef, NULL, out, NULL, NULL, NULL, NULL, l1, (real)eps};
     return run(dims, stencil, &args, threads, 0);
 }
 
 int epdo_adaptive_pdo_backward(const real *x, const real *coef, const real *stencil, const real *out,
                                const real *grad_out, real *grad_x, real *grad_coef, const int64_t *dims, int l1,
                                double eps, int threads) {
-    args_t args = {x, coef, grad_out, (real *)out, grad_x, grad_coef, NULL, l1, (real)eps};
+    args_t args = {x, coef, grad_out, (real *)out, grad_x, grad_coef, NULL, NULL, l1, (real)eps};
     return run(dims, stencil, &args, threads, 1);
 }
