@@ -11,6 +11,8 @@
 #   (.data/ must be ignored too: echo /.data/ >> .git/info/exclude)
 # Then call the device tool's run with carry [".whl", ".data"] and the command: bash benchmarks/gpu_check.sh
 #
+# The compiled adaptive-PDO kernel (epdo/nn/native) is CPU-only: on CUDA the layer runs its PyTorch path, and the
+# CUDA test below compares it with the CPU result (the compiled kernel where a C compiler exists).
 # It prints: the layer benchmark on CUDA at batch 64 (NeuralePDO vs escnn R2Conv vs the unfold formulation), the
 # model training-step benchmark at batch 64, and a short fashion-rot training at paper widths with images/second.
 set -euo pipefail

@@ -11,10 +11,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import markdown_table, median_seconds, peak_bytes, record
+from common import add_allocator_argument, markdown_table, median_seconds, peak_bytes, record, run_per_allocator
 
 from epdo.models import count_parameters, mnist_rot_model
-from epdo.runtime import tune_malloc
 
 PAPER = {
     "R (C16, fd)": dict(fields="regular", discretization="fd", g=4, s=4, reduction=1),
@@ -25,11 +24,12 @@ PAPER = {
     "cnn baseline": dict(fields="regular", baseline="cnn"),
 }
 DEMO = dict(group_order=8, widths=(8, 8, 8, 8, 8, 8), g=2, s=1)
+SMALL_WIDTHS = dict(group_order=8, widths=(8, 8, 12, 12, 16, 16), g=2, s=1)  # issue 9's small network
 SMALL = {
-    "R (C8, fd)": dict(fields="regular", discretization="fd", **DEMO),
-    "pdo baseline": dict(fields="regular", discretization="fd", baseline="pdo", **DEMO),
-    "escnn baseline": dict(fields="regular", baseline="escnn", **DEMO),
-    "cnn baseline": dict(fields="regular", baseline="cnn", **DEMO),
+    "R (C8, fd)": dict(fields="regular", discretization="fd", **SMALL_WIDTHS),
+    "pdo baseline": dict(fields="regular", discretization="fd", baseline="pdo", **SMALL_WIDTHS),
+    "escnn baseline": dict(fields="regular", baseline="escnn", **SMALL_WIDTHS),
+    "cnn baseline": dict(fields="regular", baseline="cnn", **SMALL_WIDTHS),
 }
 
 
@@ -55,6 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="paper,small", help="paper, small or both")
     parser.add_argument("--epoch-images", type=int, default=3000, help="images of the demo epoch timing (0: skip)")
     parser.add_argument("--record", action="store_true")
+    add_allocator_argument(parser)
     parser.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)  # internal: "size:name"
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -66,7 +67,8 @@ def main(argv=None) -> None:
         training_step(model, device, 2)()
         print(peak_bytes(training_step(model, device, batch), device))
         return
-    tune_malloc()
+    if run_per_allocator(args, __file__, argv):
+        return
     torch.manual_seed(0)
     rows = {}
     for size in args.sizes.split(","):
@@ -99,7 +101,7 @@ def main(argv=None) -> None:
                 row["step / escnn"] = f"{float(row['step_ms']) / float(reference['step_ms']):.2f}"
     epoch = ""
     if args.epoch_images:
-        model = mnist_rot_model(**SMALL["R (C8, fd)"]).to(device).train()
+        model = mnist_rot_model(fields="regular", discretization="fd", **DEMO).to(device).train()
         step = training_step(model, device, 64)
         step()
         start = time.perf_counter()
@@ -110,7 +112,8 @@ def main(argv=None) -> None:
         print(epoch)
     if args.record:
         command = "python benchmarks/model_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        title = f"Model training step, batch {batch}, {device.type}, median of {args.repeats}"
+        title = f"Model training step, batch {batch}, {device.type}, allocator {args.allocator}"
+        title += f", median of {args.repeats}"
         record(title, command, device, markdown_table(rows) + ("\n\n" + epoch if epoch else ""))
 
 

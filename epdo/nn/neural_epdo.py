@@ -30,7 +30,8 @@ class NeuralePDO(EquivariantModule):
        + 0.01: ``normalization="rms"`` (default) the root mean square of its channels' L2 norms, which keeps a white
        input's variance; ``"l1"`` the sum of their absolute values (the reference implementation).
     3. The input's ``q = z / g`` partitions of ``g`` fields share these coefficients: channel ``(p, j, c)`` gets
-       ``sum_a A[j, c, a] (S_a * f_(p, j, c))``; computed as stencil convolutions and a per-pixel contraction.
+       ``sum_a A[j, c, a] (S_a * f_(p, j, c))``; steps 2-3 are :func:`epdo.nn.adaptive_pdo` (on CPU one compiled
+       kernel that composes the per-pixel taps, normalizes and applies them).
     4. An equivariant 1x1 map ``z`` rho-fields -> ``out_type``.
 
     Shapes: input ``(B, z d, H, W)``, output ``(B, out_type.size, H, W)``.

@@ -70,8 +70,8 @@ def load(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
 @functools.cache
 def _warn_once(reason: str) -> None:
     warnings.warn(
-        f"epdo: compiled adaptive-PDO kernel unavailable ({reason}); using the pure PyTorch path, about 3x slower "
-        "on CPU. Install a C compiler with OpenMP (e.g. apt-get install gcc) or set EPDO_NATIVE=0 to silence this.",
+        f"epdo: compiled adaptive-PDO kernel unavailable ({reason}); using the PyTorch path (NeuralePDO about 2x "
+        "slower on CPU). Install a C compiler with OpenMP (e.g. apt-get install gcc) or set EPDO_NATIVE=0 to silence.",
         RuntimeWarning,
         stacklevel=4,
     )

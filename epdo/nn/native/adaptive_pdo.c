@@ -296,6 +296,16 @@ typedef struct {
     real eps;
 } args_t;
 
+/* Starts the block at row h0 of an item: its geometry (into the head of scratch), its taps and their norms. */
+static block_t begin_block(const shape_t *sh, const args_t *args, const real *coef, int64_t h0, real *scratch,
+                           real *taps, real *norm, real *inv, geometry_t *geo) {
+    const block_t bl = block_at(sh, h0);
+    *geo = block_geometry(sh, bl, scratch);
+    compose(sh, args->by_tap, coef, bl, taps);
+    normalize(sh, args->l1, args->eps, bl, taps, norm, inv);
+    return bl;
+}
+
 static void forward_item(const shape_t *sh, const void *raw, int64_t b, int64_t j, real *scratch) {
     const args_t *args = raw;
     const int64_t W = sh->width, H = sh->height, plane = H * W, kk = sh->size * sh->size, d = sh->dim;
@@ -305,11 +315,9 @@ static void forward_item(const shape_t *sh, const void *raw, int64_t b, int64_t 
     real *acc = inv + mmax;
     const real *coef = args->coef + (b * sh->fields + j) * d * sh->ops * plane;
     for (int64_t h0 = 0; h0 < H; h0 += block_rows(sh)) {
-        const block_t bl = block_at(sh, h0);
+        geometry_t geo;
+        const block_t bl = begin_block(sh, args, coef, h0, scratch, taps, norm, inv, &geo);
         const int64_t m = bl.count;
-        const geometry_t geo = block_geometry(sh, bl, scratch);
-        compose(sh, args->by_tap, coef, bl, taps);
-        normalize(sh, args->l1, args->eps, bl, taps, norm, inv);
         for (int64_t c = 0; c < d; c++) mask_edges(sh, bl, taps, c, NULL, 1);
         for (int64_t c = 0; c < d; c++) { /* channel-major: the channel's taps stay in L1 across partitions */
             const real *tc = taps + c * kk * bl.stride;
@@ -381,11 +389,9 @@ static void backward_item(const shape_t *sh, const void *raw, int64_t b, int64_t
     for (int64_t p = 0; p < sh->parts; p++)
         memset(args->grad_x + ((b * sh->parts + p) * sh->fields + j) * d * plane, 0, (size_t)(d * plane) * sizeof(real));
     for (int64_t h0 = 0; h0 < H; h0 += block_rows(sh)) {
-        const block_t bl = block_at(sh, h0);
+        geometry_t geo;
+        const block_t bl = begin_block(sh, args, coef, h0, scratch, taps, norm, inv, &geo);
         const int64_t m = bl.count;
-        const geometry_t geo = block_geometry(sh, bl, scratch);
-        compose(sh, args->by_tap, coef, bl, taps);
-        normalize(sh, args->l1, args->eps, bl, taps, norm, inv);
         /* d loss / d nu = -sum_{p, c} G out / nu, times d nu / d taps: rms taps / (d (nu - eps)), l1 sign(taps) */
         memset(grad_nu, 0, (size_t)m * sizeof(real));
         for (int64_t p = 0; p < sh->parts; p++)
