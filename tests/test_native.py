@@ -17,6 +17,8 @@ SHAPES = [
     (1, 1, 1, 1, 28, 28, "gauss", 4, 5),  # one channel; blocks of whole rows end inside the image
     (3, 2, 4, 2, 13, 7, "rbffd", 4, 5),
     (1, 2, 1, 3, 3, 2, "fd", 4, 5),  # narrower and lower than the stencil: every tap reads outside
+    (2, 5, 1, 2, 1, 1, "fd", 4, 5),  # single pixels (deep layers after pooling)
+    (1, 3, 2, 2, 2, 2, "gauss", 4, 5),
     (2, 1, 2, 8, 6, 40, "fd", 2, 3),  # 3x3 stencils of orders 0..2
     (1, 2, 2, 2, 10, 9, "gauss", 4, 7),
 ]

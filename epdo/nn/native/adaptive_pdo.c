@@ -264,6 +264,7 @@ static geometry_t block_geometry(const shape_t *sh, block_t bl, real *scratch) {
         g.inner_lo = g.lo[t] > g.inner_lo ? g.lo[t] : g.inner_lo;
         inner_hi = g.hi[t] < inner_hi ? g.hi[t] : inner_hi;
     }
+    g.inner_lo = g.inner_lo < bl.count ? g.inner_lo : bl.count; /* images lower than the stencil */
     g.vectors_hi = inner_hi > g.inner_lo ? g.inner_lo + (inner_hi - g.inner_lo) / LANES * LANES : g.inner_lo;
     return g;
 }
