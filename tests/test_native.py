@@ -1,7 +1,9 @@
 """The compiled adaptive-PDO kernel (epdo.nn.native) against the PyTorch path, and its build and fallback."""
 
+import os
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -80,8 +82,6 @@ print("ok")
 
 
 def test_without_a_compiler_the_pytorch_path_runs_with_one_warning(tmp_path):
-    import os
-
     env = dict(os.environ, CC="no-such-compiler", EPDO_CACHE_DIR=str(tmp_path))
     out = _run(FALLBACK, env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -92,20 +92,20 @@ def test_without_a_compiler_the_pytorch_path_runs_with_one_warning(tmp_path):
 
 
 def test_the_build_is_cached_and_atomic(tmp_path):
-    import os
-
     env = dict(os.environ, EPDO_CACHE_DIR=str(tmp_path))
+    stamps = []
     for _ in range(2):
         out = _run(FALLBACK, env)
         assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
-    built = sorted(p.name for p in (tmp_path / "native").iterdir())
-    assert len(built) == 1 and built[0].startswith("adaptive_pdo_float_") and built[0].endswith(".so"), built
+        built = sorted((tmp_path / "native").iterdir())
+        stamps.append([p.stat().st_mtime_ns for p in built])
+    names = [p.name for p in built]
+    assert len(names) == 1 and names[0].startswith("adaptive_pdo_float_") and names[0].endswith(".so"), names
+    assert stamps[0] == stamps[1], "the second process rebuilt the cached library"
 
 
 def test_native_kernel_is_faster_than_the_pytorch_path():
     """Not a benchmark (those are in benchmarks/): a guard that the compiled path is not silently the slow one."""
-    import time
-
     x, a, s, g = _inputs((4, 4, 4, 8, 28, 28, "fd", 4, 5), torch.float32)
     grad = torch.randn(x.shape)
 

@@ -113,8 +113,9 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
 
 class _NativeAdaptivePDO(torch.autograd.Function):
     """The whole adaptive PDO (tap composition, normalization, per-pixel filter) in one compiled kernel per pass;
-    the backward recomputes taps and output instead of storing them.  Shapes: ``x (B, q, g*d, H, W)``,
-    ``coefficients (B, g*d*n, H, W)``, ``stencils (n, k*k)`` already scaled by ``COEFFICIENT_SCALE``."""
+    the backward recomputes the taps instead of storing them and reuses the saved output.  Shapes:
+    ``x (B, q, g*d, H, W)``, ``coefficients (B, g*d*n, H, W)``, ``stencils (n, k*k)`` already scaled by
+    ``COEFFICIENT_SCALE``."""
 
     @staticmethod
     def forward(  # type: ignore[override]

@@ -28,7 +28,8 @@ from typing import Optional
 import torch
 
 SOURCE = Path(__file__).with_name("adaptive_pdo.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno", "-lm")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
+LIBRARIES = ("-lm",)  # after the source, where the linker looks for what it needs
 SCALAR_TYPES = {torch.float32: "float", torch.float64: "double"}
 
 
@@ -82,7 +83,7 @@ def _load(scalar: str) -> ctypes.CDLL:
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise NativeBuildError(f"no C compiler: {compiler!r} is not on PATH")
-    command = [compiler, *FLAGS[:-1], f"-DREAL={scalar}", str(SOURCE), FLAGS[-1]]
+    command = [compiler, *FLAGS, f"-DREAL={scalar}", str(SOURCE), *LIBRARIES]
     library = cache_dir() / "native" / f"adaptive_pdo_{scalar}_{_build_key(command)}.so"
     if not library.exists():
         _build(command, library)
@@ -103,13 +104,18 @@ def _build_key(command: list) -> str:
     """Hash of what the binary depends on: source, command, compiler version and the CPU (``-march=native``)."""
     digest = hashlib.sha256(SOURCE.read_bytes())
     digest.update(" ".join(command).encode())
-    try:
-        version = subprocess.run([command[0], "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as error:
-        raise NativeBuildError(f"{command[0]} --version failed: {error}") from error
-    digest.update(version.encode())
+    digest.update(_compiler_version(command[0]).encode())
     digest.update(_cpu_description().encode())
     return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _compiler_version(compiler: str) -> str:
+    """``compiler --version``, asked once per process (both scalar types' keys use it)."""
+    try:
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise NativeBuildError(f"{compiler} --version failed: {error}") from error
 
 
 def _cpu_description() -> str:

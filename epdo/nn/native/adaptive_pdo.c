@@ -105,9 +105,7 @@ static void apply_vectors(int64_t lo, int64_t hi, int64_t kk, const real *taps, 
         for (int p = 0; p < PART_BLOCK; p++) acc[p] = (vec_t){0};
         for (int64_t t = 0; t < kk; t++) {
             const vec_t tap = load(taps + t * stride + i);
-            const real *xt = x[0] + offsets[t] + i;
-            acc[0] += tap * load(xt);
-            for (int p = 1; p < PART_BLOCK; p++)
+            for (int p = 0; p < PART_BLOCK; p++)
                 if (p < parts) acc[p] += tap * load(x[p] + offsets[t] + i);
         }
         const vec_t scale = load(inv + i);
@@ -121,10 +119,10 @@ static void tap_gradient_vectors(int64_t lo, int64_t hi, int64_t kk, real *grad_
                                  const int64_t *offsets, const real *const *x, int parts, const real *const *grad_raw) {
     for (int64_t i = lo; i + LANES <= hi; i += LANES) {
         vec_t g[PART_BLOCK];
-        for (int p = 0; p < PART_BLOCK; p++) g[p] = p < parts ? load(grad_raw[p] + i) : (vec_t){0};
+        for (int p = 0; p < parts; p++) g[p] = load(grad_raw[p] + i);
         for (int64_t t = 0; t < kk; t++) {
-            vec_t sum = g[0] * load(x[0] + offsets[t] + i);
-            for (int p = 1; p < PART_BLOCK; p++)
+            vec_t sum = (vec_t){0};
+            for (int p = 0; p < PART_BLOCK; p++)
                 if (p < parts) sum += g[p] * load(x[p] + offsets[t] + i);
             store(grad_taps + t * m + i, load(grad_taps + t * m + i) + sum);
         }
@@ -149,10 +147,10 @@ static void sparse_rows(const sparse_t *s, int64_t m, const real *in, int64_t in
         }
 }
 
-/* A block: rows [h0, h0 + rows) of one item, pixels [begin, begin + count) of the flat image.  Scratch rows of block
+/* A block: `rows` whole rows of one item, pixels [begin, begin + count) of the flat image.  Scratch rows of block
  * pixels that are read shifted (taps, grad_raw) are `stride` apart, with `pad` = 2r zeros before and after the data. */
 typedef struct {
-    int64_t h0, rows, begin, count, stride, pad;
+    int64_t rows, begin, count, stride, pad;
 } block_t;
 
 /* About BLOCK_PIXELS pixels, a whole number of vectors where some row count allows it. */
@@ -166,7 +164,7 @@ static int64_t block_rows(const shape_t *sh) {
 static block_t block_at(const shape_t *sh, int64_t h0) {
     const int64_t rows = block_rows(sh) < sh->height - h0 ? block_rows(sh) : sh->height - h0;
     const int64_t pad = 2 * (sh->size / 2);
-    block_t bl = {h0, rows, h0 * sh->width, rows * sh->width, block_rows(sh) * sh->width + 2 * pad, pad};
+    block_t bl = {rows, h0 * sh->width, rows * sh->width, block_rows(sh) * sh->width + 2 * pad, pad};
     return bl;
 }
 
@@ -272,6 +270,12 @@ static geometry_t block_geometry(const shape_t *sh, block_t bl, real *scratch) {
 /* Reals of scratch that block_geometry's int64 arrays take. */
 #define GEOMETRY_REALS(kk) (3 * (kk) * (int64_t)((sizeof(int64_t) + sizeof(real) - 1) / sizeof(real)))
 
+/* The part of tap t's valid range inside [from, to), as [*lo, *hi) (empty when *lo >= *hi). */
+static inline void clip_to_tap(const geometry_t *g, int64_t t, int64_t from, int64_t to, int64_t *lo, int64_t *hi) {
+    *lo = g->lo[t] > from ? g->lo[t] : from;
+    *hi = g->hi[t] < to ? g->hi[t] : to;
+}
+
 /* Runs item(b, j) for every (batch, field) pair on `threads` threads; -1 when a scratch buffer cannot be had. */
 static int run_items(const shape_t *sh, int threads, size_t scratch_reals,
                      void (*item)(const shape_t *, const void *, int64_t, int64_t, real *), const void *args) {
@@ -338,7 +342,8 @@ static void forward_item(const shape_t *sh, const void *raw, int64_t b, int64_t 
                         if (from >= to) continue;
                         memset(acc + from, 0, (size_t)(to - from) * sizeof(real));
                         for (int64_t t = 0; t < kk; t++) {
-                            const int64_t l = geo.lo[t] > from ? geo.lo[t] : from, h = geo.hi[t] < to ? geo.hi[t] : to;
+                            int64_t l, h;
+                            clip_to_tap(&geo, t, from, to, &l, &h);
                             multiply_add(l, h, tc + t * bl.stride, x[p] + geo.offset[t], acc);
                         }
                         for (int64_t i = from; i < to; i++) out[p][i] = acc[i] * inv[i];
@@ -427,7 +432,8 @@ static void backward_item(const shape_t *sh, const void *raw, int64_t b, int64_t
                     for (int side = 0; side < 2; side++) { /* tap gradient, the pixels left */
                         const int64_t from = side ? geo.vectors_hi : 0, to = side ? m : geo.inner_lo;
                         for (int64_t t = 0; t < kk && from < to; t++) {
-                            const int64_t l = geo.lo[t] > from ? geo.lo[t] : from, h = geo.hi[t] < to ? geo.hi[t] : to;
+                            int64_t l, h;
+                            clip_to_tap(&geo, t, from, to, &l, &h);
                             multiply_add(l, h, gr[p], x[p] + geo.offset[t], grad_taps + t * m);
                         }
                     }
