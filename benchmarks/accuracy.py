@@ -30,10 +30,12 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from common import machine_description, markdown_table, record
+from escnn import nn
 
 from epdo.data import load_dataset, random_rotation
+from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import count_parameters, mnist_rot_model
-from epdo.nn import NeuralePDO
+from epdo.nn import NeuralePDO, PDOConv
 from epdo.runtime import tune_malloc
 from epdo.train import learning_rate
 
@@ -41,16 +43,20 @@ BASE_WIDTHS = (8, 8, 12, 12, 16, 16)
 COMMON = dict(group_order=8, g=2, s=1, reduction=1, discretization="fd")
 VARIANTS: Dict[str, dict] = {
     "epdo": {},  # the library's default Neural ePDO
+    "epdo-white": dict(bandwidth=None),  # plain orthonormal bases (white-noise filters at init; default before)
+    "epdo-bw15": dict(bandwidth=0.15),
+    "epdo-bw10": dict(bandwidth=0.1),
+    "epdo-bw30": dict(bandwidth=0.3),
     "epdo-l1": dict(normalization="l1"),  # the reference's L1 tap normalization (default before issue 8)
-    "epdo-ref": dict(normalization="l1", generator_init="reference"),  # the reference layer, faithful mode
+    "epdo-ref": dict(normalization="l1", generator_init="reference", bandwidth=None),  # the reference layer
     "epdo-frozen": dict(frozen_adaptivity=True),  # diagnostic: the generator stays static (no adaptivity)
-    "epdo-decay": dict(order_decay=0.5),
-    "epdo-decay7": dict(order_decay=0.7),
-    "epdo-decay-l1": dict(order_decay=0.5, normalization="l1"),
     "epdo-gauss": dict(discretization="gauss"),
+    "epdo-lift-escnn": dict(lift="escnn"),  # diagnostic: layer 1 an escnn R2Conv 5x5 instead of a PDOConv
     "pdo": dict(baseline="pdo"),
-    "pdo-decay": dict(baseline="pdo", order_decay=0.5),
+    "pdo-white": dict(baseline="pdo", bandwidth=None),
+    "pdo-lift-escnn": dict(baseline="pdo", lift="escnn"),
     "escnn": dict(baseline="escnn"),
+    "escnn-lift-pdo": dict(baseline="escnn", lift="pdo"),  # diagnostic: layer 1 a PDOConv (fd) instead
     "cnn": dict(baseline="cnn"),
 }
 MATCHED = ("pdo", "escnn")  # baselines whose widths are scaled to the target parameter count (cnn matches itself)
@@ -59,7 +65,20 @@ MATCHED = ("pdo", "escnn")  # baselines whose widths are scaled to the target pa
 def build(name: str, widths) -> torch.nn.Module:
     options = {**COMMON, **VARIANTS[name]}
     frozen = options.pop("frozen_adaptivity", False)
+    lift = options.pop("lift", None)
     model = mnist_rot_model(widths=widths, **options).train()
+    if lift is not None:  # swap layer 1 (the lift from the image to the first fields)
+        first = model.body._modules["0"]
+        model.body._modules["0"] = (
+            nn.R2Conv(first.in_type, first.out_type, 5, padding=2, bias=False)
+            if lift == "escnn"
+            else PDOConv(
+                first.in_type,
+                first.out_type,
+                options["discretization"],
+                bandwidth=options.get("bandwidth", DEFAULT_BANDWIDTH),
+            )
+        )
     for module in model.modules():
         if frozen and isinstance(module, NeuralePDO):  # per-pixel coefficients stay constant: a static PDO
             module.generator_norm.weight.requires_grad_(False)

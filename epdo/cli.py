@@ -4,6 +4,7 @@ the flag (``argument --epochs: must be a positive integer, got -1``, exit status
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 
 def positive_int(text: str) -> int:
@@ -14,6 +15,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def bandwidth(text: str) -> Optional[float]:
+    """argparse type: ``none`` or a number in ``(0, 1]`` (cycles per pixel)."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none' or a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be 'none' or a number in (0, 1], got {text}")
     return value
 
 

@@ -162,12 +162,12 @@ def test_layer_preserves_variance_at_initialization(group_name):
         assert 0.25 <= escnn_ratio <= 4.0  # the yardstick
 
 
-@pytest.mark.parametrize("order_decay", [None, 0.5])
+@pytest.mark.parametrize("bandwidth", [None, 0.2])
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
-def test_options_keep_exact_equivariance(normalization, order_decay):
+def test_options_keep_exact_equivariance(normalization, bandwidth):
     gs = space("D4")
     t = nn.FieldType(gs, [gs.regular_repr] * 4)
-    layer = NeuralePDO(t, t, g=2, normalization=normalization, order_decay=order_decay).train()
+    layer = NeuralePDO(t, t, g=2, normalization=normalization, bandwidth=bandwidth).train()
     randomize(layer)
     x = nn.GeometricTensor(torch.randn(2, t.size, 11, 11), t)
     assert max(equivariance_errors(layer, x).values()) <= TOL

@@ -112,8 +112,13 @@ def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_
     torch.save(dict(model=legacy.state_dict(), args=old), tmp_path / "old.pt")
     assert config_from_checkpoint(torch.load(tmp_path / "old.pt", weights_only=False)) == ModelConfig(
         fields="quotient", discretization="fd", g=2, s=1, reduction=2, group_order=4, widths=(4,) * 6,
-        generator_init="reference", normalization="l1",
+        generator_init="reference", normalization="l1", bandwidth=None,
     )  # fmt: skip
+    # a configuration from before the bandwidth option: its plain orthonormal bases, order_decay gone
+    earlier = {k: v for k, v in state["config"].items() if k != "bandwidth"}
+    assert config_from_checkpoint(dict(config={**earlier, "order_decay": None})).bandwidth is None
+    with pytest.raises(ValueError, match="uses order_decay, an option epdo removed"):
+        config_from_checkpoint(dict(config={**earlier, "order_decay": 0.5}))
     capsys.readouterr()
     assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--rotations", "0", "--no-progress"]) == 0
     torch.save(dict(model=legacy.state_dict()), tmp_path / "foreign.pt")

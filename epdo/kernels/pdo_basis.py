@@ -14,8 +14,12 @@ import numpy as np
 from escnn.group import Representation
 from escnn.gspaces import GSpace2D
 
-from epdo.diffops import derivative_representation, multi_indices, stencils_numpy
+from epdo.diffops import derivative_representation, stencils_numpy
 from epdo.memo import memoize
+
+DEFAULT_BANDWIDTH = 0.2
+"""The band limit (cycles per pixel) of the PDO layers' bases by default (:func:`smooth_orthonormalize`): close to the
+spectrum of escnn's 5x5 bases at initialization; measured in benchmarks/RESULTS.md (issue 8)."""
 
 
 def orthonormalize(basis: np.ndarray, metric_view: np.ndarray = None) -> np.ndarray:
@@ -27,12 +31,54 @@ def orthonormalize(basis: np.ndarray, metric_view: np.ndarray = None) -> np.ndar
     ``d_x^4``), which slows gradient descent on their coefficients; mixing equivariant basis elements keeps them
     equivariant, so the function class is unchanged.
     """
-    view = (basis if metric_view is None else metric_view).reshape(len(basis), -1)
-    eigenvalues, eigenvectors = np.linalg.eigh(view @ view.T)
+    view = basis if metric_view is None else metric_view
+    return np.tensordot(_lowdin_transform(view), basis, axes=1)
+
+
+def _lowdin_transform(view: np.ndarray) -> np.ndarray:
+    """``(V V^T)^(-1/2)`` for ``view`` flattened per element, ``(K, K)``."""
+    flat = view.reshape(len(view), -1)
+    eigenvalues, eigenvectors = np.linalg.eigh(flat @ flat.T)
     if eigenvalues.min() <= 1e-10 * max(eigenvalues.max(), 1e-300):
         raise RuntimeError("linearly dependent basis: cannot orthonormalize")
-    transform = (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
-    return np.tensordot(transform, basis, axes=1)
+    return (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
+
+
+def check_bandwidth(bandwidth: Optional[float]) -> None:
+    """Raise ``ValueError`` unless ``bandwidth`` is ``None`` or a number in ``(0, 1]`` (cycles per pixel)."""
+    if bandwidth is None:
+        return
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not 0 < bandwidth <= 1:
+        raise ValueError(f"bandwidth must be None or a number in (0, 1] (cycles per pixel), got {bandwidth!r}")
+
+
+def spectral_view(filters: np.ndarray, bandwidth: float) -> np.ndarray:
+    """``filters`` ``(..., u, v)`` as the smoothness metric sees them: their spectra (zero-padded to ``4u x 4v``)
+    weighted by ``exp(|omega|^2 / (4 bandwidth^2))``, ``omega`` in cycles per pixel; real and imaginary parts side by
+    side, shape ``(..., 4u, 8v)``.
+
+    Frobenius products of views weight the filters' power at ``omega`` by ``exp(|omega|^2 / (2 bandwidth^2))``, so a
+    basis orthonormal for them has white-noise combinations whose power spectrum follows
+    ``exp(-|omega|^2 / (2 bandwidth^2))`` as closely as the span allows: a Gaussian band limit, like escnn's bases.
+    """
+    n, m = 4 * filters.shape[-2], 4 * filters.shape[-1]
+    squared = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.fftfreq(m)[None, :] ** 2
+    spectrum = np.fft.fft2(filters, s=(n, m)) * np.exp(squared / (4 * bandwidth**2))
+    return np.concatenate([spectrum.real, spectrum.imag], axis=-1)
+
+
+def smooth_orthonormalize(basis: np.ndarray, filters: np.ndarray, bandwidth: Optional[float]) -> np.ndarray:
+    """Re-basis ``basis`` ``(K, ...)``, whose elements compose ``filters`` ``(K, ..., u, v)`` (a linear image of it).
+
+    ``bandwidth=None``: orthonormal for the filters (:func:`orthonormalize`).  A number: orthonormal for their
+    :func:`spectral_view` (a Gaussian band limit of ``bandwidth`` cycles per pixel on white-noise combinations), then
+    scaled so that the filters' mean squared norm is 1, as before.  Same span either way.
+    """
+    if bandwidth is None:
+        return orthonormalize(basis, filters)
+    transform = _lowdin_transform(spectral_view(filters, bandwidth))
+    scale = np.sqrt(len(basis) / np.sum(np.tensordot(transform, filters, axes=1) ** 2))
+    return scale * np.tensordot(transform, basis, axes=1)
 
 
 def canonical_basis(basis: np.ndarray, seed: int = 0, metric_view: np.ndarray = None) -> np.ndarray:
@@ -51,32 +97,6 @@ def canonical_basis(basis: np.ndarray, seed: int = 0, metric_view: np.ndarray = 
     coefficients = np.linalg.solve(flat @ flat.T, flat @ probe.T).T  # R B^T (B B^T)^-1
     mixed_view = None if metric_view is None else np.tensordot(coefficients, metric_view, axes=1)
     return orthonormalize(np.tensordot(coefficients, basis, axes=1), mixed_view)
-
-
-def order_graded_basis(hom: np.ndarray, stencil: np.ndarray, max_order: int, order_decay: float) -> np.ndarray:
-    """Re-basis PDO coefficients ``hom`` ``(K, X, n_ops, Y)`` (derivatives of order ``<= max_order`` on axis 2) order
-    by order: for each order ``k``, a canonical basis (:func:`canonical_basis`) of the order-``k`` part, orthonormal
-    for the filters it composes with ``stencil`` ``(n_ops, u, v)``, scaled by ``order_decay ** k``.  Shape
-    ``(K', X, n_ops, Y)``, ``K' = K`` for a basis whose span splits by order (the equivariant ones do: ``D`` is block
-    diagonal by order).
-
-    With ``order_decay < 1`` higher derivatives start smaller and, under Adam (steps of similar size per parameter),
-    also move more slowly: a smoothness prior on the learned operators.
-    """
-    if isinstance(order_decay, bool) or not isinstance(order_decay, (int, float)) or not order_decay > 0:
-        raise ValueError(f"order_decay must be a positive number, got {order_decay!r}")
-    order_of_op = np.array([i + j for i, j in multi_indices(max_order)])
-    graded = []
-    for k in range(max_order + 1):
-        part = np.where((order_of_op == k)[None, None, :, None], hom, 0.0)
-        composed = np.einsum("kxay,auv->kxyuv", part, stencil).reshape(len(part), -1)
-        # the projected elements are linearly dependent: keep an independent combination of them
-        eigenvalues, eigenvectors = np.linalg.eigh(composed @ composed.T)
-        independent = eigenvectors[:, eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)].T
-        if len(independent):
-            part, composed = np.tensordot(independent, part, axes=1), independent @ composed
-            graded.append(order_decay**k * canonical_basis(part, seed=k, metric_view=composed))
-    return np.concatenate(graded)
 
 
 @memoize
@@ -121,24 +141,22 @@ def pdo_filter_basis(
     discretization: str,
     max_order: int = 4,
     size: int = 5,
-    order_decay: Optional[float] = None,
+    bandwidth: Optional[float] = None,
 ) -> np.ndarray:
     """Filters of the equivariant PDOs ``rho_in -> rho_out``: ``(n_basis, d_out, d_in, size, size)``.
 
     ``n_basis = dim Hom_G(rho_in (x) D, rho_out)``: 15 for trivial -> C_N regular, ``15 N`` for regular ->
-    regular (max_order 4).  Orthonormal with ``order_decay=None``; else orthonormal within each derivative order
-    and scaled by ``order_decay ** order`` (:func:`order_graded_basis`).  float64, read-only, cached.
+    regular (max_order 4).  Orthonormal with ``bandwidth=None``; else orthonormal for the band-limiting metric
+    (:func:`smooth_orthonormalize`).  float64, read-only, cached.
     """
+    check_bandwidth(bandwidth)
     stencil = stencils_numpy(discretization, max_order, size)
     deriv = derivative_representation(gspace, max_order)
     hom = intertwiner_basis(rho_in.tensor(deriv), rho_out)
     hom = hom.reshape(hom.shape[0], rho_out.size, rho_in.size, deriv.size)
-    if len(hom) and order_decay is not None:
-        hom = order_graded_basis(hom.reshape(len(hom), -1, deriv.size, 1), stencil, max_order, order_decay)
-        hom = hom.reshape(len(hom), rho_out.size, rho_in.size, deriv.size)
     filters = np.einsum("koca,auv->kocuv", hom, stencil)
-    if len(filters) and order_decay is None:
-        filters = orthonormalize(filters)
+    if len(filters):
+        filters = smooth_orthonormalize(filters, filters, bandwidth)
     filters.setflags(write=False)
     return filters
 
@@ -150,23 +168,20 @@ def pdo_coefficient_basis(
     discretization: str,
     max_order: int = 4,
     size: int = 5,
-    order_decay: Optional[float] = None,
+    bandwidth: Optional[float] = None,
 ) -> np.ndarray:
     """Basis of ``Hom_G(rho_in, rho_coefficients)`` for a coefficient representation ``rho (x) D^-T`` (index
-    ``(c, a)``), orthonormal for the filters the coefficients compose: ``<A, B> = sum A[c,a] B[c,b] <S_a, S_b>``
-    (with ``order_decay``: per derivative order, scaled by ``order_decay ** order``, :func:`order_graded_basis`).
+    ``(c, a)``), orthonormal for the filters the coefficients compose, ``<A, B> = sum A[c,a] B[c,b] <S_a, S_b>``
+    (with ``bandwidth``: for their band-limiting metric, :func:`smooth_orthonormalize`).
 
     Shape ``(n_basis, d * n_ops, d_in)``; float64, read-only, cached.
     """
+    check_bandwidth(bandwidth)
     stencil = stencils_numpy(discretization, max_order, size)
     n_ops = len(stencil)
-    hom = intertwiner_basis(rho_in, rho_coefficients)
-    split = hom.reshape(len(hom), -1, n_ops, rho_in.size)
-    if not len(hom):
-        basis = hom
-    elif order_decay is None:
-        basis = orthonormalize(hom, np.einsum("kcai,auv->kcuvi", split, stencil))
-    else:
-        basis = order_graded_basis(split, stencil, max_order, order_decay).reshape(-1, *hom.shape[1:])
+    basis = intertwiner_basis(rho_in, rho_coefficients)
+    if len(basis):
+        split = basis.reshape(len(basis), -1, n_ops, rho_in.size)
+        basis = smooth_orthonormalize(basis, np.einsum("kcai,auv->kciuv", split, stencil), bandwidth)
     basis.setflags(write=False)
     return basis

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from escnn import group, gspaces, nn
 
+from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations
 
 PAPER_WIDTHS = {
@@ -41,7 +42,7 @@ class ModelConfig:
     baseline: str = "none"
     generator_init: str = "static"
     normalization: str = "rms"
-    order_decay: Optional[float] = None
+    bandwidth: Optional[float] = DEFAULT_BANDWIDTH
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -59,9 +60,13 @@ FIELDS_BY_FLAG = {"R": "regular", "Q": "quotient"}
 
 def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
     """The :class:`ModelConfig` of a checkpoint written by ``epdo-train``, this version's (``state["config"]``) or an
-    earlier one's (the CLI namespace ``state["args"]``, whose layers used the reference's L1 normalization)."""
+    earlier one's (the CLI namespace ``state["args"]``, whose layers used the reference's L1 normalization).
+
+    Configurations from before the ``bandwidth`` option used plain orthonormal bases: they get ``bandwidth=None``,
+    so their parameters keep their meaning; the ``order_decay`` option they may name was removed (issue 8).
+    """
     if "config" in state:
-        return ModelConfig(**state["config"])
+        return ModelConfig(**_without_order_decay(state["config"]))
     if "args" not in state:
         raise ValueError(
             f"not an epdo-train checkpoint: expected a 'config' (or, before version 0.2, 'args') entry, found keys "
@@ -80,7 +85,21 @@ def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
     converted.setdefault("generator_init", "reference")  # checkpoints from before the option
     if converted.get("widths") is not None:
         converted["widths"] = tuple(converted["widths"])
-    return ModelConfig(**converted)
+    return ModelConfig(**_without_order_decay(converted))
+
+
+def _without_order_decay(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A configuration from before ``bandwidth`` gets ``bandwidth=None`` (its bases); ``order_decay`` is dropped if
+    unset."""
+    if "bandwidth" in config:
+        return config
+    config = {**config, "bandwidth": None}
+    if config.pop("order_decay", None) is not None:
+        raise ValueError(
+            "this checkpoint's model uses order_decay, an option epdo removed (issue 8: it slowed learning); "
+            "load it with the epdo version that wrote it"
+        )
+    return config
 
 
 class EquivariantClassifier(torch.nn.Module):
@@ -125,7 +144,7 @@ def mnist_rot_model(
     baseline: str = "none",
     generator_init: str = "static",
     normalization: str = "rms",
-    order_decay: Optional[float] = None,
+    bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
 ) -> torch.nn.Module:
     """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
 
@@ -141,8 +160,8 @@ def mnist_rot_model(
         dropout: field dropout of layers 3-6.
         baseline: ``"none"``; ``"pdo"`` (every layer a static :class:`PDOConv`); ``"escnn"`` (escnn ``R2Conv`` 5x5);
             ``"cnn"`` (a plain CNN, see :func:`plain_cnn`).
-        generator_init, normalization, order_decay: see :class:`epdo.nn.NeuralePDO` (``order_decay`` applies to
-            the static PDO layers too).
+        generator_init, normalization, bandwidth: see :class:`epdo.nn.NeuralePDO` (``bandwidth`` applies to the
+            static PDO layers too).
     """
     if fields not in FIELDS:
         raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
@@ -168,7 +187,7 @@ def mnist_rot_model(
 
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
         if baseline == "pdo":
-            return PDOConv(in_type, out_type, discretization, order_decay=order_decay)
+            return PDOConv(in_type, out_type, discretization, bandwidth=bandwidth)
         if baseline == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
         return NeuralePDO(
@@ -180,7 +199,7 @@ def mnist_rot_model(
             discretization=discretization,
             generator_init=generator_init,
             normalization=normalization,
-            order_decay=order_decay,
+            bandwidth=bandwidth,
         )
 
     types = [nn.FieldType(gspace, [field(gspace)] * w) for w in widths]
@@ -188,7 +207,7 @@ def mnist_rot_model(
     first = (
         nn.R2Conv(image, types[0], 5, padding=2, bias=False)
         if baseline == "escnn"
-        else PDOConv(image, types[0], discretization, order_decay=order_decay)
+        else PDOConv(image, types[0], discretization, bandwidth=bandwidth)
     )
     modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
     for index in range(1, 6):

@@ -10,7 +10,7 @@ from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.diffops import check_discretization, check_max_order, coefficient_representation, num_operators, stencils
-from epdo.kernels import pdo_coefficient_basis
+from epdo.kernels import DEFAULT_BANDWIDTH, check_bandwidth, pdo_coefficient_basis
 from epdo.nn.checks import check_field_types, check_input, is_permutation_representation
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.field_norm import FieldNorm
@@ -25,7 +25,7 @@ class NeuralePDO(EquivariantModule):
     1. Generator (an equivariant MLP of 1x1 maps): ``z`` rho-fields -> ``M`` regular fields
        (``M = floor(z d / (reduction |G|))``) -> per-field normalization -> ReLU -> ``g`` fields of the coefficient
        representation ``rho (x) D^-T`` (a 1x1 map with ``s`` groups, whose basis is orthonormal for the composed
-       ``5 x 5`` taps, as in the reference implementation).
+       ``5 x 5`` taps, as in the reference implementation, or for their band-limiting metric, see ``bandwidth``).
     2. Each coefficient field is scaled by 1/5 and divided, per pixel, by the norm of its composed ``d x 5 x 5`` taps
        + 0.01: ``normalization="rms"`` (default) the root mean square of its channels' L2 norms, which keeps a white
        input's variance; ``"l1"`` the sum of their absolute values (the reference implementation).
@@ -52,11 +52,13 @@ class NeuralePDO(EquivariantModule):
             ``"static"`` against 76.3% / 77.0% with ``"reference"``.
         normalization: ``"rms"`` or ``"l1"`` (step 2).  With ``"l1"`` the layer's output is ~1000x smaller in
             variance than its input, so a following BatchNorm's running variance (starting at 1) is far off for
-            hundreds of steps and eval mode predicts one class (issue 8); the faithful reference layer is
-            ``generator_init="reference", normalization="l1"``.
-        order_decay: ``None`` (default): the generator's output basis is orthonormal for the composed taps; a
-            number ``q``: orthonormal within each derivative order ``k`` and scaled by ``q ** k`` (a smoothness
-            prior, :func:`epdo.kernels.order_graded_basis`).  Same span, same parameter count.
+            hundreds of steps and eval mode predicts one class (issue 8).
+        bandwidth: ``None``: the generator's output basis is orthonormal for the composed taps (white-noise taps at
+            initialization, the reference's choice); a number ``b`` (cycles per pixel; default
+            :data:`epdo.kernels.DEFAULT_BANDWIDTH`): orthonormal for a
+            metric that penalizes frequency ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so the taps start band-limited
+            like escnn's filters (:func:`epdo.kernels.smooth_orthonormalize`).  Same span, same parameter count;
+            the faithful reference layer is ``generator_init="reference", normalization="l1", bandwidth=None``.
     """
 
     def __init__(
@@ -71,7 +73,7 @@ class NeuralePDO(EquivariantModule):
         size: int = 5,
         generator_init: str = "static",
         normalization: str = "rms",
-        order_decay: Optional[float] = None,
+        bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
     ) -> None:
         super().__init__()
         check_field_types("NeuralePDO", in_type, out_type)
@@ -80,6 +82,7 @@ class NeuralePDO(EquivariantModule):
         check_discretization(discretization)
         check_max_order(max_order)
         check_normalization(normalization)
+        check_bandwidth(bandwidth)
         rho = _single_permutation_representation(in_type)
         gspace = in_type.gspace
         z, d, order = len(in_type), rho.size, gspace.fibergroup.order()
@@ -99,7 +102,7 @@ class NeuralePDO(EquivariantModule):
         self.in_type, self.out_type, self.gspace = in_type, out_type, gspace
         self.g, self.s, self.reduction, self.hidden = g, s, reduction, hidden
         self.discretization, self.max_order, self.size = discretization, max_order, size
-        self.normalization, self.order_decay = normalization, order_decay
+        self.normalization, self.bandwidth = normalization, bandwidth
 
         hidden_type = FieldType(gspace, [gspace.regular_repr] * hidden)
         coefficient_rep = rho.tensor(coefficient_representation(gspace, max_order))
@@ -114,7 +117,7 @@ class NeuralePDO(EquivariantModule):
             hidden_type,
             self.coefficient_type,
             groups=s,
-            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size, order_decay),
+            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size, bandwidth),
         )
         self.mix = Conv1x1(in_type, out_type)
         self.register_buffer("stencils", stencils(discretization, max_order, size), persistent=False)
@@ -146,7 +149,8 @@ class NeuralePDO(EquivariantModule):
     def extra_repr(self) -> str:
         return (
             f"g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, "
-            f"discretization={self.discretization!r}, max_order={self.max_order}, normalization={self.normalization!r}"
+            f"discretization={self.discretization!r}, max_order={self.max_order}, "
+            f"normalization={self.normalization!r}, bandwidth={self.bandwidth}"
         )
 
 

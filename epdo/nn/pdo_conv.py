@@ -7,7 +7,7 @@ from typing import Optional
 from escnn.nn import FieldType
 
 from epdo.diffops import check_discretization, check_max_order
-from epdo.kernels import pdo_filter_basis
+from epdo.kernels import DEFAULT_BANDWIDTH, check_bandwidth, pdo_filter_basis
 from epdo.nn.basis_conv import BasisConv
 
 
@@ -16,7 +16,7 @@ class PDOConv(BasisConv):
 
     ``W`` spans ``Hom_G(rho_in (x) D, rho_out)`` per field pair (:func:`epdo.kernels.pdo_filter_basis`); the
     derivatives ``d^a`` are discretized by ``size x size`` stencils, so the layer is one ``conv2d`` with the
-    filter ``sum_a W_a S_a`` (same padding, stride 1).  Basis filters have unit norm (see ``order_decay``).
+    filter ``sum_a W_a S_a`` (same padding, stride 1).  Basis filters have mean squared norm 1 (see ``bandwidth``).
 
     Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
 
@@ -27,8 +27,10 @@ class PDOConv(BasisConv):
         max_order: highest derivative order (0..4).
         bias: add an invariant bias (on the trivial components of the output fields).
         size: stencil width.
-        order_decay: ``None``: an orthonormal basis; ``q``: orthonormal per derivative order ``k``, scaled by ``q ** k``
-            (:func:`epdo.kernels.order_graded_basis`).
+        bandwidth: ``None``: an orthonormal basis (white-noise filters at initialization); a number ``b`` (cycles per
+            pixel): orthonormal for a metric that penalizes frequency ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so
+            that random filters are band-limited like escnn's (:func:`epdo.kernels.smooth_orthonormalize`).  Same
+            span and parameters; only the initialization and the optimization geometry differ.
     """
 
     def __init__(
@@ -39,17 +41,21 @@ class PDOConv(BasisConv):
         max_order: int = 4,
         bias: bool = False,
         size: int = 5,
-        order_decay: Optional[float] = None,
+        bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
     ) -> None:
         check_discretization(discretization)
         check_max_order(max_order)
+        check_bandwidth(bandwidth)
         gspace = in_type.gspace if isinstance(in_type, FieldType) else None
 
         def basis(rho_in, rho_out):
-            return pdo_filter_basis(gspace, rho_in, rho_out, discretization, max_order, size, order_decay)
+            return pdo_filter_basis(gspace, rho_in, rho_out, discretization, max_order, size, bandwidth)
 
         super().__init__(in_type, out_type, basis, size, bias=bias)
-        self.discretization, self.max_order, self.order_decay = discretization, max_order, order_decay
+        self.discretization, self.max_order, self.bandwidth = discretization, max_order, bandwidth
 
     def extra_repr(self) -> str:
-        return f"discretization={self.discretization!r}, max_order={self.max_order}, size={self.size}"
+        return (
+            f"discretization={self.discretization!r}, max_order={self.max_order}, size={self.size}, "
+            f"bandwidth={self.bandwidth}"
+        )
