@@ -20,8 +20,8 @@ $(PY):
 setup: $(PY)
 
 DEMO_RUN := runs/demo
-DEMO_ARGS := --dataset fashion-rot --group-order 8 --widths 8,8,8,8,8,8 --g 2 --s 1 --epochs 3 \
-	--limit-train 3000 --limit-test 1000 --out $(DEMO_RUN)
+DEMO_ARGS := --dataset fashion-rot --group-order 8 --widths 8,8,12,12,16,16 --g 2 --s 1 --epochs 6 \
+	--limit-train 6000 --limit-test 1000 --no-augment --out $(DEMO_RUN)
 
 demo: setup
 	$(PY) -m epdo.train $(DEMO_ARGS)
