@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+from epdo.kernels import check_bandwidth
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the flag in its message)."""
@@ -19,15 +21,14 @@ def positive_int(text: str) -> int:
 
 
 def bandwidth(text: str) -> Optional[float]:
-    """argparse type: ``none`` or a number in ``(0, 1]`` (cycles per pixel)."""
+    """argparse type: ``none`` or a bandwidth :func:`epdo.kernels.check_bandwidth` accepts (cycles per pixel)."""
     if text.lower() == "none":
         return None
     try:
         value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'none' or a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be 'none' or a number in (0, 1], got {text}")
+        check_bandwidth(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected 'none' or a number in (0, 1], got {text!r} ({err})") from None
     return value
 
 

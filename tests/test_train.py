@@ -9,8 +9,9 @@ import torch
 import epdo.train as train_module
 from epdo.evaluate import main as evaluate_main
 from epdo.evaluate import parse_angles
+from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import ModelConfig, build_model, config_from_checkpoint
-from epdo.train import learning_rate
+from epdo.train import build_parser, learning_rate, model_config
 from epdo.train import main as train_main
 
 TINY = [
@@ -130,7 +131,8 @@ def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_
     "flag, value",
     [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
-     ("--widths", "4,4,0,4,4,4"), ("--epochs", "two")],
+     ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--bandwidth", "0"), ("--bandwidth", "1.5"),
+     ("--bandwidth", "wide")],
 )  # fmt: skip
 def test_cli_refuses_non_positive_numbers(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -138,9 +140,18 @@ def test_cli_refuses_non_positive_numbers(flag, value, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and value in err
+    if flag == "--bandwidth":
+        assert "expected 'none' or a number in (0, 1]" in err
     with pytest.raises(SystemExit):
         evaluate_main(["--checkpoint", "x.pt", "--limit-test", "0"])
     assert "argument --limit-test: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_cli_bandwidth_reaches_the_model_configuration():
+    parse = build_parser().parse_args
+    assert model_config(parse([])).bandwidth == DEFAULT_BANDWIDTH
+    assert model_config(parse(["--bandwidth", "None"])).bandwidth is None
+    assert model_config(parse(["--bandwidth", "0.15"])).bandwidth == 0.15
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")

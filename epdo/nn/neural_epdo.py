@@ -55,10 +55,10 @@ class NeuralePDO(EquivariantModule):
             hundreds of steps and eval mode predicts one class (issue 8).
         bandwidth: ``None``: the generator's output basis is orthonormal for the composed taps (white-noise taps at
             initialization, the reference's choice); a number ``b`` (cycles per pixel; default
-            :data:`epdo.kernels.DEFAULT_BANDWIDTH`): orthonormal for a
-            metric that penalizes frequency ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so the taps start band-limited
-            like escnn's filters (:func:`epdo.kernels.smooth_orthonormalize`).  Same span, same parameter count;
-            the faithful reference layer is ``generator_init="reference", normalization="l1", bandwidth=None``.
+            :data:`epdo.kernels.DEFAULT_BANDWIDTH`): orthonormal for a metric that penalizes frequency ``omega`` by
+            ``exp(|omega|^2 / (2 b^2))``, so the taps start band-limited like escnn's filters
+            (:func:`epdo.kernels.smooth_orthonormalize`).  Same span, same parameter count; the faithful reference
+            layer is ``generator_init="reference", normalization="l1", bandwidth=None``.
     """
 
     def __init__(
