@@ -32,3 +32,11 @@ def regular_plus_quotient(gs):
 def off_grid(gs):
     """Rotations by 45 and 22.5 degrees, where the group has them."""
     return [e for e in gs.fibergroup.elements if e not in grid_elements(gs)][:3]
+
+
+def high_frequency_share(filters: np.ndarray) -> float:
+    """Share of the filters' power at frequencies above 0.3 cycles per pixel (16 x 16 spectra)."""
+    power = np.abs(np.fft.fft2(filters, s=(16, 16))) ** 2
+    f = np.fft.fftfreq(16)
+    high = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2) > 0.3
+    return float(power[..., high].sum() / power.sum())

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TOL, off_grid, quotient, regular_plus_quotient, space
+from conftest import TOL, high_frequency_share, off_grid, quotient, regular_plus_quotient, space
 from escnn import gspaces, nn
 
 from epdo.diffops import DISCRETIZATIONS
@@ -171,6 +171,21 @@ def test_options_keep_exact_equivariance(normalization, bandwidth):
     randomize(layer)
     x = nn.GeometricTensor(torch.randn(2, t.size, 11, 11), t)
     assert max(equivariance_errors(layer, x).values()) <= TOL
+
+
+def test_bandwidth_band_limits_the_generators_taps():
+    gs = gspaces.rot2dOnR2(4)
+    t = nn.FieldType(gs, [gs.regular_repr] * 2)
+
+    def taps(bandwidth):
+        """Every generator output basis element composed with the stencils: ``(n, d, d_hidden, 5, 5)``."""
+        layer = NeuralePDO(t, t, g=2, bandwidth=bandwidth)
+        basis = layer.generator_out.filter_expansion.basis_0  # (n, d * n_ops, d_hidden)
+        split = basis.reshape(len(basis), gs.regular_repr.size, len(layer.stencils), -1)
+        return torch.einsum("kcai,auv->kciuv", split, layer.stencils).double().numpy()
+
+    white, smooth = high_frequency_share(taps(None)), high_frequency_share(taps(0.2))
+    assert smooth < 0.7 * white, (white, smooth)
 
 
 def test_export_and_state_dict_round_trip():

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TOL, off_grid, quotient, space
+from conftest import TOL, high_frequency_share, off_grid, quotient, space
 from escnn import gspaces, nn
 
 from epdo.diffops import DISCRETIZATIONS
@@ -52,14 +52,6 @@ def test_basis_sizes_follow_frobenius_reciprocity():
     assert pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, "fd").shape[0] == 15 * 16
     d16 = gspaces.flipRot2dOnR2(16)
     assert pdo_filter_basis(d16, d16.trivial_repr, d16.regular_repr, "fd").shape[0] == 15
-
-
-def high_frequency_share(filters: np.ndarray) -> float:
-    """Share of the filters' power at frequencies above 0.3 cycles per pixel (16 x 16 spectra)."""
-    power = np.abs(np.fft.fft2(filters, s=(16, 16))) ** 2
-    f = np.fft.fftfreq(16)
-    high = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2) > 0.3
-    return float(power[..., high].sum() / power.sum())
 
 
 @pytest.mark.parametrize("discretization", ["fd", "gauss"])
