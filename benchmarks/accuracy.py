@@ -11,6 +11,9 @@ Screening (the issue's protocol)::
 
     python benchmarks/accuracy.py --models epdo,epdo-l1,pdo,escnn,cnn --train 6000 --test 5000 --epochs 3 --seeds 3
 
+A model name may end in ``@K`` to scale its learning rate (and the schedule) by ``K``: ``--models pdo@1,pdo@3`` compares
+the static PDO network at Adam 2e-3 and 6e-3 side by side.
+
 Confirmation: ``--train 12000 --epochs 15 --seeds 2 --compress-schedule`` (the paper's 200-epoch step schedule
 compressed in proportion).
 """
@@ -48,11 +51,26 @@ VARIANTS: Dict[str, dict] = {
     "epdo-bw10": dict(bandwidth=0.1),
     "epdo-bw30": dict(bandwidth=0.3),
     "epdo-l1": dict(normalization="l1"),  # the reference's L1 tap normalization (default before issue 8)
-    "epdo-ref": dict(normalization="l1", generator_init="reference", bandwidth=None),  # the reference layer
+    "epdo-ref": dict(normalization="l1", generator_init="reference", bandwidth=None, mix_gain=1.0),  # the reference
     "epdo-frozen": dict(frozen_adaptivity=True),  # diagnostic: the generator stays static (no adaptivity)
     "epdo-gauss": dict(discretization="gauss"),
     "epdo-lift-escnn": dict(lift="escnn"),  # diagnostic: layer 1 an escnn R2Conv 5x5 instead of a PDOConv
+    # diagnostics: a NeuralePDO map's initial weights scaled by 1/3; its layer is scale-invariant in them (per-pixel tap
+    # normalization, FieldNorm, the next BN), so under Adam this acts as a 3x learning rate for those weights alone
+    "epdo-gen3": dict(init_scale=dict(generator_out=1 / 3)),
+    "epdo-in3": dict(init_scale=dict(generator_in=1 / 3)),
+    "epdo-mix3": dict(init_scale=dict(mix=1 / 3)),
+    "epdo-all3": dict(init_scale=dict(generator_in=1 / 3, generator_out=1 / 3, mix=1 / 3)),
+    "epdo-mixg1": dict(mix_gain=1.0),  # the output mix without a gain (default before issue 8's gain)
+    "epdo-mixg3": dict(mix_gain=3.0),
+    "epdo-mixg4": dict(mix_gain=15**0.5),  # the mix learns at a PDOConv's rate: sqrt(n_operators) its fan-in ratio
+    "epdo-mixg6": dict(mix_gain=6.0),
+    "epdo-mixg9": dict(mix_gain=9.0),
+    "epdo-o3": dict(max_order=3, match=True),  # derivatives up to order 3 (10 operators), widths matched
+    "epdo-o2": dict(max_order=2, match=True),  # up to order 2 (6 operators, 3x3 support), widths matched
     "pdo": dict(baseline="pdo"),
+    "pdo-o3": dict(baseline="pdo", max_order=3),
+    "pdo-o2": dict(baseline="pdo", max_order=2),
     "pdo-white": dict(baseline="pdo", bandwidth=None),
     "pdo-lift-escnn": dict(baseline="pdo", lift="escnn"),
     "escnn": dict(baseline="escnn"),
@@ -60,11 +78,24 @@ VARIANTS: Dict[str, dict] = {
     "cnn": dict(baseline="cnn"),
 }
 MATCHED = ("pdo", "escnn")  # baselines whose widths are scaled to the target parameter count (cnn matches itself)
+# (variants with ``match=True`` too)
+
+
+def variant(spec: str) -> str:
+    """The ``VARIANTS`` name of a model spec ``NAME`` or ``NAME@K``."""
+    return spec.split("@")[0]
+
+
+def lr_scale(spec: str) -> float:
+    """The learning-rate factor ``K`` of a model spec ``NAME@K`` (1 without one)."""
+    return float(spec.split("@")[1]) if "@" in spec else 1.0
 
 
 def build(name: str, widths) -> torch.nn.Module:
-    options = {**COMMON, **VARIANTS[name]}
+    options = {**COMMON, **VARIANTS[variant(name)]}
     frozen = options.pop("frozen_adaptivity", False)
+    options.pop("match", None)
+    init_scale = options.pop("init_scale", {})
     lift = options.pop("lift", None)
     model = mnist_rot_model(widths=widths, **options).train()
     if lift is not None:  # swap layer 1 (the lift from the image to the first fields)
@@ -82,24 +113,33 @@ def build(name: str, widths) -> torch.nn.Module:
     for module in model.modules():
         if frozen and isinstance(module, NeuralePDO):  # per-pixel coefficients stay constant: a static PDO
             module.generator_norm.weight.requires_grad_(False)
+        for name, factor in init_scale.items():
+            if isinstance(module, NeuralePDO):
+                with torch.no_grad():
+                    for weight in getattr(module, name).filter_expansion.parameters():
+                        weight.mul_(factor)
     return model
 
 
 def widths_for(name: str, target: int) -> tuple:
-    """``BASE_WIDTHS`` for Neural ePDOs; for matched baselines ``round(k * BASE_WIDTHS)`` closest to ``target``, then
-    single layers one field wider or narrower while that brings the count closer."""
-    if VARIANTS[name].get("baseline") not in MATCHED:
+    """``BASE_WIDTHS`` for Neural ePDOs; for matched models ``round(k * BASE_WIDTHS)`` closest to ``target``, then
+    single layers one field (Neural ePDOs: ``g`` fields) wider or narrower while that brings the count closer."""
+    options = VARIANTS[variant(name)]
+    if options.get("baseline") not in MATCHED and not options.get("match"):
         return BASE_WIDTHS
+    step = 1 if options.get("baseline") in MATCHED else COMMON["g"]  # a Neural ePDO's g divides its widths
 
-    def gap(widths) -> int:
+    def gap(widths) -> float:
+        if min(widths) < 1 or any(w % step for w in widths):
+            return float("inf")
         return abs(count_parameters(build(name, widths)) - target)
 
-    scaled = {tuple(max(1, round(i / 32 * w)) for w in BASE_WIDTHS) for i in range(8, 97)}
+    scaled = {tuple(max(step, step * round(i / 32 * w / step)) for w in BASE_WIDTHS) for i in range(8, 97)}
     best = min(scaled, key=gap)
     improved = True
     while improved:
-        neighbours = [best[:i] + (best[i] + step,) + best[i + 1 :] for i in range(6) for step in (-1, 1)]
-        candidate = min((w for w in neighbours if min(w) >= 1), key=gap)
+        neighbours = [best[:i] + (best[i] + d,) + best[i + 1 :] for i in range(6) for d in (-step, step)]
+        candidate = min(neighbours, key=gap)
         improved = gap(candidate) < gap(best)
         best = candidate if improved else best
     return best
@@ -182,7 +222,7 @@ def run_job(args: argparse.Namespace) -> dict:
     for epoch in range(args.epochs):
         scheduled = int(epoch * 200 / args.epochs) if args.compress_schedule else 0
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(scheduled)
+            group["lr"] = learning_rate(scheduled) * lr_scale(args.model)
         model.train()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 1009 + epoch))
         augment = torch.Generator().manual_seed(args.seed * 7919 + epoch)
@@ -277,7 +317,7 @@ def main(argv=None) -> None:
         print(json.dumps(run_job(args)), flush=True)
         return
     names = args.models.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if variant(n) not in VARIANTS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(VARIANTS)}")
     if args.from_results:
@@ -306,7 +346,8 @@ def main(argv=None) -> None:
 def run_jobs(args: argparse.Namespace, names: List[str]) -> List[dict]:
     """Every (model, seed) in its own process, ``args.workers`` at a time; a failed job is reported and skipped."""
     target = count_parameters(build("epdo", BASE_WIDTHS))
-    widths = {name: widths_for(name, target) for name in names}
+    matched = {name: widths_for(name, target) for name in dict.fromkeys(map(variant, names))}
+    widths = {name: matched[variant(name)] for name in names}
     for seed in range(args.seeds):  # build the dataset caches once, before the workers start
         load_dataset("fashion-rot", seed=seed)
     shared = ["--train", str(args.train), "--test", str(args.test), "--epochs", str(args.epochs)]

@@ -27,6 +27,7 @@ from epdo.cli import bandwidth, positive_float, positive_int
 from epdo.data import DATASETS, DatasetError, ImageSet, load_dataset, random_rotation
 from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import BASELINES, FIELDS_BY_FLAG, ModelConfig, build_model, count_parameters
+from epdo.nn import DEFAULT_MIX_GAIN
 from epdo.runtime import tune_malloc
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"band limit of the PDO bases in cycles per pixel (default {DEFAULT_BANDWIDTH}), or 'none' for the "
         "plain orthonormal basis of the reference",
     )
+    p.add_argument(
+        "--mix-gain",
+        type=positive_float,
+        default=DEFAULT_MIX_GAIN,
+        help=f"parametrization gain of each Neural ePDO's output mix (default {DEFAULT_MIX_GAIN}; 1 for the "
+        "reference's parametrization): the same initial model, faster learning of the mix under Adam",
+    )
     return p
 
 
@@ -117,6 +125,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         generator_init=args.generator_init,
         normalization=args.normalization,
         bandwidth=args.bandwidth,
+        mix_gain=args.mix_gain,
     )
 
 

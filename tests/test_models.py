@@ -4,7 +4,7 @@ from escnn import nn
 
 from epdo.equivariance import equivariance_errors
 from epdo.models import count_parameters, mnist_rot_model
-from epdo.nn import RestrictToRotations
+from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations
 
 REFERENCE = {"R": 234186, "Q": 229374, "flip": 525190}
 
@@ -49,8 +49,9 @@ TINY = dict(group_order=4, widths=(4, 4, 4, 4, 4, 4), g=2, s=1)
         dict(fields="regular", discretization="rbffd", flip=True),
         dict(fields="regular", discretization="fd", baseline="pdo"),
         dict(fields="regular", discretization="fd", baseline="escnn"),
+        dict(fields="regular", discretization="fd", max_order=3),
     ],
-    ids=["R-fd", "Q-gauss", "D4|5C4-rbffd", "pdo", "escnn"],
+    ids=["R-fd", "Q-gauss", "D4|5C4-rbffd", "pdo", "escnn", "R-fd-order3"],
 )
 def test_models_are_invariant_to_quarter_turns(kwargs):
     torch.manual_seed(0)
@@ -79,6 +80,17 @@ def test_flip_model_first_five_layers_flip_equivariant_but_not_the_whole_model()
     with torch.no_grad():
         flipped = model(torch.flip(images, dims=(3,)))
         assert (flipped - model(images)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("baseline", ["none", "pdo"])
+def test_max_order_and_mix_gain_reach_every_pdo_layer(baseline):
+    model = mnist_rot_model(**TINY, baseline=baseline, max_order=2, mix_gain=2.5)
+    orders = [m.max_order for m in model.modules() if isinstance(m, (PDOConv, NeuralePDO))]
+    assert orders == [2] * 6
+    gains = [m.mix.filter_expansion.gain for m in model.modules() if isinstance(m, NeuralePDO)]
+    assert gains == ([2.5] * 5 if baseline == "none" else [])
+    full = count_parameters(mnist_rot_model(**TINY, baseline=baseline))
+    assert count_parameters(model) < full  # 6 operators instead of 15: fewer basis elements per field pair
 
 
 def test_plain_cnn_matches_the_parameter_count():

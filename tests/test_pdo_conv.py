@@ -180,3 +180,32 @@ def test_bases_are_identical_across_processes():
         for seed in (1, 2)
     }
     assert len(outputs) == 1, outputs
+
+
+@pytest.mark.parametrize("gain", [1.0, 4.0])
+def test_gain_keeps_the_initial_filter_and_scales_the_first_adam_step(gain):
+    """``gain`` multiplies the basis and divides the initial weights: the same filter at initialization; Adam's first
+    step (``lr * sign(grad)`` per weight, whose gradient is ``gain`` times larger) moves the filter ``gain`` times
+    further."""
+    gs = gspaces.rot2dOnR2(4)
+    types = [nn.FieldType(gs, [gs.regular_repr] * 3) for _ in range(2)]
+    x = nn.GeometricTensor(torch.randn(2, 12, 9, 9), types[0])
+    steps = []
+    for g in (1.0, gain):
+        torch.manual_seed(0)
+        conv = PDOConv(*types, gain=g)
+        before = conv.filter_and_bias()[0].detach().clone()
+        optimizer = torch.optim.Adam(conv.parameters(), lr=1e-3)
+        (conv(x).tensor ** 2).mean().backward()
+        optimizer.step()
+        steps.append((before, conv.filter_and_bias()[0].detach() - before))
+    torch.testing.assert_close(steps[1][0], steps[0][0], rtol=1e-5, atol=1e-6)
+    ratio = float(steps[1][1].norm() / steps[0][1].norm())
+    assert abs(ratio - gain) < 1e-3 * gain, ratio
+
+
+def test_gain_must_be_positive():
+    gs = gspaces.rot2dOnR2(4)
+    ftype = nn.FieldType(gs, [gs.regular_repr])
+    with pytest.raises(ValueError, match="gain must be positive, got 0"):
+        PDOConv(ftype, ftype, gain=0)

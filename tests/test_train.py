@@ -11,6 +11,7 @@ from epdo.evaluate import main as evaluate_main
 from epdo.evaluate import parse_angles
 from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import ModelConfig, build_model, config_from_checkpoint
+from epdo.nn import DEFAULT_MIX_GAIN
 from epdo.train import build_parser, learning_rate, model_config
 from epdo.train import main as train_main
 
@@ -113,13 +114,17 @@ def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_
     torch.save(dict(model=legacy.state_dict(), args=old), tmp_path / "old.pt")
     assert config_from_checkpoint(torch.load(tmp_path / "old.pt", weights_only=False)) == ModelConfig(
         fields="quotient", discretization="fd", g=2, s=1, reduction=2, group_order=4, widths=(4,) * 6,
-        generator_init="reference", normalization="l1", bandwidth=None,
+        generator_init="reference", normalization="l1", bandwidth=None, mix_gain=1.0,
     )  # fmt: skip
     # a configuration from before the bandwidth option: its plain orthonormal bases, order_decay gone
     earlier = {k: v for k, v in state["config"].items() if k != "bandwidth"}
     assert config_from_checkpoint(dict(config={**earlier, "order_decay": None})).bandwidth is None
     with pytest.raises(ValueError, match="uses order_decay, an option epdo removed"):
         config_from_checkpoint(dict(config={**earlier, "order_decay": 0.5}))
+    # a configuration from before the mix gain: the mix's parameters mean the ungained map
+    assert state["config"]["mix_gain"] == DEFAULT_MIX_GAIN != 1.0
+    before_gain = {k: v for k, v in state["config"].items() if k != "mix_gain"}
+    assert config_from_checkpoint(dict(config=before_gain)).mix_gain == 1.0
     capsys.readouterr()
     assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--rotations", "0", "--no-progress"]) == 0
     torch.save(dict(model=legacy.state_dict()), tmp_path / "foreign.pt")
@@ -132,7 +137,7 @@ def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_
     [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
      ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--bandwidth", "0"), ("--bandwidth", "1.5"),
-     ("--bandwidth", "wide")],
+     ("--bandwidth", "wide"), ("--mix-gain", "0")],
 )  # fmt: skip
 def test_cli_refuses_non_positive_numbers(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -147,11 +152,13 @@ def test_cli_refuses_non_positive_numbers(flag, value, capsys):
     assert "argument --limit-test: must be a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_cli_bandwidth_reaches_the_model_configuration():
+def test_cli_bandwidth_and_mix_gain_reach_the_model_configuration():
     parse = build_parser().parse_args
     assert model_config(parse([])).bandwidth == DEFAULT_BANDWIDTH
     assert model_config(parse(["--bandwidth", "None"])).bandwidth is None
     assert model_config(parse(["--bandwidth", "0.15"])).bandwidth == 0.15
+    assert model_config(parse([])).mix_gain == DEFAULT_MIX_GAIN
+    assert model_config(parse(["--mix-gain", "1"])).mix_gain == 1.0
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")

@@ -15,7 +15,7 @@ import torch
 from escnn import group, gspaces, nn
 
 from epdo.kernels import DEFAULT_BANDWIDTH
-from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations
+from epdo.nn import DEFAULT_MIX_GAIN, NeuralePDO, PDOConv, RestrictToRotations
 
 PAPER_WIDTHS = {
     "regular": (16, 24, 32, 32, 48, 64),
@@ -43,6 +43,8 @@ class ModelConfig:
     generator_init: str = "static"
     normalization: str = "rms"
     bandwidth: Optional[float] = DEFAULT_BANDWIDTH
+    max_order: int = 4
+    mix_gain: float = DEFAULT_MIX_GAIN
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -62,11 +64,12 @@ def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
     """The :class:`ModelConfig` of a checkpoint written by ``epdo-train``, this version's (``state["config"]``) or an
     earlier one's (the CLI namespace ``state["args"]``, whose layers used the reference's L1 normalization).
 
-    Configurations from before the ``bandwidth`` option used plain orthonormal bases: they get ``bandwidth=None``,
-    so their parameters keep their meaning; the ``order_decay`` option they may name was removed (issue 8).
+    Configurations from before an option was added get the value that reproduces them (:data:`LEGACY_VALUES`: plain
+    orthonormal bases, ``bandwidth=None``; ``mix_gain=1``), so their parameters keep their meaning; the
+    ``order_decay`` option they may name was removed (issue 8).
     """
     if "config" in state:
-        return ModelConfig(**_without_order_decay(state["config"]))
+        return ModelConfig(**_with_legacy_values(state["config"]))
     if "args" not in state:
         raise ValueError(
             f"not an epdo-train checkpoint: expected a 'config' (or, before version 0.2, 'args') entry, found keys "
@@ -85,15 +88,18 @@ def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
     converted.setdefault("generator_init", "reference")  # checkpoints from before the option
     if converted.get("widths") is not None:
         converted["widths"] = tuple(converted["widths"])
-    return ModelConfig(**_without_order_decay(converted))
+    return ModelConfig(**_with_legacy_values(converted))
 
 
-def _without_order_decay(config: Dict[str, Any]) -> Dict[str, Any]:
-    """A configuration from before ``bandwidth`` gets ``bandwidth=None`` (its bases); ``order_decay`` is dropped if
+LEGACY_VALUES = {"bandwidth": None, "mix_gain": 1.0}
+"""Options added after the first checkpoints, and the value that reproduces a configuration without them."""
+
+
+def _with_legacy_values(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A configuration written before an option of :data:`LEGACY_VALUES` existed gets that option's legacy value
+    (its parameters keep their meaning); ``order_decay`` (removed with the introduction of ``bandwidth``) must be
     unset."""
-    if "bandwidth" in config:
-        return config
-    config = {**config, "bandwidth": None}
+    config = {**{k: v for k, v in LEGACY_VALUES.items() if k not in config}, **config}
     if config.pop("order_decay", None) is not None:
         raise ValueError(
             "this checkpoint's model uses order_decay, an option epdo removed (issue 8: it slowed learning); "
@@ -145,6 +151,8 @@ def mnist_rot_model(
     generator_init: str = "static",
     normalization: str = "rms",
     bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
+    max_order: int = 4,
+    mix_gain: float = DEFAULT_MIX_GAIN,
 ) -> torch.nn.Module:
     """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
 
@@ -162,6 +170,9 @@ def mnist_rot_model(
             ``"cnn"`` (a plain CNN, see :func:`plain_cnn`).
         generator_init, normalization, bandwidth: see :class:`epdo.nn.NeuralePDO` (``bandwidth`` applies to the
             static PDO layers too).
+        max_order: highest derivative order of every PDO (0..4; the paper's 4 gives 15 operators).
+        mix_gain: parametrization gain of each Neural ePDO's output mix (see :class:`epdo.nn.NeuralePDO`); changes
+            how fast the model learns under Adam, not its parameters or initial function.
     """
     if fields not in FIELDS:
         raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
@@ -171,7 +182,9 @@ def mnist_rot_model(
     if len(widths) != 6 or any(w < 1 for w in widths):
         raise ValueError(f"widths must be six positive integers, got {widths}")
     if baseline == "cnn":
-        neural = dict(fields=fields, discretization=discretization, flip=flip, g=g, s=s, reduction=reduction)
+        neural = dict(
+            fields=fields, discretization=discretization, flip=flip, g=g, s=s, reduction=reduction, max_order=max_order
+        )
         target = count_parameters(mnist_rot_model(**neural, group_order=group_order, widths=widths, dropout=0.0))
         return plain_cnn(target, dropout=dropout)
 
@@ -187,7 +200,7 @@ def mnist_rot_model(
 
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
         if baseline == "pdo":
-            return PDOConv(in_type, out_type, discretization, bandwidth=bandwidth)
+            return PDOConv(in_type, out_type, discretization, max_order=max_order, bandwidth=bandwidth)
         if baseline == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
         return NeuralePDO(
@@ -197,6 +210,8 @@ def mnist_rot_model(
             s=s,
             reduction=reduction,
             discretization=discretization,
+            max_order=max_order,
+            mix_gain=mix_gain,
             generator_init=generator_init,
             normalization=normalization,
             bandwidth=bandwidth,
@@ -207,7 +222,7 @@ def mnist_rot_model(
     first = (
         nn.R2Conv(image, types[0], 5, padding=2, bias=False)
         if baseline == "escnn"
-        else PDOConv(image, types[0], discretization, bandwidth=bandwidth)
+        else PDOConv(image, types[0], discretization, max_order=max_order, bandwidth=bandwidth)
     )
     modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
     for index in range(1, 6):

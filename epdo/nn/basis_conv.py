@@ -17,6 +17,7 @@ from epdo.nn.checks import check_field_types, check_input
 class BasisConv(CachedWeight, EquivariantModule):
     """``conv2d`` (stride 1, same padding) with an equivariant filter ``sum_k theta_k B_k`` and invariant bias.
 
+    ``gain`` (see :class:`BlockBasisExpansion`) changes how fast the filter learns, not its initial value.
     With ``groups > 1`` the fields of ``in_type`` and ``out_type`` are split into ``groups`` consecutive groups
     (all input groups of the same types) and group ``i`` of the output only sees group ``i`` of the input.
 
@@ -31,6 +32,7 @@ class BasisConv(CachedWeight, EquivariantModule):
         size: int,
         bias: bool = False,
         groups: int = 1,
+        gain: float = 1.0,
     ) -> None:
         super().__init__()
         name = type(self).__name__  # error messages name the concrete layer (PDOConv, Conv1x1)
@@ -39,7 +41,7 @@ class BasisConv(CachedWeight, EquivariantModule):
         self.in_type, self.out_type = in_type, out_type
         self.gspace = in_type.gspace
         self.size, self.groups = size, groups
-        self.filter_expansion = BlockBasisExpansion(group_in_type, out_type, basis)
+        self.filter_expansion = BlockBasisExpansion(group_in_type, out_type, basis, gain)
         self.bias_expansion: Optional[BlockBasisExpansion] = None
         if bias:
             trivial = FieldType(self.gspace, [self.gspace.trivial_repr])

@@ -23,10 +23,16 @@ class BlockBasisExpansion(torch.nn.Module):
         in_type: input fields.
         out_type: output fields.
         basis: ``basis(rho_in, rho_out) -> (n_basis, d_out, d_in, *kernel)`` float64 array.
+        gain: the basis is multiplied by ``gain`` and the initial ``theta`` divided by it: the same weight at
+            initialization, ``gain`` times larger steps per unit step in ``theta`` (under Adam, whose steps in ``theta``
+            do not depend on the gradient's scale, ``gain`` times faster learning of this weight).
     """
 
-    def __init__(self, in_type: FieldType, out_type: FieldType, basis: BasisFn) -> None:
+    def __init__(self, in_type: FieldType, out_type: FieldType, basis: BasisFn, gain: float = 1.0) -> None:
         super().__init__()
+        if not gain > 0:
+            raise ValueError(f"gain must be positive, got {gain!r}")
+        self.gain = float(gain)
         self.in_size = in_type.size
         self.out_size = out_type.size
         pairs: Dict[Tuple[str, str], Tuple[Representation, Representation]] = {}
@@ -45,7 +51,7 @@ class BlockBasisExpansion(torch.nn.Module):
                 continue
             ins, outs = in_fields[name_in], out_fields[name_out]
             suffix = str(index)
-            basis_tensor = torch.tensor(array, dtype=torch.get_default_dtype())
+            basis_tensor = torch.tensor(array * self.gain, dtype=torch.get_default_dtype())
             self.register_buffer(f"basis_{suffix}", basis_tensor, persistent=False)
             weights = torch.nn.Parameter(torch.zeros(len(outs), len(ins), array.shape[0]))
             self.register_parameter(f"weights_{suffix}", weights)
@@ -60,10 +66,11 @@ class BlockBasisExpansion(torch.nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """He-style init ``N(0, 1 / f)``, ``f = sum over inputs of n_basis * n_in_fields / d_out`` per output type."""
+        """He-style init ``N(0, 1 / (f gain^2))``, ``f = sum over inputs of n_basis * n_in_fields / d_out`` per output
+        type (for an orthonormal basis, a weight that keeps a white input's variance)."""
         for suffix, name_out in self._blocks:
             weights = getattr(self, f"weights_{suffix}")
-            weights.normal_(0.0, float(np.sqrt(1.0 / self._fan_in[name_out])))
+            weights.normal_(0.0, float(np.sqrt(1.0 / self._fan_in[name_out])) / self.gain)
 
     def forward(self) -> torch.Tensor:
         """The expanded weight, shape ``(out_size, in_size, *kernel)``."""

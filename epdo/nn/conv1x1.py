@@ -26,6 +26,8 @@ class Conv1x1(BasisConv):
         groups: split both types into this many groups of fields, mapped independently (as ``conv2d``'s ``groups``).
         basis: ``basis(rho_in, rho_out) -> (n, d_out, d_in)`` spanning ``Hom_G(rho_in, rho_out)`` (default: escnn's
             intertwiners, orthonormalized); a different basis of the same space changes only the parametrization.
+        gain: parametrization gain: the same initial map, ``gain`` times faster learning under Adam
+            (:class:`epdo.nn.basis_expansion.BlockBasisExpansion`).
     """
 
     def __init__(
@@ -35,5 +37,6 @@ class Conv1x1(BasisConv):
         bias: bool = False,
         groups: int = 1,
         basis: Optional[BasisFn] = None,
+        gain: float = 1.0,
     ) -> None:
-        super().__init__(in_type, out_type, basis or intertwiner_basis, 1, bias=bias, groups=groups)
+        super().__init__(in_type, out_type, basis or intertwiner_basis, 1, bias=bias, groups=groups, gain=gain)

@@ -31,6 +31,8 @@ class PDOConv(BasisConv):
             pixel): orthonormal for a metric that penalizes frequency ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so
             that random filters are band-limited like escnn's (:func:`epdo.kernels.smooth_orthonormalize`).  Same
             span and parameters; only the initialization and the optimization geometry differ.
+        gain: parametrization gain: the same initial filter, ``gain`` times faster learning under Adam
+            (:class:`epdo.nn.basis_expansion.BlockBasisExpansion`).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class PDOConv(BasisConv):
         bias: bool = False,
         size: int = 5,
         bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
+        gain: float = 1.0,
     ) -> None:
         check_discretization(discretization)
         check_max_order(max_order)
@@ -51,7 +54,7 @@ class PDOConv(BasisConv):
         def basis(rho_in, rho_out):
             return pdo_filter_basis(gspace, rho_in, rho_out, discretization, max_order, size, bandwidth)
 
-        super().__init__(in_type, out_type, basis, size, bias=bias)
+        super().__init__(in_type, out_type, basis, size, bias=bias, gain=gain)
         self.discretization, self.max_order, self.bandwidth = discretization, max_order, bandwidth
 
     def extra_repr(self) -> str:
