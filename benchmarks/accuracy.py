@@ -40,7 +40,7 @@ from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import count_parameters, mnist_rot_model
 from epdo.nn import NeuralePDO, PDOConv
 from epdo.runtime import tune_malloc
-from epdo.train import learning_rate
+from epdo.train import learning_rate, reestimate_batch_norm
 
 BASE_WIDTHS = (8, 8, 12, 12, 16, 16)
 COMMON = dict(group_order=8, g=2, s=1, reduction=1, discretization="fd")
@@ -179,33 +179,22 @@ def batch_statistics_error(model: torch.nn.Module, images: torch.Tensor, labels:
 def recalibrated_error(
     model: torch.nn.Module, train, test, device, seed: int, augment: bool, batches: int = 30
 ) -> float:
-    """Eval-mode test error after re-estimating BN's running statistics with the final weights: the exact average
-    over ``batches`` training batches (dropout off), augmented as in training or not (the stored training images
-    are rotated once, bilinearly, like the test images).  Running statistics are restored afterwards.
+    """Eval-mode test error after re-estimating BN's running statistics with the final weights
+    (:func:`epdo.train.reestimate_batch_norm`: the exact average over ``batches`` training batches, dropout off),
+    augmented as in training or not (the stored training images are rotated once, bilinearly, like the test images).
+    Running statistics are restored afterwards.
 
-    Separates the causes of an eval/batch-statistics gap: statistics that lag weights still moving (re-estimating on
-    augmented batches closes it) and augmented training inputs that differ from test inputs (only re-estimating on
-    the stored images closes it)."""
+    Separates the causes of an eval/batch-statistics gap: statistics that lag weights still moving or were taken with
+    dropout on (re-estimating on augmented batches closes them) and augmented training inputs that differ from test
+    inputs (only re-estimating on the stored images closes it)."""
     norms = batch_norms(model)
-    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-        m.train()
-    generator = torch.Generator().manual_seed(seed + 424242)
-    order = torch.randperm(len(train), generator=generator)[: 64 * batches]
-    with torch.no_grad():
-        for start in range(0, len(order), 64):
-            x = train.images[order[start : start + 64]]
-            model((random_rotation(x, generator) if augment else x).to(device))
-    model.eval()
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    reestimate_batch_norm(model, train.images, batches, 64, augment, seed + 424242)
     try:
         return error(model, test.images, test.labels, device)
     finally:
-        for m, (momentum, state) in zip(norms, saved):
+        for m, state in zip(norms, saved):
             m.load_state_dict(state)
-            m.momentum = momentum
 
 
 def run_job(args: argparse.Namespace) -> dict:

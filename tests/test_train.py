@@ -183,3 +183,33 @@ def test_two_process_ddp(tmp_path):
     assert result.stdout.count("final test error:") == 1  # rank 0 alone reports and writes
     assert "x 2" in result.stdout
     assert len(metrics(out)) == 1
+
+
+def test_reestimated_batch_norm_uses_the_exact_statistics_with_dropout_off():
+    """After re-estimation over one batch, eval mode on that batch equals the batch-statistics forward with dropout
+    off (up to BN's unbiased running variance); a momentum average, or statistics taken with dropout on, differ."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(group_order=4, widths=(4,) * 6, g=2, s=1, dropout=0.5))
+    images = torch.rand(32, 1, 28, 28)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(32, 1, 28, 28) * 3)  # running statistics of other inputs
+    train_module.reestimate_batch_norm(model, images, batches=1, batch_size=32, augment=False, seed=0)
+    assert not model.training
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(m.momentum == 0.1 for m in norms)  # restored
+    with torch.no_grad():
+        evaluated = model(images)
+        for m in norms:
+            m.train()
+        batch_statistics = model(images)  # dropout modules stay in eval mode
+    torch.testing.assert_close(evaluated, batch_statistics, rtol=0.05, atol=0.05)
+    assert float((evaluated - batch_statistics).abs().max()) < 0.02 * float(evaluated.abs().max())
+
+
+def test_cli_bn_batches():
+    parse = build_parser().parse_args
+    assert parse([]).bn_batches == 30
+    assert parse(["--bn-batches", "0"]).bn_batches == 0
+    with pytest.raises(SystemExit):
+        parse(["--bn-batches", "-1"])
