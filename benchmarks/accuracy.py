@@ -40,7 +40,7 @@ from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import count_parameters, mnist_rot_model
 from epdo.nn import NeuralePDO, PDOConv
 from epdo.runtime import tune_malloc
-from epdo.train import learning_rate, reestimate_batch_norm
+from epdo.train import batch_norms, learning_rate, reestimate_batch_norm
 
 BASE_WIDTHS = (8, 8, 12, 12, 16, 16)
 COMMON = dict(group_order=8, g=2, s=1, reduction=1, discretization="fd")
@@ -110,14 +110,13 @@ def build(name: str, widths) -> torch.nn.Module:
                 bandwidth=options.get("bandwidth", DEFAULT_BANDWIDTH),
             )
         )
-    for module in model.modules():
-        if frozen and isinstance(module, NeuralePDO):  # per-pixel coefficients stay constant: a static PDO
+    for module in (m for m in model.modules() if isinstance(m, NeuralePDO)):
+        if frozen:  # per-pixel coefficients stay constant: a static PDO
             module.generator_norm.weight.requires_grad_(False)
-        for name, factor in init_scale.items():
-            if isinstance(module, NeuralePDO):
-                with torch.no_grad():
-                    for weight in getattr(module, name).filter_expansion.parameters():
-                        weight.mul_(factor)
+        with torch.no_grad():
+            for name, factor in init_scale.items():
+                for weight in getattr(module, name).filter_expansion.parameters():
+                    weight.mul_(factor)
     return model
 
 
@@ -152,11 +151,6 @@ def error(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
             x, y = images[start : start + 500].to(device), labels[start : start + 500].to(device)
             wrong += int((model(x).argmax(1) != y).sum())
     return wrong / len(labels)
-
-
-def batch_norms(model: torch.nn.Module) -> List[torch.nn.Module]:
-    types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-    return [m for m in model.modules() if isinstance(m, types)]
 
 
 def batch_statistics_error(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device) -> float:

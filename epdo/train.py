@@ -208,6 +208,12 @@ def loss_and_error(
     return loss_sum / len(data), wrong / len(data)
 
 
+def batch_norms(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """Every ``BatchNorm1d/2d/3d`` of ``model`` (escnn's ``InnerBatchNorm`` holds a ``BatchNorm3d``)."""
+    types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    return [m for m in model.modules() if isinstance(m, types)]
+
+
 def reestimate_batch_norm(
     model: torch.nn.Module, images: torch.Tensor, batches: int, batch_size: int, augment: bool, seed: int
 ) -> None:
@@ -218,9 +224,7 @@ def reestimate_batch_norm(
     Eval mode then normalizes with the statistics of the weights it evaluates, instead of a momentum average that
     lags weights still moving and was taken with dropout on (issue 8: fashion-rot after 3 epochs, Neural ePDO test
     error 60.1% with the running averages, 32.6% re-estimated; escnn 29.6% / 25.5%)."""
-    norms = [
-        m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
-    ]
+    norms = batch_norms(model)
     model.eval()
     if not norms or batches == 0:
         return

@@ -196,8 +196,8 @@ def test_reestimated_batch_norm_uses_the_exact_statistics_with_dropout_off():
         model(torch.rand(32, 1, 28, 28) * 3)  # running statistics of other inputs
     train_module.reestimate_batch_norm(model, images, batches=1, batch_size=32, augment=False, seed=0)
     assert not model.training
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert all(m.momentum == 0.1 for m in norms)  # restored
+    norms = train_module.batch_norms(model)
+    assert len(norms) == 7 and all(m.momentum == 0.1 for m in norms)  # restored
     with torch.no_grad():
         evaluated = model(images)
         for m in norms:
