@@ -68,6 +68,14 @@ VARIANTS: Dict[str, dict] = {
     "epdo-mixg9": dict(mix_gain=9.0),
     "epdo-o3": dict(max_order=3, match=True),  # derivatives up to order 3 (10 operators), widths matched
     "epdo-o2": dict(max_order=2, match=True),  # up to order 2 (6 operators, 3x3 support), widths matched
+    # where the parameters go: the generator's output map holds ~55% of them; cheaper generators, widths matched
+    "epdo-s2": dict(s=2, match=True),  # the generator's output map in 2 groups (half its parameters)
+    "epdo-r2": dict(reduction=2, match=True),  # hidden width halved
+    "epdo-g1": dict(g=1, match=True),  # one coefficient field shared by all fields
+    # escnn's 5x5 filter space: angular frequencies 0-2 only (11 of 15 operator dimensions), widths matched
+    "epdo-f2": dict(max_frequency=2, match=True),
+    "pdo-f2": dict(baseline="pdo", max_frequency=2),
+    "epdo-f2r2": dict(max_frequency=2, reduction=2, match=True),  # both
     "pdo": dict(baseline="pdo"),
     "pdo-o3": dict(baseline="pdo", max_order=3),
     "pdo-o2": dict(baseline="pdo", max_order=2),
@@ -126,7 +134,7 @@ def widths_for(name: str, target: int) -> tuple:
     options = VARIANTS[variant(name)]
     if options.get("baseline") not in MATCHED and not options.get("match"):
         return BASE_WIDTHS
-    step = 1 if options.get("baseline") in MATCHED else COMMON["g"]  # a Neural ePDO's g divides its widths
+    step = 1 if options.get("baseline") in MATCHED else options.get("g", COMMON["g"])  # a Neural ePDO's g divides them
 
     def gap(widths) -> float:
         if min(widths) < 1 or any(w % step for w in widths):

@@ -19,6 +19,11 @@ def non_negative_int(text: str) -> int:
     return _integer_at_least(text, 0, "a non-negative integer")
 
 
+def max_frequency(text: str) -> Optional[int]:
+    """argparse type: ``none`` (no cutoff) or an integer >= 0, the highest angular frequency of the PDOs' symbols."""
+    return None if text.lower() == "none" else non_negative_int(text)
+
+
 def _integer_at_least(text: str, minimum: int, kind: str) -> int:
     try:
         value = int(text)

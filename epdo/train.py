@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from epdo.cli import bandwidth, non_negative_int, positive_float, positive_int
+from epdo.cli import bandwidth, max_frequency, non_negative_int, positive_float, positive_int
 from epdo.data import DATASETS, DatasetError, ImageSet, load_dataset, random_rotation
 from epdo.kernels import DEFAULT_BANDWIDTH
 from epdo.models import BASELINES, FIELDS_BY_FLAG, ModelConfig, build_model, count_parameters
@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"parametrization gain of each Neural ePDO's output mix (default {DEFAULT_MIX_GAIN}; 1 for the "
         "reference's parametrization): the same initial model, faster learning of the mix under Adam",
     )
+    p.add_argument(
+        "--max-frequency",
+        type=max_frequency,
+        default=None,
+        help="highest angular frequency of every PDO's symbol ('none', the default: all up to order 4; 2: the 11 of "
+        "15 operator dimensions that span escnn's 5x5 filters)",
+    )
     return p
 
 
@@ -133,6 +140,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         normalization=args.normalization,
         bandwidth=args.bandwidth,
         mix_gain=args.mix_gain,
+        max_frequency=args.max_frequency,
     )
 
 

@@ -83,10 +83,10 @@ def test_flip_model_first_five_layers_flip_equivariant_but_not_the_whole_model()
 
 
 @pytest.mark.parametrize("baseline", ["none", "pdo"])
-def test_max_order_and_mix_gain_reach_every_pdo_layer(baseline):
-    model = mnist_rot_model(**TINY, baseline=baseline, max_order=2, mix_gain=2.5)
-    orders = [m.max_order for m in model.modules() if isinstance(m, (PDOConv, NeuralePDO))]
-    assert orders == [2] * 6
+def test_max_order_max_frequency_and_mix_gain_reach_every_pdo_layer(baseline):
+    model = mnist_rot_model(**TINY, baseline=baseline, max_order=2, mix_gain=2.5, max_frequency=1)
+    orders = [(m.max_order, m.max_frequency) for m in model.modules() if isinstance(m, (PDOConv, NeuralePDO))]
+    assert orders == [(2, 1)] * 6
     gains = [m.mix.filter_expansion.gain for m in model.modules() if isinstance(m, NeuralePDO)]
     assert gains == ([2.5] * 5 if baseline == "none" else [])
     full = count_parameters(mnist_rot_model(**TINY, baseline=baseline))

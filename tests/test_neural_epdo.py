@@ -108,6 +108,9 @@ def test_parameter_count_matches_the_design_formula():
     # then applies its own per-field affine (2M more): two affine maps in a row compose to one, so we keep one (2M).
     formula = n * z * m + 4 * m + (m // s) * g * 15 * n + n * z * z_out
     assert sum(p.numel() for p in layer.parameters()) == formula - 2 * m == 14144 - 32
+    # symbols of angular frequency <= 2 only: 11 of the 15 coefficient dimensions per generated field
+    cut = NeuralePDO(layer.in_type, layer.out_type, g=g, s=s, max_frequency=2)
+    assert sum(p.numel() for p in cut.parameters()) == formula - 2 * m - (m // s) * g * 4 * n
 
 
 @pytest.mark.parametrize("backend", ["native", "pytorch"])
@@ -162,12 +165,13 @@ def test_layer_preserves_variance_at_initialization(group_name):
         assert 0.25 <= escnn_ratio <= 4.0  # the yardstick
 
 
-@pytest.mark.parametrize("bandwidth", [None, 0.2])
+@pytest.mark.parametrize("bandwidth, max_frequency", [(None, None), (0.2, None), (0.2, 2)])
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
-def test_options_keep_exact_equivariance(normalization, bandwidth):
+def test_options_keep_exact_equivariance(normalization, bandwidth, max_frequency):
     gs = space("D4")
     t = nn.FieldType(gs, [gs.regular_repr] * 4)
-    layer = NeuralePDO(t, t, g=2, normalization=normalization, bandwidth=bandwidth).train()
+    layer = NeuralePDO(t, t, g=2, normalization=normalization, bandwidth=bandwidth, max_frequency=max_frequency)
+    layer.train()
     randomize(layer)
     x = nn.GeometricTensor(torch.randn(2, t.size, 11, 11), t)
     assert max(equivariance_errors(layer, x).values()) <= TOL

@@ -209,3 +209,25 @@ def test_gain_must_be_positive():
     ftype = nn.FieldType(gs, [gs.regular_repr])
     with pytest.raises(ValueError, match="gain must be positive, got 0"):
         PDOConv(ftype, ftype, gain=0)
+
+
+@pytest.mark.parametrize("group_name", ["C8", "D8"])
+def test_frequency_cutoff_two_has_escnns_5x5_basis_sizes(group_name):
+    """escnn's 5x5 filters are rings of angular frequency 0-2: as many as the PDOs with symbols of those frequencies."""
+    gs = space(group_name)
+    for rho_in in (gs.trivial_repr, gs.regular_repr):
+        a, b = nn.FieldType(gs, [rho_in]), nn.FieldType(gs, [gs.regular_repr])
+        expected = nn.R2Conv(a, b, 5).basisexpansion.dimension()
+        assert len(pdo_filter_basis(gs, rho_in, gs.regular_repr, "fd", max_frequency=2)) == expected
+        assert len(pdo_filter_basis(gs, rho_in, gs.regular_repr, "fd")) == expected * 15 // 11
+
+
+@pytest.mark.parametrize("group_name", ["C8", "D4"])
+def test_frequency_cutoff_keeps_exact_equivariance(group_name):
+    gs = space(group_name)
+    in_type = nn.FieldType(gs, [f(gs) for f in FIELDS.values()])
+    layer = PDOConv(in_type, in_type, "fd", bias=True, max_frequency=1).train()
+    x = nn.GeometricTensor(torch.randn(2, in_type.size, 13, 13), in_type)
+    assert max(equivariance_errors(layer, x).values()) <= TOL
+    with pytest.raises(ValueError, match="max_frequency must be None or a non-negative integer, got -1"):
+        PDOConv(in_type, in_type, max_frequency=-1)

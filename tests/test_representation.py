@@ -7,7 +7,9 @@ from epdo.diffops import (
     coefficient_representation,
     derivative_matrix,
     derivative_representation,
+    frequency_projector,
     grid_coordinates,
+    multi_indices,
     stencils_numpy,
 )
 from epdo.equivariance import grid_elements
@@ -54,3 +56,33 @@ def test_derivative_matrix_of_a_quarter_turn():
     # r = +90 deg: d_x (f o r^-1) = -d_y f, d_y (f o r^-1) = d_x f
     d = derivative_matrix(np.array([[0.0, -1.0], [1.0, 0.0]]), max_order=1)
     np.testing.assert_allclose(d, [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-12)
+
+
+@pytest.mark.parametrize("cutoff", [0, 1, 2, 3])
+def test_frequency_projector_keeps_exactly_the_low_angular_frequencies_of_the_symbol(cutoff):
+    """``h P``'s symbol ``sum_a h_a omega^a`` on the unit circle has the angular frequencies ``<= cutoff`` of ``h``'s
+    and no others; ``P`` is a projector of rank ``sum_k #{m in k, k-2, ... >= 0, m <= cutoff} (2 if m else 1)``."""
+    p = frequency_projector(4, cutoff)
+    np.testing.assert_allclose(p @ p, p, atol=1e-12)
+    rank = sum((2 if m else 1) for k in range(5) for m in range(k % 2, k + 1, 2) if m <= cutoff)
+    assert np.linalg.matrix_rank(p, tol=1e-9) == rank == [3, 7, 11, 13][cutoff]
+    angles = 2 * np.pi * np.arange(32) / 32
+    monomials = np.array([[np.cos(t) ** i * np.sin(t) ** j for i, j in multi_indices(4)] for t in angles])
+    rng = np.random.default_rng(cutoff)
+    for order in range(5):  # per degree: frequencies of different degrees may coincide
+        h = rng.standard_normal(15) * np.array([i + j == order for i, j in multi_indices(4)])
+        spectrum, kept = (np.abs(np.fft.rfft(monomials @ v)) for v in (h, h @ p))
+        low = np.arange(len(spectrum)) <= cutoff
+        np.testing.assert_allclose(kept[low], spectrum[low], atol=1e-9)
+        np.testing.assert_allclose(kept[~low], 0, atol=1e-9)
+
+
+def test_frequency_projector_commutes_with_rotations_and_reflections():
+    p = frequency_projector(4, 2)
+    for g in (np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]), np.diag([1.0, -1.0])):
+        np.testing.assert_allclose(p @ derivative_matrix(g), derivative_matrix(g) @ p, atol=1e-12)
+    np.testing.assert_allclose(frequency_projector(4, None), np.eye(15), atol=1e-12)
+    np.testing.assert_allclose(frequency_projector(2, 7), np.eye(6), atol=1e-12)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="max_frequency must be None or a non-negative integer"):
+            frequency_projector(4, bad)

@@ -137,7 +137,7 @@ def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_
     [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
      ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--bandwidth", "0"), ("--bandwidth", "1.5"),
-     ("--bandwidth", "wide"), ("--mix-gain", "0")],
+     ("--bandwidth", "wide"), ("--mix-gain", "0"), ("--max-frequency", "-1"), ("--max-frequency", "low")],
 )  # fmt: skip
 def test_cli_refuses_non_positive_numbers(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -159,6 +159,9 @@ def test_cli_bandwidth_and_mix_gain_reach_the_model_configuration():
     assert model_config(parse(["--bandwidth", "0.15"])).bandwidth == 0.15
     assert model_config(parse([])).mix_gain == DEFAULT_MIX_GAIN
     assert model_config(parse(["--mix-gain", "1"])).mix_gain == 1.0
+    assert model_config(parse([])).max_frequency is None
+    assert model_config(parse(["--max-frequency", "2"])).max_frequency == 2
+    assert model_config(parse(["--max-frequency", "None"])).max_frequency is None
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")

@@ -2,21 +2,25 @@
 
 from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators
 from epdo.diffops.representation import (
+    check_max_frequency,
     check_planar_gspace,
     coefficient_representation,
     derivative_matrix,
     derivative_representation,
+    frequency_projector,
 )
 from epdo.diffops.stencils import DISCRETIZATIONS, check_discretization, grid_coordinates, stencils, stencils_numpy
 
 __all__ = [
     "DISCRETIZATIONS",
     "check_discretization",
+    "check_max_frequency",
     "check_max_order",
     "check_planar_gspace",
     "coefficient_representation",
     "derivative_matrix",
     "derivative_representation",
+    "frequency_projector",
     "grid_coordinates",
     "multi_indices",
     "num_operators",

@@ -9,7 +9,7 @@ of degree k.  Derivative stencils obey the same law on grid symmetries:  ``S_a(g
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import scipy.linalg
@@ -37,6 +37,33 @@ def derivative_matrix(g: np.ndarray, max_order: int = 4) -> np.ndarray:
             block[row] = poly
         blocks.append(block)
     return scipy.linalg.block_diag(*blocks)
+
+
+def check_max_frequency(max_frequency: Optional[int]) -> None:
+    """Raise ``ValueError`` unless ``max_frequency`` is ``None`` (no cutoff) or a non-negative integer."""
+    if max_frequency is None:
+        return
+    if isinstance(max_frequency, bool) or not isinstance(max_frequency, int) or max_frequency < 0:
+        raise ValueError(f"max_frequency must be None or a non-negative integer, got {max_frequency!r}")
+
+
+def frequency_projector(max_order: int = 4, max_frequency: Optional[int] = None) -> np.ndarray:
+    """``P`` ``(n_ops, n_ops)``: a PDO's coefficient row ``h`` (``sum_a h_a d^a``) becomes ``h P``, the part of it whose
+    symbol ``sum_a h_a (i omega)^a`` has angular frequencies ``<= max_frequency`` in the direction of ``omega``.
+
+    Degree-k derivatives carry the angular frequencies ``k, k - 2, ...`` (the Laplacian 0, ``d_x^2 - d_y^2`` 2); ``P``
+    projects onto the sum of the frequency ``<= max_frequency`` subspaces of ``D`` along the others, so it commutes
+    with every ``D(g)`` (rotations and reflections) and ``h -> h P`` maps equivariant PDOs to equivariant PDOs.
+    ``P = mean_t D(R_t) (1 + 2 sum_(m=1..max_frequency) cos(m t))`` over ``4 (max_order + 1)`` equally spaced angles
+    (exact: ``D`` has no frequency above ``max_order``).  ``None`` (or ``>= max_order``): the identity.
+    """
+    check_max_order(max_order)
+    check_max_frequency(max_frequency)
+    angles = 2 * np.pi * np.arange(4 * (max_order + 1)) / (4 * (max_order + 1))
+    cutoff = max_order if max_frequency is None else min(max_frequency, max_order)
+    weights = 1 + 2 * sum((np.cos(m * angles) for m in range(1, cutoff + 1)), np.zeros_like(angles))
+    rotations = [np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) for t in angles]
+    return sum(w * derivative_matrix(r, max_order) for w, r in zip(weights, rotations)) / len(angles)
 
 
 def check_planar_gspace(gspace: Any, context: str = "") -> None:

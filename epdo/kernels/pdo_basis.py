@@ -14,7 +14,7 @@ import numpy as np
 from escnn.group import Representation
 from escnn.gspaces import GSpace2D
 
-from epdo.diffops import derivative_representation, stencils_numpy
+from epdo.diffops import check_max_frequency, derivative_representation, frequency_projector, stencils_numpy
 from epdo.memo import memoize
 
 DEFAULT_BANDWIDTH = 0.2
@@ -133,6 +133,21 @@ def _homomorphisms(rho_in: Representation, rho_out: Representation) -> np.ndarra
     return rho_out.change_of_basis @ np.stack(blocks) @ rho_in.change_of_basis_inv
 
 
+def restrict_frequency(basis: np.ndarray, max_order: int, max_frequency: Optional[int]) -> np.ndarray:
+    """A canonical basis (:func:`canonical_basis`) of ``{h P}``, ``h`` in ``span(basis)``: ``basis`` ``(K, ..., n_ops)``
+    holds PDO coefficient rows in its last index, ``P`` is :func:`epdo.diffops.frequency_projector`.  Returns
+    ``(K', ..., n_ops)``; ``basis`` itself when ``max_frequency`` cuts nothing."""
+    if max_frequency is None or max_frequency >= max_order or not len(basis):
+        return basis
+    projected = (basis @ frequency_projector(max_order, max_frequency)).reshape(len(basis), -1)
+    _, singular, rows = np.linalg.svd(projected, full_matrices=False)
+    scale = np.linalg.norm(basis.reshape(len(basis), -1), axis=1).max()  # what survives is O(scale), the rest ~1e-16
+    rank = int(np.sum(singular > 1e-9 * scale))
+    if rank == 0:
+        return np.zeros((0, *basis.shape[1:]))
+    return canonical_basis(rows[:rank].reshape(rank, *basis.shape[1:]))
+
+
 @memoize
 def pdo_filter_basis(
     gspace: GSpace2D,
@@ -142,18 +157,23 @@ def pdo_filter_basis(
     max_order: int = 4,
     size: int = 5,
     bandwidth: Optional[float] = None,
+    max_frequency: Optional[int] = None,
 ) -> np.ndarray:
     """Filters of the equivariant PDOs ``rho_in -> rho_out``: ``(n_basis, d_out, d_in, size, size)``.
 
     ``n_basis = dim Hom_G(rho_in (x) D, rho_out)``: 15 for trivial -> C_N regular, ``15 N`` for regular ->
-    regular (max_order 4).  Orthonormal with ``bandwidth=None``; else orthonormal for the band-limiting metric
-    (:func:`smooth_orthonormalize`).  float64, read-only, cached.
+    regular (max_order 4); with ``max_frequency`` only the PDOs whose symbols have angular frequencies up to it
+    (:func:`epdo.diffops.frequency_projector`; 11 and ``11 N`` at ``max_frequency=2``, escnn's 5x5 count).
+    Orthonormal with ``bandwidth=None``; else orthonormal for the band-limiting metric (:func:`smooth_orthonormalize`).
+    float64, read-only, cached.
     """
     check_bandwidth(bandwidth)
+    check_max_frequency(max_frequency)
     stencil = stencils_numpy(discretization, max_order, size)
     deriv = derivative_representation(gspace, max_order)
     hom = intertwiner_basis(rho_in.tensor(deriv), rho_out)
     hom = hom.reshape(hom.shape[0], rho_out.size, rho_in.size, deriv.size)
+    hom = restrict_frequency(hom, max_order, max_frequency)
     filters = np.einsum("koca,auv->kocuv", hom, stencil)
     if len(filters):
         filters = smooth_orthonormalize(filters, filters, bandwidth)
@@ -169,19 +189,24 @@ def pdo_coefficient_basis(
     max_order: int = 4,
     size: int = 5,
     bandwidth: Optional[float] = None,
+    max_frequency: Optional[int] = None,
 ) -> np.ndarray:
     """Basis of ``Hom_G(rho_in, rho_coefficients)`` for a coefficient representation ``rho (x) D^-T`` (index
     ``(c, a)``), orthonormal for the filters the coefficients compose, ``<A, B> = sum A[c,a] B[c,b] <S_a, S_b>``
-    (with ``bandwidth``: for their band-limiting metric, :func:`smooth_orthonormalize`).
+    (with ``bandwidth``: for their band-limiting metric, :func:`smooth_orthonormalize`).  With ``max_frequency``, only
+    the maps whose PDOs have symbols of angular frequencies up to it (:func:`epdo.diffops.frequency_projector`).
 
     Shape ``(n_basis, d * n_ops, d_in)``; float64, read-only, cached.
     """
     check_bandwidth(bandwidth)
+    check_max_frequency(max_frequency)
     stencil = stencils_numpy(discretization, max_order, size)
     n_ops = len(stencil)
     basis = intertwiner_basis(rho_in, rho_coefficients)
+    by_operator = basis.reshape(len(basis), -1, n_ops, rho_in.size).swapaxes(2, 3)  # (K, d, d_in, n_ops)
+    split = restrict_frequency(by_operator, max_order, max_frequency).swapaxes(2, 3)
+    basis = split.reshape(len(split), -1, rho_in.size)
     if len(basis):
-        split = basis.reshape(len(basis), -1, n_ops, rho_in.size)
         basis = smooth_orthonormalize(basis, np.einsum("kcai,auv->kciuv", split, stencil), bandwidth)
     basis.setflags(write=False)
     return basis

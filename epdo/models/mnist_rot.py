@@ -45,6 +45,7 @@ class ModelConfig:
     bandwidth: Optional[float] = DEFAULT_BANDWIDTH
     max_order: int = 4
     mix_gain: float = DEFAULT_MIX_GAIN
+    max_frequency: Optional[int] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -153,6 +154,7 @@ def mnist_rot_model(
     bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
     max_order: int = 4,
     mix_gain: float = DEFAULT_MIX_GAIN,
+    max_frequency: Optional[int] = None,
 ) -> torch.nn.Module:
     """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
 
@@ -173,6 +175,8 @@ def mnist_rot_model(
         max_order: highest derivative order of every PDO (0..4; the paper's 4 gives 15 operators).
         mix_gain: parametrization gain of each Neural ePDO's output mix (see :class:`epdo.nn.NeuralePDO`); changes
             how fast the model learns under Adam, not its parameters or initial function.
+        max_frequency: highest angular frequency of every PDO's symbol (``None``: all up to ``max_order``; see
+            :func:`epdo.diffops.frequency_projector`).
     """
     if fields not in FIELDS:
         raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
@@ -183,8 +187,9 @@ def mnist_rot_model(
         raise ValueError(f"widths must be six positive integers, got {widths}")
     if baseline == "cnn":
         neural = dict(
-            fields=fields, discretization=discretization, flip=flip, g=g, s=s, reduction=reduction, max_order=max_order
-        )
+            fields=fields, discretization=discretization, flip=flip, g=g, s=s, reduction=reduction, max_order=max_order,
+            max_frequency=max_frequency,
+        )  # fmt: skip
         target = count_parameters(mnist_rot_model(**neural, group_order=group_order, widths=widths, dropout=0.0))
         return plain_cnn(target, dropout=dropout)
 
@@ -200,7 +205,9 @@ def mnist_rot_model(
 
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
         if baseline == "pdo":
-            return PDOConv(in_type, out_type, discretization, max_order=max_order, bandwidth=bandwidth)
+            return PDOConv(
+                in_type, out_type, discretization, max_order, bandwidth=bandwidth, max_frequency=max_frequency
+            )
         if baseline == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
         return NeuralePDO(
@@ -215,6 +222,7 @@ def mnist_rot_model(
             generator_init=generator_init,
             normalization=normalization,
             bandwidth=bandwidth,
+            max_frequency=max_frequency,
         )
 
     types = [nn.FieldType(gspace, [field(gspace)] * w) for w in widths]
@@ -222,7 +230,7 @@ def mnist_rot_model(
     first = (
         nn.R2Conv(image, types[0], 5, padding=2, bias=False)
         if baseline == "escnn"
-        else PDOConv(image, types[0], discretization, max_order=max_order, bandwidth=bandwidth)
+        else PDOConv(image, types[0], discretization, max_order, bandwidth=bandwidth, max_frequency=max_frequency)
     )
     modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
     for index in range(1, 6):

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
-from epdo.diffops import check_discretization, check_max_order, coefficient_representation, num_operators, stencils
+from epdo.diffops import (
+    check_discretization,
+    check_max_frequency,
+    check_max_order,
+    coefficient_representation,
+    num_operators,
+    stencils,
+)
 from epdo.kernels import DEFAULT_BANDWIDTH, check_bandwidth, pdo_coefficient_basis
 from epdo.nn.checks import check_field_types, check_input, is_permutation_representation
 from epdo.nn.conv1x1 import Conv1x1
@@ -66,6 +73,8 @@ class NeuralePDO(EquivariantModule):
             A 1x1 map's weights start ~4x larger than a 5x5 PDOConv's (its fan-in has no 15 operators), so with
             gain 1 its relative Adam steps ``lr / |theta|`` are ~4x smaller and the network learns slowly (issue 8,
             fashion-rot, 2000 images, 3 epochs, batch-statistics error: 41.6% at gain 1, 36.0% at 3.87, 35.5% at 9).
+        max_frequency: ``None`` or the highest angular frequency of the generated PDOs' symbols
+            (:func:`epdo.diffops.frequency_projector`; the generator's output map then spans only those coefficients).
 
     The faithful reference layer is ``generator_init="reference", normalization="l1", bandwidth=None, mix_gain=1``.
     """
@@ -84,6 +93,7 @@ class NeuralePDO(EquivariantModule):
         normalization: str = "rms",
         bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
         mix_gain: float = DEFAULT_MIX_GAIN,
+        max_frequency: Optional[int] = None,
     ) -> None:
         super().__init__()
         check_field_types("NeuralePDO", in_type, out_type)
@@ -93,6 +103,7 @@ class NeuralePDO(EquivariantModule):
         check_max_order(max_order)
         check_normalization(normalization)
         check_bandwidth(bandwidth)
+        check_max_frequency(max_frequency)
         rho = _single_permutation_representation(in_type)
         gspace = in_type.gspace
         z, d, order = len(in_type), rho.size, gspace.fibergroup.order()
@@ -113,6 +124,7 @@ class NeuralePDO(EquivariantModule):
         self.g, self.s, self.reduction, self.hidden = g, s, reduction, hidden
         self.discretization, self.max_order, self.size = discretization, max_order, size
         self.normalization, self.bandwidth, self.mix_gain = normalization, bandwidth, mix_gain
+        self.max_frequency = max_frequency
 
         hidden_type = FieldType(gspace, [gspace.regular_repr] * hidden)
         coefficient_rep = rho.tensor(coefficient_representation(gspace, max_order))
@@ -127,7 +139,7 @@ class NeuralePDO(EquivariantModule):
             hidden_type,
             self.coefficient_type,
             groups=s,
-            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size, bandwidth),
+            basis=lambda a, b: pdo_coefficient_basis(a, b, discretization, max_order, size, bandwidth, max_frequency),
         )
         self.mix = Conv1x1(in_type, out_type, gain=mix_gain)
         self.register_buffer("stencils", stencils(discretization, max_order, size), persistent=False)
@@ -135,8 +147,8 @@ class NeuralePDO(EquivariantModule):
 
     def coefficients(self, x: GeometricTensor) -> GeometricTensor:
         """The generator's raw output: ``g`` fields of ``rho (x) D^-T``, shape ``(B, g d n_ops, H, W)``."""
-        hidden = self.generator_norm(self.generator_in(x))
-        return self.generator_out(GeometricTensor(F.relu(hidden.tensor), hidden.type))
+        hidden = self.generator_norm(self.generator_in(x))  # a fresh tensor that group_norm's backward does not read
+        return self.generator_out(GeometricTensor(F.relu(hidden.tensor, inplace=True), hidden.type))
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input("NeuralePDO", x, self.in_type)
@@ -160,7 +172,8 @@ class NeuralePDO(EquivariantModule):
         return (
             f"g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, "
             f"discretization={self.discretization!r}, max_order={self.max_order}, "
-            f"normalization={self.normalization!r}, bandwidth={self.bandwidth}, mix_gain={self.mix_gain}"
+            f"normalization={self.normalization!r}, bandwidth={self.bandwidth}, mix_gain={self.mix_gain}, "
+            f"max_frequency={self.max_frequency}"
         )
 
 

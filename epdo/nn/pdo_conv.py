@@ -6,7 +6,7 @@ from typing import Optional
 
 from escnn.nn import FieldType
 
-from epdo.diffops import check_discretization, check_max_order
+from epdo.diffops import check_discretization, check_max_frequency, check_max_order
 from epdo.kernels import DEFAULT_BANDWIDTH, check_bandwidth, pdo_filter_basis
 from epdo.nn.basis_conv import BasisConv
 
@@ -33,6 +33,9 @@ class PDOConv(BasisConv):
             span and parameters; only the initialization and the optimization geometry differ.
         gain: parametrization gain: the same initial filter, ``gain`` times faster learning under Adam
             (:class:`epdo.nn.basis_expansion.BlockBasisExpansion`).
+        max_frequency: ``None`` (all PDOs up to ``max_order``) or the highest angular frequency of the PDOs' symbols
+            (:func:`epdo.diffops.frequency_projector`): ``2`` keeps 11 of the 15 operator dimensions, escnn's 5x5
+            filter space (rings of angular frequency 0-2).
     """
 
     def __init__(
@@ -45,20 +48,23 @@ class PDOConv(BasisConv):
         size: int = 5,
         bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
         gain: float = 1.0,
+        max_frequency: Optional[int] = None,
     ) -> None:
         check_discretization(discretization)
         check_max_order(max_order)
         check_bandwidth(bandwidth)
+        check_max_frequency(max_frequency)
         gspace = in_type.gspace if isinstance(in_type, FieldType) else None
 
         def basis(rho_in, rho_out):
-            return pdo_filter_basis(gspace, rho_in, rho_out, discretization, max_order, size, bandwidth)
+            return pdo_filter_basis(gspace, rho_in, rho_out, discretization, max_order, size, bandwidth, max_frequency)
 
         super().__init__(in_type, out_type, basis, size, bias=bias, gain=gain)
         self.discretization, self.max_order, self.bandwidth = discretization, max_order, bandwidth
+        self.max_frequency = max_frequency
 
     def extra_repr(self) -> str:
         return (
             f"discretization={self.discretization!r}, max_order={self.max_order}, size={self.size}, "
-            f"bandwidth={self.bandwidth}"
+            f"bandwidth={self.bandwidth}, max_frequency={self.max_frequency}"
         )
