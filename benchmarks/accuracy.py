@@ -76,6 +76,8 @@ VARIANTS: Dict[str, dict] = {
     "epdo-f2": dict(max_frequency=2, match=True),
     "pdo-f2": dict(baseline="pdo", max_frequency=2),
     "epdo-f2r2": dict(max_frequency=2, reduction=2, match=True),  # both
+    "epdo-r4": dict(reduction=4, match=True),
+    "epdo-f2r4": dict(max_frequency=2, reduction=4, match=True),
     "pdo": dict(baseline="pdo"),
     "pdo-o3": dict(baseline="pdo", max_order=3),
     "pdo-o2": dict(baseline="pdo", max_order=2),
@@ -139,7 +141,10 @@ def widths_for(name: str, target: int) -> tuple:
     def gap(widths) -> float:
         if min(widths) < 1 or any(w % step for w in widths):
             return float("inf")
-        return abs(count_parameters(build(name, widths)) - target)
+        try:
+            return abs(count_parameters(build(name, widths)) - target)
+        except ValueError:  # a configuration the layers refuse (e.g. a hidden width of 0 at reduction 4)
+            return float("inf")
 
     scaled = {tuple(max(step, step * round(i / 32 * w / step)) for w in BASE_WIDTHS) for i in range(8, 97)}
     best = min(scaled, key=gap)

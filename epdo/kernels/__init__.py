@@ -7,6 +7,7 @@ from epdo.kernels.pdo_basis import (
     orthonormalize,
     pdo_coefficient_basis,
     pdo_filter_basis,
+    restrict_frequency,
     smooth_orthonormalize,
     spectral_view,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "orthonormalize",
     "pdo_coefficient_basis",
     "pdo_filter_basis",
+    "restrict_frequency",
     "smooth_orthonormalize",
     "spectral_view",
 ]
