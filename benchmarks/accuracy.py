@@ -71,7 +71,6 @@ VARIANTS: Dict[str, dict] = {
     # where the parameters go: the generator's output map holds ~55% of them; cheaper generators, widths matched
     "epdo-s2": dict(s=2, match=True),  # the generator's output map in 2 groups (half its parameters)
     "epdo-r2": dict(reduction=2, match=True),  # hidden width halved
-    "epdo-g1": dict(g=1, match=True),  # one coefficient field shared by all fields
     # escnn's 5x5 filter space: angular frequencies 0-2 only (11 of 15 operator dimensions), widths matched
     "epdo-f2": dict(max_frequency=2, match=True),
     "pdo-f2": dict(baseline="pdo", max_frequency=2),

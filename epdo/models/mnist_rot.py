@@ -187,9 +187,15 @@ def mnist_rot_model(
         raise ValueError(f"widths must be six positive integers, got {widths}")
     if baseline == "cnn":
         neural = dict(
-            fields=fields, discretization=discretization, flip=flip, g=g, s=s, reduction=reduction, max_order=max_order,
+            fields=fields,
+            discretization=discretization,
+            flip=flip,
+            g=g,
+            s=s,
+            reduction=reduction,
+            max_order=max_order,
             max_frequency=max_frequency,
-        )  # fmt: skip
+        )
         target = count_parameters(mnist_rot_model(**neural, group_order=group_order, widths=widths, dropout=0.0))
         return plain_cnn(target, dropout=dropout)
 
@@ -203,11 +209,12 @@ def mnist_rot_model(
         quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
         return group.directsum([gs.regular_repr, quotient])
 
+    def pdo_conv(in_type: nn.FieldType, out_type: nn.FieldType) -> PDOConv:
+        return PDOConv(in_type, out_type, discretization, max_order, bandwidth=bandwidth, max_frequency=max_frequency)
+
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
         if baseline == "pdo":
-            return PDOConv(
-                in_type, out_type, discretization, max_order, bandwidth=bandwidth, max_frequency=max_frequency
-            )
+            return pdo_conv(in_type, out_type)
         if baseline == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
         return NeuralePDO(
@@ -227,11 +234,7 @@ def mnist_rot_model(
 
     types = [nn.FieldType(gspace, [field(gspace)] * w) for w in widths]
     image = nn.FieldType(gspace, [gspace.trivial_repr])
-    first = (
-        nn.R2Conv(image, types[0], 5, padding=2, bias=False)
-        if baseline == "escnn"
-        else PDOConv(image, types[0], discretization, max_order, bandwidth=bandwidth, max_frequency=max_frequency)
-    )
+    first = nn.R2Conv(image, types[0], 5, padding=2, bias=False) if baseline == "escnn" else pdo_conv(image, types[0])
     modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
     for index in range(1, 6):
         in_type = types[index - 1]
