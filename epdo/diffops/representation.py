@@ -85,7 +85,14 @@ def _build(gspace: GSpace2D, max_order: int, dual: bool) -> Representation:
         d = derivative_matrix(gspace.basespace_action(element), max_order)
         matrices[element] = np.linalg.inv(d).T if dual else d
     name = f"{'dual_' if dual else ''}derivatives{max_order}@{gspace.name}"
-    return build_from_discrete_group_representation(matrices, name, group, [])
+    # escnn decomposes the representation numerically from a random start (numpy's global generator): seeded, every
+    # process gets the same change of basis, hence bitwise the same bases and the same training run for the same seed
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        return build_from_discrete_group_representation(matrices, name, group, [])
+    finally:
+        np.random.set_state(state)
 
 
 def derivative_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
