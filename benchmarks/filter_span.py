@@ -26,9 +26,9 @@ from epdo.kernels import pdo_filter_basis
 def escnn_filters(gspace, rho_in, rho_out, size: int = 5) -> np.ndarray:
     """escnn's ``R2Conv`` basis filters for one field pair, one per row: ``(n, d_out * d_in * size * size)``."""
     conv = nn.R2Conv(nn.FieldType(gspace, [rho_in]), nn.FieldType(gspace, [rho_out]), size, bias=False)
-    n = conv.weights.numel()
+    units = torch.eye(conv.weights.numel())
     with torch.no_grad():
-        return np.stack([conv.basisexpansion(torch.eye(n)[i]).double().numpy().ravel() for i in range(n)])
+        return np.stack([conv.basisexpansion(unit).double().numpy().ravel() for unit in units])
 
 
 def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
