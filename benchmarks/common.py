@@ -42,9 +42,10 @@ def median_seconds(step: Callable[[], None], device: torch.device, repeats: int,
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     """Peak memory of one ``step()`` above what was allocated before it.
 
-    CUDA: the caching allocator's peak.  CPU: the growth of the process's peak resident set (``VmHWM``) over its
-    resident set before the step (``VmRSS``); call it in a fresh process without ``tune_malloc`` after a small
-    warm-up step (see ``--memory-only`` in the benchmarks), so that neither kept heap nor lazily loaded code counts.
+    CUDA: the caching allocator's peak.  CPU: the growth of the process's peak resident set (``VmHWM``, reset first)
+    over its resident set before the step (``VmRSS``); call it in a fresh process without ``tune_malloc`` after a
+    small warm-up step (see ``--memory-only`` in the benchmarks), so that neither kept heap nor lazily loaded code
+    counts.
     """
     if device.type == "cuda":
         synchronize(device)
@@ -53,9 +54,19 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
         step()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
+    _reset_peak_resident_set()
     before = _status_kib("VmRSS")
     step()
     return max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def _reset_peak_resident_set() -> None:
+    """Sets ``VmHWM`` to the current resident set (Linux >= 4.0), so that a peak reached before the step (building
+    the models, escnn's basis construction) does not count as the step's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as error:
+        raise RuntimeError(f"cannot reset the peak resident set via /proc/self/clear_refs: {error}") from error
 
 
 def _status_kib(field: str) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from epdo.diffops import stencils
-from epdo.nn import adaptive_pdo
+from epdo.nn import adaptive_pdo, native
 from epdo.nn.functional import NORMALIZATIONS
 
 # (batch, partitions q, fields g, field size d, height, width, discretization, max_order, stencil size)
@@ -55,6 +55,31 @@ def test_native_gradcheck_float64(shape, normalization):
     assert torch.autograd.gradcheck(lambda v, c: adaptive_pdo(v, c, s, g, normalization, "native"), (x, a))
 
 
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_any_stencil_set_is_compiled_into_its_own_kernel(normalization):
+    """The kernel is compiled per stencil set: a user's stencils (here random 3x3 ones with unused taps and zero
+    entries) give the PyTorch path's result and gradients, and each set gets its own library."""
+    generator = torch.Generator().manual_seed(3)
+    results, libraries = {}, []
+    for name in ("random", "fd"):
+        if name == "random":
+            s = torch.randn(6, 3, 3, generator=generator, dtype=torch.float64)  # the shape of fd's below
+            s[:, 0, :] = 0  # taps (0, v) unused by every operator
+            s[1, 1, 1] = s[2, 2, 0] = 0
+        else:
+            s = stencils("fd", 2, 3, dtype=torch.float64)
+        x = torch.randn(2, 2 * 2 * 3, 7, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+        a = torch.randn(2, 2 * 3 * s.shape[0], 7, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+        grad = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        for backend in ("native", "pytorch"):
+            y = adaptive_pdo(x, a, s, 2, normalization, backend)
+            results[name, backend] = (y, *torch.autograd.grad(y, (x, a), grad))
+        for got, expected in zip(results[name, "native"], results[name, "pytorch"]):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+        libraries.append(native.load(torch.float64, s.reshape(s.shape[0], -1), required=True))
+    assert libraries[0] is not libraries[1]
+
+
 def test_backend_choice_is_checked():
     x, a, s, g = _inputs(SHAPES[0], torch.float32)
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -72,7 +97,7 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
 FALLBACK = """
 import torch
 from epdo.diffops import stencils
-from epdo.nn import adaptive_pdo
+from epdo.nn import adaptive_pdo, native
 x, a = torch.randn(1, 4, 6, 6), torch.randn(1, 60, 6, 6)
 expected = adaptive_pdo(x, a, stencils("fd"), 1, backend="pytorch")
 torch.testing.assert_close(adaptive_pdo(x, a, stencils("fd"), 1), expected)

@@ -112,53 +112,52 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
 
 
 class _NativeAdaptivePDO(torch.autograd.Function):
-    """The whole adaptive PDO (tap composition, normalization, per-pixel filter) in one compiled kernel per pass;
-    the backward recomputes the taps instead of storing them and reuses the saved output.  Shapes:
-    ``x (B, q, g*d, H, W)``, ``coefficients (B, g*d*n, H, W)``, ``stencils (n, k*k)`` already scaled by
-    ``COEFFICIENT_SCALE``."""
+    """The whole adaptive PDO (tap composition, normalization, per-pixel filter) in one compiled kernel per pass,
+    the stencils compiled into it; the backward recomputes the taps instead of storing them and reuses the saved
+    output and per-pixel norms ``(B, g, H, W)``.  Shapes: ``x (B, q, g*d, H, W)``, ``coefficients (B, g*d*n, H, W)``;
+    ``library`` is :func:`epdo.nn.native.load` of the stencils ``(n, k*k)``, already scaled by ``COEFFICIENT_SCALE``."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int, normalization: str,
-        library: ctypes.CDLL,
+        ctx, x: torch.Tensor, coefficients: torch.Tensor, dims: tuple, normalization: str, library: ctypes.CDLL
     ) -> torch.Tensor:  # fmt: skip
-        x, coefficients, stencils = x.contiguous(), coefficients.contiguous(), stencils.contiguous()
-        batch, parts, channels, height, width = x.shape
-        n_ops, kk = stencils.shape
-        dims = (batch, parts, fields, channels // fields, n_ops, int(round(kk**0.5)), height, width)
-        out = torch.empty_like(x)
+        x, coefficients = x.contiguous(), coefficients.contiguous()
+        batch, fields, height, width = dims[0], dims[2], dims[6], dims[7]
+        out, norm = torch.empty_like(x), x.new_empty(batch, fields, height, width)
         status = library.epdo_adaptive_pdo_forward(
-            x.data_ptr(), coefficients.data_ptr(), stencils.data_ptr(), out.data_ptr(), (ctypes.c_int64 * 8)(*dims),
+            x.data_ptr(), coefficients.data_ptr(), out.data_ptr(), norm.data_ptr(), (ctypes.c_int64 * 8)(*dims),
             normalization == "l1", NORM_EPS, torch.get_num_threads(),
         )  # fmt: skip
         _check_status(status, "forward")
-        ctx.save_for_backward(x, coefficients, stencils, out)
+        ctx.save_for_backward(x, coefficients, norm, out)
         ctx.dims, ctx.normalization, ctx.library = dims, normalization, library
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        x, coefficients, stencils, out = ctx.saved_tensors
+        x, coefficients, norm, out = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_x, grad_coefficients = torch.empty_like(x), torch.empty_like(coefficients)
         status = ctx.library.epdo_adaptive_pdo_backward(
-            x.data_ptr(), coefficients.data_ptr(), stencils.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
-            grad_x.data_ptr(),
-            grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*ctx.dims), ctx.normalization == "l1", NORM_EPS,
-            torch.get_num_threads(),
+            x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
+            grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*ctx.dims),
+            ctx.normalization == "l1", NORM_EPS, torch.get_num_threads(),
         )  # fmt: skip
         _check_status(status, "backward")
-        return grad_x, grad_coefficients, None, None, None, None
+        return grad_x, grad_coefficients, None, None, None
 
 
 def _check_status(status: int, direction: str) -> None:
+    if status == -2:
+        raise RuntimeError(f"adaptive_pdo: the native {direction} kernel was compiled for other stencil dimensions")
     if status:
         raise MemoryError(f"adaptive_pdo: the native {direction} kernel could not allocate its scratch buffers")
 
 
-def _native_library(x: torch.Tensor, backend: str) -> Optional[ctypes.CDLL]:
-    """The compiled kernel to use for ``x`` under ``backend``, or ``None`` for the PyTorch path."""
+def _native_library(x: torch.Tensor, stencils: torch.Tensor, backend: str) -> Optional[ctypes.CDLL]:
+    """The compiled kernel for ``x`` and the scaled ``stencils`` ``(n, k*k)`` under ``backend``, or ``None`` for the
+    PyTorch path."""
     if backend not in BACKENDS:
         raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pytorch":
@@ -168,7 +167,7 @@ def _native_library(x: torch.Tensor, backend: str) -> Optional[ctypes.CDLL]:
             raise ValueError(f"adaptive_pdo: backend='native' runs on CPU tensors, got a tensor on {x.device}")
         return None
     try:
-        return native.load(x.dtype, required=backend == "native")
+        return native.load(x.dtype, stencils, required=backend == "native")
     except native.NativeBuildError as error:
         raise RuntimeError(f"adaptive_pdo: backend='native' is unavailable: {error}") from error
 
@@ -196,8 +195,8 @@ def adaptive_pdo(
 
     The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
     each coefficient field ``j`` is divided by ``nu_j = norm(K[j]) + NORM_EPS`` after scaling by
-    ``COEFFICIENT_SCALE``.  Memory: the native kernel stores nothing beyond its inputs; the PyTorch path keeps the
-    taps, ``(B, fields * d, k^2, H, W)``, ``k^2 / q`` times the input.
+    ``COEFFICIENT_SCALE``.  Memory: beyond its inputs the native kernel keeps the norms ``nu``, ``(B, fields, H, W)``;
+    the PyTorch path keeps the taps, ``(B, fields * d, k^2, H, W)``, ``k^2 / q`` times the input.
 
     Returns:
         ``(B, q * fields * d, H, W)``.
@@ -214,9 +213,10 @@ def adaptive_pdo(
     q = channels // (fields * d)
     x = x.reshape(batch, q, fields * d, height, width)
     scaled = stencils.reshape(n_ops, k * k).to(x.dtype) * COEFFICIENT_SCALE
-    library = _native_library(x, backend)
+    library = _native_library(x, scaled, backend)
     if library is not None:
-        out = _NativeAdaptivePDO.apply(x, coefficients.to(x.dtype), scaled, fields, normalization, library)
+        dims = (batch, q, fields, d, n_ops, k, height, width)
+        out = _NativeAdaptivePDO.apply(x, coefficients.to(x.dtype), dims, normalization, library)
     else:
         a = coefficients.reshape(batch, fields * d, n_ops, height * width)
         taps = torch.matmul(scaled.t(), a).reshape(batch, fields * d, k * k, height, width)  # (B, g d, k^2, H, W)

@@ -1,7 +1,8 @@
 """Compiled CPU kernels: C sources built with the system's C compiler (OpenMP) at first use and cached on disk.
 
-The first call in a fresh cache compiles ``adaptive_pdo.c`` once per scalar type (float32, float64), about half a
-second each; later processes load the cached shared library.  Settings (environment):
+The first call in a fresh cache compiles ``adaptive_pdo.c`` once per scalar type (float32, float64) and stencil set
+(the stencil is a compile-time constant of the kernel), 1-3 seconds each; later processes load the cached shared
+library.  Settings (environment):
 
 * ``EPDO_NATIVE=0``: never build or use the compiled kernels (the pure PyTorch path runs, silently).
 * ``CC``: the C compiler (default ``cc``); it must accept GCC-style flags and ``-fopenmp``.
@@ -23,8 +24,9 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 
 SOURCE = Path(__file__).with_name("adaptive_pdo.c")
@@ -48,8 +50,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "epdo"
 
 
-def load(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
-    """The adaptive-PDO kernels for ``dtype`` (float32 or float64), built if needed.
+def load(dtype: torch.dtype, stencils: torch.Tensor, required: bool = False) -> Optional[ctypes.CDLL]:
+    """The adaptive-PDO kernels for ``dtype`` (float32 or float64) and ``stencils`` ``(n_ops, k*k)`` (the values the
+    kernel applies, coefficient scale included), built if needed.
 
     ``None`` if disabled (``EPDO_NATIVE=0``), ``dtype`` is not supported, or the build failed (then with a one-time
     warning); with ``required=True`` each of these raises :class:`NativeBuildError` instead.
@@ -59,7 +62,8 @@ def load(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
             raise NativeBuildError("disabled by EPDO_NATIVE=0")
         if dtype not in SCALAR_TYPES:
             raise NativeBuildError(f"dtype {dtype} is not one of {list(SCALAR_TYPES)}")
-        return _load(SCALAR_TYPES[dtype])
+        values = stencils.detach().to("cpu", dtype).contiguous()
+        return _load(SCALAR_TYPES[dtype], tuple(values.shape), values.numpy().tobytes())
     except NativeBuildError as error:
         if required:
             raise
@@ -79,11 +83,12 @@ def _warn_once(reason: str) -> None:
 
 
 @functools.cache
-def _load(scalar: str) -> ctypes.CDLL:
+def _load(scalar: str, shape: Tuple[int, ...], values: bytes) -> ctypes.CDLL:
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise NativeBuildError(f"no C compiler: {compiler!r} is not on PATH")
-    command = [compiler, *FLAGS, f"-DREAL={scalar}", str(SOURCE), *LIBRARIES]
+    command = [compiler, *FLAGS, f"-DREAL={scalar}", *_stencil_definitions(scalar, shape, values), str(SOURCE)]
+    command += LIBRARIES
     library = cache_dir() / "native" / f"adaptive_pdo_{scalar}_{_build_key(command)}.so"
     if not library.exists():
         _build(command, library)
@@ -98,6 +103,19 @@ def _load(scalar: str) -> ctypes.CDLL:
     ]  # fmt: skip
     lib.epdo_adaptive_pdo_forward.restype = lib.epdo_adaptive_pdo_backward.restype = ctypes.c_int
     return lib
+
+
+def _stencil_definitions(scalar: str, shape: Tuple[int, ...], values: bytes) -> List[str]:
+    """``-D`` flags that make the stencil ``(n_ops, k*k)`` a constant of the kernel: its values as exact hexadecimal
+    literals and which taps any operator uses."""
+    size = int(round(shape[-1] ** 0.5)) if len(shape) == 2 else 0
+    if size * size != shape[-1] or size % 2 == 0:
+        raise NativeBuildError(f"stencils must have shape (n_ops, k*k) with k odd, got {shape}")
+    n_ops = shape[0]
+    numbers = np.frombuffer(values, dtype=np.float32 if scalar == "float" else np.float64).reshape(shape)
+    literals = ",".join(float(v).hex() for v in numbers.ravel())
+    used = ",".join(str(int(flag)) for flag in (numbers != 0).any(axis=0))
+    return [f"-DOPS={n_ops}", f"-DSIZE={size}", f"-DSTENCIL_VALUES={{{literals}}}", f"-DTAPS_USED={{{used}}}"]
 
 
 def _build_key(command: list) -> str:
