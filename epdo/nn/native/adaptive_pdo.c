@@ -82,8 +82,9 @@ static inline vec_t sign(vec_t v) {
 
 static inline int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
-/* taps[t] = sum_a STENCIL[a, t] coef[a] over the nonzero entries (zero for unused taps). */
-static inline void compose(const vec_t coef[OPS], vec_t taps[KK]) {
+/* taps[t] = sum_a STENCIL[a, t] coef[a] over the nonzero entries (zero for unused taps), for the vector of pixels at
+ * coef whose operators lie `stride` apart; each coefficient is read where it is used (no array of 15 live registers). */
+static inline void compose(const real *coef, int64_t stride, vec_t taps[KK]) {
 #pragma GCC unroll 64
     for (int t = 0; t < KK; t++) {
         vec_t acc = {0};
@@ -91,11 +92,24 @@ static inline void compose(const vec_t coef[OPS], vec_t taps[KK]) {
 #pragma GCC unroll 64
         for (int a = 0; a < OPS; a++)
             if (STENCIL[a][t] != 0) {
-                acc = first ? STENCIL[a][t] * coef[a] : acc + STENCIL[a][t] * coef[a];
+                const vec_t term = STENCIL[a][t] * load(coef + a * stride);
+                acc = first ? term : acc + term;
                 first = 0;
             }
         taps[t] = acc;
     }
+}
+
+/* compose() for the vector of n lanes at coef (operators `plane` apart); fewer than LANES lanes through a copy with
+ * zeros after them, so that nothing past the tensor is read. */
+static inline void compose_vector(const real *coef, int64_t plane, int64_t n, vec_t taps[KK]) {
+    if (n >= LANES) {
+        compose(coef, plane, taps);
+        return;
+    }
+    real tail[OPS * LANES] = {0};
+    for (int a = 0; a < OPS; a++) memcpy(tail + a * LANES, coef + a * plane, (size_t)n * sizeof(real));
+    compose(tail, LANES, taps);
 }
 
 /* grad_coef[a] = sum_t STENCIL[a, t] grad_taps[t] over the nonzero entries. */
@@ -176,12 +190,6 @@ typedef struct {
     real eps;
 } args_t;
 
-/* The coefficients of vector i (n lanes) of channel c in a block: coef points at the item's (d, n, H, W). */
-static inline void load_coefficients(const real *coef, int64_t plane, int64_t at, int64_t n, vec_t out[OPS]) {
-#pragma GCC unroll 64
-    for (int a = 0; a < OPS; a++) out[a] = load_n(coef + a * plane + at, n);
-}
-
 /* Multiplies the taps that read across a row edge by their column mask (vector i of a block). */
 static inline void mask_taps(vec_t taps[KK], const real *mask, int64_t vectors, int64_t i) {
 #pragma GCC unroll 8
@@ -217,9 +225,8 @@ static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64
                             xs + p * pl.stride);
             for (int64_t i = 0; i < m; i += LANES) {
                 const int64_t n = m - i;
-                vec_t a[OPS], taps[KK];
-                load_coefficients(coef + c * OPS * plane, plane, bl.begin + i, n, a);
-                compose(a, taps);
+                vec_t taps[KK];
+                compose_vector(coef + c * OPS * plane + bl.begin + i, plane, n, taps);
                 vec_t sum = load(nrm + i);
 #pragma GCC unroll 64
                 for (int t = 0; t < KK; t++)
@@ -293,9 +300,8 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
              * coefficient gradients */
             for (int64_t i = 0; i < m; i += LANES) {
                 const int64_t n = m - i;
-                vec_t a[OPS], taps[KK], grad_taps[KK], gr[PART_BLOCK];
-                load_coefficients(coef + c * OPS * plane, plane, bl.begin + i, n, a);
-                compose(a, taps);
+                vec_t taps[KK], grad_taps[KK], gr[PART_BLOCK];
+                compose_vector(coef + c * OPS * plane + bl.begin + i, plane, n, taps);
                 const vec_t gnu = load(grad_nu + i), scale = load(inv + i);
 #pragma GCC unroll 64
                 for (int t = 0; t < KK; t++) grad_taps[t] = args->l1 ? sign(taps[t]) * gnu : taps[t] * gnu;
