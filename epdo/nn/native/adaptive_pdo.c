@@ -83,7 +83,7 @@ static inline vec_t sign(vec_t v) {
 static inline int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
 /* taps[t] = sum_a STENCIL[a, t] coef[a] over the nonzero entries (zero for unused taps), for the vector of pixels at
- * coef whose operators lie `stride` apart; each coefficient is read where it is used (no array of 15 live registers). */
+ * coef whose operators lie `stride` apart; each coefficient is read where it is used (no array of live registers). */
 static inline void compose(const real *coef, int64_t stride, vec_t taps[KK]) {
 #pragma GCC unroll 64
     for (int t = 0; t < KK; t++) {
@@ -204,6 +204,73 @@ static inline void mask_taps(vec_t taps[KK], const real *mask, int64_t vectors, 
     }
 }
 
+/* The norm's derivative with respect to each tap, times scale: l1 sign(taps), rms taps (the factor 1 / (d (nu - eps))
+ * is in scale). */
+static inline __attribute__((always_inline)) void norm_gradients(const vec_t taps[KK], int l1, vec_t scale,
+                                                                 vec_t out[KK]) {
+#pragma GCC unroll 64
+    for (int t = 0; t < KK; t++) out[t] = (l1 ? sign(taps[t]) : taps[t]) * scale;
+}
+
+/* sum_t |taps[t]| (l1) or sum_t taps[t]^2 (rms) over the used taps, through the norm's derivative. */
+static inline __attribute__((always_inline)) vec_t norm_terms(const vec_t taps[KK], int l1, vec_t one) {
+    vec_t terms[KK], sum = {0};
+    norm_gradients(taps, l1, one, terms);
+#pragma GCC unroll 64
+    for (int t = 0; t < KK; t++)
+        if (USED[t]) sum += terms[t] * taps[t];
+    return sum;
+}
+
+/* acc[p] = sum_t taps[t] x_p(offset_t) for p < parts (<= PART_BLOCK), x_p = x0 + p stride. */
+static inline __attribute__((always_inline)) void apply_taps(const vec_t taps[KK], const real *x0, int64_t stride,
+                                                             const int64_t *offset, int parts, vec_t acc[PART_BLOCK]) {
+#pragma GCC unroll 8
+    for (int p = 0; p < PART_BLOCK; p++) acc[p] = (vec_t){0};
+#pragma GCC unroll 64
+    for (int t = 0; t < KK; t++) {
+        if (!USED[t]) continue;
+#pragma GCC unroll 8
+        for (int p = 0; p < PART_BLOCK; p++)
+            if (p < parts) acc[p] += taps[t] * load(x0 + p * stride + offset[t]);
+    }
+}
+
+/* grad_taps[t] += mask_t sum_p gr[p] x_p(offset_t) for p < parts (<= PART_BLOCK), x_p = x0 + p stride, mask_t the
+ * column mask of tap t (mask_stride apart per column; none for the middle column). */
+static inline __attribute__((always_inline)) void add_tap_gradients(const vec_t gr[PART_BLOCK], const real *x0,
+                                                                    int64_t stride, const int64_t *offset,
+                                                                    const real *mask, int64_t mask_stride, int parts,
+                                                                    vec_t grad_taps[KK]) {
+#pragma GCC unroll 64
+    for (int t = 0; t < KK; t++) {
+        if (!USED[t]) continue;
+        vec_t sum = {0};
+#pragma GCC unroll 8
+        for (int p = 0; p < PART_BLOCK; p++)
+            if (p < parts) sum += gr[p] * load(x0 + p * stride + offset[t]);
+        if (t % SIZE != R) sum *= load(mask + (t % SIZE) * mask_stride);
+        grad_taps[t] += sum;
+    }
+}
+
+/* acc[p] = sum_t tap_t(-offset_t) gr_p(-offset_t) for p < parts (<= PART_BLOCK): tap_t = taps0 + t stride,
+ * gr_p = gr0 + p stride (the input gradient as a gather). */
+static inline __attribute__((always_inline)) void gather_products(const real *taps0, const real *gr0, int64_t stride,
+                                                                  const int64_t *offset, int parts,
+                                                                  vec_t acc[PART_BLOCK]) {
+#pragma GCC unroll 8
+    for (int p = 0; p < PART_BLOCK; p++) acc[p] = (vec_t){0};
+#pragma GCC unroll 64
+    for (int t = 0; t < KK; t++) {
+        if (!USED[t]) continue;
+        const vec_t tap = load(taps0 + t * stride - offset[t]);
+#pragma GCC unroll 8
+        for (int p = 0; p < PART_BLOCK; p++)
+            if (p < parts) acc[p] += tap * load(gr0 + p * stride - offset[t]);
+    }
+}
+
 /* Scratch of one thread: geometry, masks, per-pixel rows, then padded planes. */
 typedef struct {
     int64_t offset[KK];
@@ -229,24 +296,20 @@ static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64
                 const int64_t n = m - i;
                 vec_t taps[KK];
                 compose_vector(coef + c * OPS * plane + bl.begin + i, plane, n, taps);
-                vec_t sum = load(nrm + i);
-#pragma GCC unroll 64
-                for (int t = 0; t < KK; t++)
-                    if (USED[t]) sum += args->l1 ? taps[t] * sign(taps[t]) : taps[t] * taps[t];
-                store(nrm + i, sum);
+                if (args->l1) /* the same call with a constant: no per-tap choice */
+                    store(nrm + i, load(nrm + i) + norm_terms(taps, 1, (vec_t){0} + 1));
+                else
+                    store(nrm + i, load(nrm + i) + norm_terms(taps, 0, (vec_t){0} + 1));
                 mask_taps(taps, s->mask, pl.vectors_max, i);
                 for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK) {
-                    vec_t acc[PART_BLOCK] = {{0}};
-#pragma GCC unroll 64
-                    for (int t = 0; t < KK; t++) {
-                        if (!USED[t]) continue;
-                        const int64_t at = pl.origin + i + s->offset[t];
-#pragma GCC unroll 8
-                        for (int p = 0; p < PART_BLOCK; p++)
-                            if (p0 + p < q) acc[p] += taps[t] * load(xs + (p0 + p) * pl.stride + at);
-                    }
-                    for (int p = 0; p < PART_BLOCK && p0 + p < q; p++)
-                        store_n(out_c + (p0 + p) * part_stride + i, acc[p], n);
+                    const int parts = q - p0 < PART_BLOCK ? (int)(q - p0) : PART_BLOCK;
+                    const real *x0 = xs + p0 * pl.stride + pl.origin + i;
+                    vec_t acc[PART_BLOCK];
+                    if (parts == PART_BLOCK) /* the same call with a constant: no per-load partition checks */
+                        apply_taps(taps, x0, pl.stride, s->offset, PART_BLOCK, acc);
+                    else
+                        apply_taps(taps, x0, pl.stride, s->offset, parts, acc);
+                    for (int p = 0; p < parts; p++) store_n(out_c + (p0 + p) * part_stride + i, acc[p], n);
                 }
             }
         }
@@ -305,28 +368,25 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
                 vec_t taps[KK], grad_taps[KK], gr[PART_BLOCK];
                 compose_vector(coef + c * OPS * plane + bl.begin + i, plane, n, taps);
                 const vec_t gnu = load(grad_nu + i), scale = load(inv + i);
-#pragma GCC unroll 64
-                for (int t = 0; t < KK; t++) grad_taps[t] = args->l1 ? sign(taps[t]) * gnu : taps[t] * gnu;
+                if (args->l1) /* as in the forward */
+                    norm_gradients(taps, 1, gnu, grad_taps);
+                else
+                    norm_gradients(taps, 0, gnu, grad_taps);
                 mask_taps(taps, s->mask, pl.vectors_max, i);
 #pragma GCC unroll 64
                 for (int t = 0; t < KK; t++)
                     if (USED[t]) store(mts + t * pl.stride + pl.origin + i, taps[t]);
                 for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK) {
-                    for (int p = 0; p < PART_BLOCK && p0 + p < q; p++) {
+                    const int parts = q - p0 < PART_BLOCK ? (int)(q - p0) : PART_BLOCK;
+                    for (int p = 0; p < parts; p++) {
                         gr[p] = load_n(args->grad_out + at_c + (p0 + p) * part_stride + i, n) * scale;
                         store(grs + (p0 + p) * pl.stride + pl.origin + i, gr[p]);
                     }
-#pragma GCC unroll 64
-                    for (int t = 0; t < KK; t++) {
-                        if (!USED[t]) continue;
-                        const int64_t at = pl.origin + i + s->offset[t];
-                        vec_t sum = {0};
-#pragma GCC unroll 8
-                        for (int p = 0; p < PART_BLOCK; p++)
-                            if (p0 + p < q) sum += gr[p] * load(xs + (p0 + p) * pl.stride + at);
-                        if (t % SIZE != R) sum *= load(s->mask + (t % SIZE) * pl.vectors_max + i);
-                        grad_taps[t] += sum;
-                    }
+                    const real *x0 = xs + p0 * pl.stride + pl.origin + i, *mask = s->mask + i;
+                    if (parts == PART_BLOCK) /* the same call with a constant: no per-load partition checks */
+                        add_tap_gradients(gr, x0, pl.stride, s->offset, mask, pl.vectors_max, PART_BLOCK, grad_taps);
+                    else
+                        add_tap_gradients(gr, x0, pl.stride, s->offset, mask, pl.vectors_max, parts, grad_taps);
                 }
                 vec_t grad_a[OPS];
                 compose_transposed(grad_taps, grad_a);
@@ -344,17 +404,14 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
             for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK)
                 for (int64_t y = y_lo; y < y_hi; y += LANES) {
                     const int64_t n = y_hi - y;
-                    vec_t acc[PART_BLOCK] = {{0}};
-#pragma GCC unroll 64
-                    for (int t = 0; t < KK; t++) {
-                        if (!USED[t]) continue;
-                        const int64_t at = pl.origin + y - s->offset[t];
-                        const vec_t tap = load(mts + t * pl.stride + at);
-#pragma GCC unroll 8
-                        for (int p = 0; p < PART_BLOCK; p++)
-                            if (p0 + p < q) acc[p] += tap * load(grs + (p0 + p) * pl.stride + at);
-                    }
-                    for (int p = 0; p < PART_BLOCK && p0 + p < q; p++) {
+                    const int parts = q - p0 < PART_BLOCK ? (int)(q - p0) : PART_BLOCK;
+                    const real *taps0 = mts + pl.origin + y, *gr0 = grs + p0 * pl.stride + pl.origin + y;
+                    vec_t acc[PART_BLOCK];
+                    if (parts == PART_BLOCK) /* as above */
+                        gather_products(taps0, gr0, pl.stride, s->offset, PART_BLOCK, acc);
+                    else
+                        gather_products(taps0, gr0, pl.stride, s->offset, parts, acc);
+                    for (int p = 0; p < parts; p++) {
                         real *dst = args->grad_x + at_c + (p0 + p) * part_stride + y;
                         store_n(dst, load_n(dst, n) + acc[p], n);
                     }
