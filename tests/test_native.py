@@ -80,6 +80,19 @@ def test_any_stencil_set_is_compiled_into_its_own_kernel(normalization):
     assert libraries[0] is not libraries[1]
 
 
+def test_stencils_that_require_grad_get_their_gradient():
+    """The kernel has the stencils compiled in: learnable stencils take the PyTorch path under "auto" (so their
+    gradient is right) and are refused by "native"."""
+    x, a, s, g = _inputs(SHAPES[6], torch.float64)
+    learnable = s.clone().requires_grad_()
+    y = adaptive_pdo(x, a, learnable, g)
+    (got,) = torch.autograd.grad(y.square().sum(), learnable)
+    (expected,) = torch.autograd.grad(adaptive_pdo(x, a, learnable, g, backend="pytorch").square().sum(), learnable)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="no gradient.*require grad"):
+        adaptive_pdo(x, a, learnable, g, backend="native")
+
+
 def test_backend_choice_is_checked():
     x, a, s, g = _inputs(SHAPES[0], torch.float32)
     with pytest.raises(ValueError, match="backend must be one of"):

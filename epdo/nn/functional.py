@@ -166,6 +166,13 @@ def _native_library(x: torch.Tensor, stencils: torch.Tensor, backend: str) -> Op
         if backend == "native":
             raise ValueError(f"adaptive_pdo: backend='native' runs on CPU tensors, got a tensor on {x.device}")
         return None
+    if stencils.requires_grad and torch.is_grad_enabled():  # compiled in as constants: no gradient, one build each
+        if backend == "native":
+            raise ValueError(
+                "adaptive_pdo: backend='native' compiles the stencils into the kernel and gives them no gradient; "
+                "got stencils that require grad (use backend='pytorch' or 'auto', or pass stencils.detach())"
+            )
+        return None
     try:
         return native.load(x.dtype, stencils, required=backend == "native")
     except native.NativeBuildError as error:
@@ -191,7 +198,8 @@ def adaptive_pdo(
         normalization: ``"rms"`` divides field ``j``'s taps by the root mean square of its channels' L2 norms, so
             that a white input keeps its variance on average; ``"l1"`` by their summed absolute values (the
             reference implementation: the output is about ``d^2`` times smaller in variance than the input).
-        backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available.
+        backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available and the
+            stencils need no gradient (it compiles them in: one build per stencil set).
 
     The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
     each coefficient field ``j`` is divided by ``nu_j = norm(K[j]) + NORM_EPS`` after scaling by
