@@ -110,7 +110,7 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
 FALLBACK = """
 import torch
 from epdo.diffops import stencils
-from epdo.nn import adaptive_pdo, native
+from epdo.nn import adaptive_pdo
 x, a = torch.randn(1, 4, 6, 6), torch.randn(1, 60, 6, 6)
 expected = adaptive_pdo(x, a, stencils("fd"), 1, backend="pytorch")
 torch.testing.assert_close(adaptive_pdo(x, a, stencils("fd"), 1), expected)

@@ -185,6 +185,13 @@ static void copy_padded(const shape_t *sh, block_t bl, planes_t pl, const real *
     memcpy(dst + pl.origin + (first - bl.h0) * W, src + first * W, (size_t)((last - first) * W) * sizeof(real));
 }
 
+/* Copies the block's rows of one channel's q partitions (x_c: partition 0's (H, W) plane, the others part_stride
+ * apart) into q padded planes at xs. */
+static void copy_partitions(const shape_t *sh, block_t bl, planes_t pl, const real *x_c, int64_t part_stride,
+                            real *xs) {
+    for (int64_t p = 0; p < sh->parts; p++) copy_padded(sh, bl, pl, x_c + p * part_stride, xs + p * pl.stride);
+}
+
 typedef struct {
     const real *x, *coef, *grad_out;
     real *out, *norm, *grad_x, *grad_coef;
@@ -279,6 +286,7 @@ typedef struct {
 
 static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64_t j, scratch_t *s) {
     const int64_t plane = sh->height * sh->width, d = sh->dim, q = sh->parts;
+    const int64_t part_stride = sh->fields * d * plane; /* from partition p to p + 1 */
     const planes_t pl = planes_of(sh);
     real *nrm = s->rows, *xs = s->planes; /* q padded planes of x */
     const real *coef = args->coef + (b * sh->fields + j) * d * OPS * plane;
@@ -287,11 +295,9 @@ static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64
         const int64_t m = bl.count, vectors = round_up(m, LANES);
         memset(nrm, 0, (size_t)vectors * sizeof(real));
         for (int64_t c = 0; c < d; c++) {
-            real *out_c = args->out + ((b * q * sh->fields + j) * d + c) * plane + bl.begin;
-            const int64_t part_stride = sh->fields * d * plane; /* from partition p to p + 1 */
-            for (int64_t p = 0; p < q; p++)
-                copy_padded(sh, bl, pl, args->x + ((b * q * sh->fields + j) * d + c) * plane + p * part_stride,
-                            xs + p * pl.stride);
+            const int64_t at_c = ((b * q * sh->fields + j) * d + c) * plane + bl.begin;
+            real *out_c = args->out + at_c;
+            copy_partitions(sh, bl, pl, args->x + at_c - bl.begin, part_stride, xs);
             for (int64_t i = 0; i < m; i += LANES) {
                 const int64_t n = m - i;
                 vec_t taps[KK];
@@ -359,8 +365,7 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
         }
         for (int64_t c = 0; c < d; c++) {
             const int64_t at_c = ((b * q * sh->fields + j) * d + c) * plane + bl.begin;
-            for (int64_t p = 0; p < q; p++)
-                copy_padded(sh, bl, pl, args->x + at_c - bl.begin + p * part_stride, xs + p * pl.stride);
+            copy_partitions(sh, bl, pl, args->x + at_c - bl.begin, part_stride, xs);
             /* pass 1, per vector: taps (masked copies kept for pass 2), grad_raw = G / nu (kept), tap gradients,
              * coefficient gradients */
             for (int64_t i = 0; i < m; i += LANES) {
