@@ -27,16 +27,29 @@ def synchronize(device: torch.device) -> None:
 
 def median_seconds(step: Callable[[], None], device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        step()
+    return interleaved_median_seconds({"step": step}, device, repeats, warmup)["step"]
+
+
+def interleaved_median_seconds(
+    steps: Dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 2
+) -> Dict[str, float]:
+    """Median wall time of each step over ``repeats`` rounds, every round running each step once in turn.
+
+    On a shared host whose speed drifts over seconds, alternating the steps gives every one the same share of slow
+    and fast moments, so their ratios are comparable (timing one step ``repeats`` times, then the next, is not).
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     synchronize(device)
-    times = []
+    times: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:

@@ -1,5 +1,6 @@
 """Forward+backward time and peak memory of one Neural ePDO layer against escnn's R2Conv 5x5 and an unfold-based
-evaluation of the same layer (the reference implementation's formulation), all measured in one process.
+evaluation of the same layer (the reference implementation's formulation), measured in one process in interleaved
+rounds (every model runs one step per round).
 
 Default: C16, 16 regular fields in and out, g=4, s=4, reduction=1, 28x28, batch 8 on CPU (64 on CUDA).
 """
@@ -13,7 +14,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from common import add_allocator_argument, markdown_table, median_seconds, peak_bytes, record, run_per_allocator
+from common import (
+    add_allocator_argument,
+    interleaved_median_seconds,
+    markdown_table,
+    peak_bytes,
+    record,
+    run_per_allocator,
+)
 from escnn import gspaces, nn
 
 from epdo.nn import NeuralePDO, adaptive_pdo
@@ -89,11 +97,15 @@ def main(argv=None) -> None:
             lambda *a: adaptive_pdo(*a, backend="pytorch"),  # type: ignore[misc]
         )
     x = torch.randn(batch, ftype.size, args.size, args.size, device=device)
+
+    def step(model: torch.nn.Module, inputs: torch.Tensor = x) -> Callable[[], None]:
+        xin = nn.GeometricTensor(inputs.clone().requires_grad_(), ftype)
+        return lambda: model(xin).tensor.square().mean().backward()
+
     if args.memory_only is not None:  # a fresh process measures one model's step after a batch-1 warm-up
         name = list(models)[args.memory_only]
-        for batch_x in (x[:1], x):
-            xin = nn.GeometricTensor(batch_x.clone().requires_grad_(), ftype)
-            memory = peak_bytes(lambda xin=xin: models[name](xin).tensor.square().mean().backward(), device)
+        for inputs in (x[:1], x):
+            memory = peak_bytes(step(models[name], inputs), device)
         print(memory)
         return
     with torch.no_grad():
@@ -102,16 +114,11 @@ def main(argv=None) -> None:
         slow = unfold_adaptive_pdo(x, coefficients, layer.stencils, layer.g, layer.normalization)
         assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5), (fast - slow).abs().max()
 
+    seconds = interleaved_median_seconds({name: step(model) for name, model in models.items()}, device, args.repeats)
     results = {}
-    for index, (name, model) in enumerate(models.items()):
-        xin = nn.GeometricTensor(x.clone().requires_grad_(), ftype)
-
-        def step(model=model, xin=xin) -> None:
-            model(xin).tensor.square().mean().backward()
-
-        seconds = median_seconds(step, device, args.repeats)
+    for index, name in enumerate(models):
         if device.type == "cuda":
-            memory = peak_bytes(step, device)
+            memory = peak_bytes(step(models[name]), device)
         else:  # CPU peak memory: a fresh process per model, same configuration, glibc defaults
             argv_here = sys.argv[1:] if argv is None else list(argv)
             argv_here = [a for a in argv_here if a != "--record"]
@@ -120,8 +127,8 @@ def main(argv=None) -> None:
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             memory = int(out.stdout.strip().splitlines()[-1])
-        results[name] = (seconds, memory)
-        print(f"{name:>48}: {seconds * 1e3:8.1f} ms  peak {memory / 2**20:8.1f} MiB", flush=True)
+        results[name] = (seconds[name], memory)
+        print(f"{name:>48}: {seconds[name] * 1e3:8.1f} ms  peak {memory / 2**20:8.1f} MiB", flush=True)
 
     ours, r2conv, unfold = (results[n] for n in list(models)[:3])
     rows = {
@@ -133,15 +140,15 @@ def main(argv=None) -> None:
         for name, (t, m) in results.items()
     }
     summary = (
-        f"epdo / R2Conv time {ours[0] / r2conv[0]:.2f} (issue 9 target <= 0.25); epdo / unfold time "
-        f"{ours[0] / unfold[0]:.2f} (target <= 0.1); epdo peak memory {ours[1] / 2**20:.0f} MiB (target <= 146)"
+        f"epdo / R2Conv time {ours[0] / r2conv[0]:.3f} (issue 9 target <= 0.25); epdo / unfold time "
+        f"{ours[0] / unfold[0]:.3f} (target <= 0.1); epdo peak memory {ours[1] / 2**20:.0f} MiB (target <= 146)"
     )
     print(summary)
     if args.record:
         config = (
             f"C{args.group_order}, {args.fields} regular fields in/out, g=4, s=4, reduction=1, "
             f"{args.size}x{args.size}, batch {batch}, {device.type}, allocator {args.allocator}, "
-            f"median of {args.repeats}"
+            f"median of {args.repeats} interleaved rounds"
         )
         command = "python benchmarks/layer_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
         record("Layer speed: " + config, command, device, markdown_table(rows) + "\n\n" + summary)

@@ -1,5 +1,6 @@
 """Training-step time (forward + backward + Adam step) and peak memory of whole models, and images/second of the
-demo configuration's full epoch, against the static-PDO, escnn and plain-CNN baselines measured in the same run.
+demo configuration's full epoch, against the static-PDO, escnn and plain-CNN baselines measured in the same run
+(in interleaved rounds: every model runs one step per round).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import add_allocator_argument, markdown_table, median_seconds, peak_bytes, record, run_per_allocator
+from common import (
+    add_allocator_argument,
+    interleaved_median_seconds,
+    markdown_table,
+    peak_bytes,
+    record,
+    run_per_allocator,
+)
 
 from epdo.models import count_parameters, mnist_rot_model
 
@@ -72,11 +80,14 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     rows = {}
     for size in args.sizes.split(","):
+        models, builds = {}, {}
         for name, kwargs in configs[size].items():
             start = time.perf_counter()
-            model = mnist_rot_model(**kwargs).to(device).train()
-            build = time.perf_counter() - start
-            seconds = median_seconds(training_step(model, device, batch), device, args.repeats, warmup=1)
+            models[name] = mnist_rot_model(**kwargs).to(device).train()
+            builds[name] = time.perf_counter() - start
+        steps = {name: training_step(model, device, batch) for name, model in models.items()}
+        seconds = interleaved_median_seconds(steps, device, args.repeats, warmup=1)
+        for name, model in models.items():
             if device.type == "cuda":
                 memory = peak_bytes(training_step(model, device, batch), device)
             else:
@@ -88,9 +99,9 @@ def main(argv=None) -> None:
                 memory = int(out.stdout.strip().splitlines()[-1])
             rows[f"{name} [{size}]"] = dict(
                 params=f"{count_parameters(model):,}",
-                build_s=f"{build:.1f}",
-                step_ms=f"{seconds * 1e3:.0f}",
-                images_per_s=f"{batch / seconds:.1f}",
+                build_s=f"{builds[name]:.1f}",
+                step_ms=f"{seconds[name] * 1e3:.0f}",
+                images_per_s=f"{batch / seconds[name]:.1f}",
                 peak_MiB=f"{memory / 2**20:.0f}",
             )
             print(f"{name:>18} [{size}]: {rows[f'{name} [{size}]']}", flush=True)
@@ -113,7 +124,7 @@ def main(argv=None) -> None:
     if args.record:
         command = "python benchmarks/model_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
         title = f"Model training step, batch {batch}, {device.type}, allocator {args.allocator}"
-        title += f", median of {args.repeats}"
+        title += f", median of {args.repeats} interleaved rounds"
         record(title, command, device, markdown_table(rows) + ("\n\n" + epoch if epoch else ""))
 
 
