@@ -138,7 +138,8 @@ class _NativeAdaptivePDO(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         x, coefficients, norm, out = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_x, grad_coefficients = torch.empty_like(x), torch.empty_like(coefficients)
+        buffers = native.GRADIENT_BUFFERS  # memory kept from the last step: no page faults
+        grad_x, grad_coefficients = buffers.empty(x.shape, x.dtype), buffers.empty(coefficients.shape, x.dtype)
         status = ctx.library.epdo_adaptive_pdo_backward(
             x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
             grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*ctx.dims),

@@ -8,6 +8,9 @@ library.  Settings (environment):
 * ``CC``: the C compiler (default ``cc``); it must accept GCC-style flags and ``-fopenmp``.
 * ``EPDO_CACHE_DIR``: where built libraries are kept (default ``$XDG_CACHE_HOME/epdo`` or ``~/.cache/epdo``).
 
+The kernel's backward takes its two gradients from :data:`GRADIENT_BUFFERS` (see :class:`BufferPool`), which keeps up
+to 256 MiB of their memory between steps; ``GRADIENT_BUFFERS.clear()`` gives it back.
+
 Where no compiler exists or the build fails, :func:`load` returns ``None`` and warns once, naming the reason.
 """
 
@@ -29,10 +32,14 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from epdo.nn.native.buffer_pool import BufferPool
+
 SOURCE = Path(__file__).with_name("adaptive_pdo.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
 LIBRARIES = ("-lm",)  # after the source, where the linker looks for what it needs
 SCALAR_TYPES = {torch.float32: "float", torch.float64: "double"}
+GRADIENT_BUFFERS = BufferPool()
+"""Memory of the adaptive-PDO kernel's input and coefficient gradients, reused from step to step."""
 
 
 class NativeBuildError(RuntimeError):
