@@ -73,6 +73,17 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     return max(0, _status_kib("VmHWM") - before) * 1024
 
 
+def peak_bytes_in_fresh_process(script: str, argv: Optional[List[str]], memory_only: str) -> int:
+    """CPU peak memory of one model's step, measured by ``script`` rerun in a fresh process (glibc defaults, nothing
+    allocated before) with this run's arguments, ``--record`` dropped, and ``--memory-only memory_only``; the script
+    prints :func:`peak_bytes` as its last line."""
+    given = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--record"]
+    out = subprocess.run(
+        [sys.executable, script, *given, "--memory-only", memory_only], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def _reset_peak_resident_set() -> None:
     """Sets ``VmHWM`` to the current resident set (Linux >= 4.0), so that a peak reached before the step (building
     the models, escnn's basis construction) does not count as the step's."""

@@ -8,7 +8,6 @@ Default: C16, 16 regular fields in and out, g=4, s=4, reduction=1, 28x28, batch 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from typing import Callable
 
@@ -19,6 +18,7 @@ from common import (
     interleaved_median_seconds,
     markdown_table,
     peak_bytes,
+    peak_bytes_in_fresh_process,
     record,
     run_per_allocator,
 )
@@ -120,13 +120,7 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             memory = peak_bytes(step(models[name]), device)
         else:  # CPU peak memory: a fresh process per model, same configuration, glibc defaults
-            argv_here = sys.argv[1:] if argv is None else list(argv)
-            argv_here = [a for a in argv_here if a != "--record"]
-            out = subprocess.run(
-                [sys.executable, __file__, *argv_here, "--memory-only", str(index)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            memory = int(out.stdout.strip().splitlines()[-1])
+            memory = peak_bytes_in_fresh_process(__file__, argv, str(index))
         results[name] = (seconds[name], memory)
         print(f"{name:>48}: {seconds[name] * 1e3:8.1f} ms  peak {memory / 2**20:8.1f} MiB", flush=True)
 

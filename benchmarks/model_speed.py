@@ -6,7 +6,6 @@ demo configuration's full epoch, against the static-PDO, escnn and plain-CNN bas
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 
@@ -17,6 +16,7 @@ from common import (
     interleaved_median_seconds,
     markdown_table,
     peak_bytes,
+    peak_bytes_in_fresh_process,
     record,
     run_per_allocator,
 )
@@ -91,12 +91,7 @@ def main(argv=None) -> None:
             if device.type == "cuda":
                 memory = peak_bytes(training_step(model, device, batch), device)
             else:
-                argv_here = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--record"]
-                out = subprocess.run(
-                    [sys.executable, __file__, *argv_here, "--memory-only", f"{size}:{name}"],
-                    capture_output=True, text=True, check=True,
-                )  # fmt: skip
-                memory = int(out.stdout.strip().splitlines()[-1])
+                memory = peak_bytes_in_fresh_process(__file__, argv, f"{size}:{name}")
             rows[f"{name} [{size}]"] = dict(
                 params=f"{count_parameters(model):,}",
                 build_s=f"{builds[name]:.1f}",
