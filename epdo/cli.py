@@ -4,38 +4,39 @@ the flag (``argument --epochs: must be a positive integer, got -1``, exit status
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import List, Optional
 
-from epdo.kernels import check_bandwidth
+from epdo.kernels.pdo_basis import check_bandwidth
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the flag in its message)."""
+    """An integer >= 1."""
     return _integer_at_least(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
+    """An integer >= 0."""
     return _integer_at_least(text, 0, "a non-negative integer")
 
 
-def max_frequency(text: str) -> Optional[int]:
-    """argparse type: ``none`` (no cutoff) or an integer >= 0, the highest angular frequency of the PDOs' symbols."""
-    return None if text.lower() == "none" else non_negative_int(text)
-
-
-def _integer_at_least(text: str, minimum: int, kind: str) -> int:
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be {kind}, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
-def bandwidth(text: str) -> Optional[float]:
-    """argparse type: ``none`` or a bandwidth :func:`epdo.kernels.check_bandwidth` accepts (cycles per pixel)."""
+def max_frequency(text: str) -> Optional[int]:
+    """``none`` (no cutoff) or an integer >= 0, the highest angular frequency of the PDOs' symbols."""
+    return None if text.lower() == "none" else non_negative_int(text)
+
+
+def optional_bandwidth(text: str) -> Optional[float]:
+    """``none`` or a band limit in ``(0, 1]`` cycles per pixel (:class:`epdo.kernels.PDOBasis`)."""
     if text.lower() == "none":
         return None
     try:
@@ -46,12 +47,22 @@ def bandwidth(text: str) -> Optional[float]:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
+def widths(text: str) -> List[int]:
+    """Six comma-separated positive integers: the fields of layers 1-6."""
     try:
-        value = float(text)
+        values = [int(w) for w in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected six comma-separated integers, got {text!r}") from None
+    if len(values) != 6 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected six comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _integer_at_least(text: str, minimum: int, kind: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {value}")
     return value

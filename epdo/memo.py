@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Any, Callable, Dict, Hashable, TypeVar
@@ -10,9 +11,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def argument_key(value: Any) -> Hashable:
-    """A cache key for one argument: escnn objects (representations, gspaces, groups) by type, group and name,
-    which identify them across equal instances; anything else as itself (it must be hashable)."""
-    if isinstance(value, (str, int, float, bool, type(None), tuple)):
+    """A cache key for one argument: values (numbers, strings, tuples, frozen dataclasses) as themselves; escnn objects
+    (representations, gspaces, groups) by type, group and name, which identify them across equal instances."""
+    if isinstance(value, (str, int, float, bool, type(None), tuple)) or dataclasses.is_dataclass(value):
         return value
     name = getattr(value, "name", None)
     if name is None:

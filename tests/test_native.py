@@ -11,7 +11,7 @@ import torch
 
 from epdo.diffops import stencils
 from epdo.nn import adaptive_pdo, native
-from epdo.nn.functional import NORMALIZATIONS
+from epdo.nn.functional import NORMALIZATIONS, stencil_key
 
 # (batch, partitions q, fields g, field size d, height, width, discretization, max_order, stencil size)
 SHAPES = [
@@ -41,7 +41,7 @@ def test_native_equals_pytorch_in_float32(shape, normalization):
     grad = torch.randn(x.shape)
     results = []
     for backend in ("native", "pytorch"):
-        y = adaptive_pdo(x, a, s, g, normalization, backend)
+        y = adaptive_pdo(x, a, s, g, normalization=normalization, backend=backend)
         results.append((y, *torch.autograd.grad(y, (x, a), grad)))
     for got, expected in zip(*results):
         scale = expected.abs().max()
@@ -52,7 +52,9 @@ def test_native_equals_pytorch_in_float32(shape, normalization):
 @pytest.mark.parametrize("shape", [SHAPES[3], (1, 2, 2, 2, 6, 5, "fd", 2, 3)])
 def test_native_gradcheck_float64(shape, normalization):
     x, a, s, g = _inputs(shape, torch.float64)
-    assert torch.autograd.gradcheck(lambda v, c: adaptive_pdo(v, c, s, g, normalization, "native"), (x, a))
+    assert torch.autograd.gradcheck(
+        lambda v, c: adaptive_pdo(v, c, s, g, normalization=normalization, backend="native"), (x, a)
+    )
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
@@ -72,7 +74,7 @@ def test_any_stencil_set_is_compiled_into_its_own_kernel(normalization):
         a = torch.randn(2, 2 * 3 * s.shape[0], 7, 6, generator=generator, dtype=torch.float64, requires_grad=True)
         grad = torch.randn(x.shape, generator=generator, dtype=torch.float64)
         for backend in ("native", "pytorch"):
-            y = adaptive_pdo(x, a, s, 2, normalization, backend)
+            y = adaptive_pdo(x, a, s, 2, normalization=normalization, backend=backend)
             results[name, backend] = (y, *torch.autograd.grad(y, (x, a), grad))
         for got, expected in zip(results[name, "native"], results[name, "pytorch"]):
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
@@ -159,3 +161,56 @@ def test_native_kernel_is_faster_than_the_pytorch_path():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert seconds("native") < seconds("pytorch")
+
+
+def test_the_operator_is_registered_with_fake_and_autograd():
+    """``torch.ops.epdo.adaptive_pdo``: schema, fake (meta) implementation and autograd formula consistent with the
+    real kernel (``torch.library.opcheck``)."""
+    x, a, s, g = _inputs(SHAPES[0], torch.float64)
+    key = stencil_key(s)
+    torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, a, key, g, False))
+    torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, a, key, g, True))
+
+
+def test_a_network_compiles_without_graph_breaks_and_matches_eager():
+    """``torch.compile(fullgraph=True)`` of a network with NeuralePDO layers on the CPU (the compiled kernel as an
+    operator), forward and backward, and of the same layers on the PyTorch path (as on CUDA); ``aot_eager`` traces
+    what inductor would compile, without its code generation (benchmarks/compile_check.py runs inductor)."""
+    from epdo.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(group_order=4, widths=(4, 4, 4, 4, 4, 4), dropout=0.0))
+    x = torch.rand(4, 1, 28, 28)
+    eager = model(x)
+    eager.square().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got = compiled(x)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-5)
+    assert "epdo.adaptive_pdo" in str(torch._dynamo.explain(model)(x).graphs[0].graph)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        model.eval()
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_pytorch_path_compiles_without_graph_breaks():
+    """On CUDA the layers run the PyTorch path; it must trace into one graph for inductor (Triton on a GPU)."""
+    x, a, s, g = _inputs(SHAPES[0], torch.float32)
+
+    def step(x, a):
+        return adaptive_pdo(x, a, s, g, backend="pytorch").square().sum()
+
+    explanation = torch._dynamo.explain(step)(x, a)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, a), (x, a))
+    expected = torch.autograd.grad(step(x, a), (x, a))
+    for u, v in zip(got, expected):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)

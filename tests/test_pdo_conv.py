@@ -1,15 +1,16 @@
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TOL, high_frequency_share, off_grid, quotient, space
-from escnn import gspaces, nn
+from escnn import group, gspaces, nn
 
-from epdo.diffops import DISCRETIZATIONS
+from epdo.diffops import DISCRETIZATIONS, coefficient_representation
 from epdo.equivariance import equivariance_errors, grid_elements, smooth_field
-from epdo.kernels import pdo_filter_basis
-from epdo.nn import PDOConv
+from epdo.kernels import PDOBasis, pdo_coefficient_basis, pdo_filter_basis
+from epdo.nn import Conv1x1, PDOConv
 
 FIELDS = {
     "trivial": lambda gs: gs.trivial_repr,
@@ -25,7 +26,7 @@ def test_equivariance_exact_on_grid(group_name, discretization):
     gs = space(group_name)
     in_type = nn.FieldType(gs, [f(gs) for f in FIELDS.values()])
     out_type = nn.FieldType(gs, [f(gs) for f in reversed(FIELDS.values())] + [gs.regular_repr])
-    layer = PDOConv(in_type, out_type, discretization, bias=True).train()
+    layer = PDOConv(in_type, out_type, basis=PDOBasis(discretization, max_frequency=None), bias=True).train()
     x = nn.GeometricTensor(torch.randn(2, in_type.size, 13, 13), in_type)
     errors = equivariance_errors(layer, x)
     assert len(errors) == len(grid_elements(gs))
@@ -41,24 +42,24 @@ def test_equivariance_exact_on_grid(group_name, discretization):
 def test_equivariance_per_field_kind(name):
     gs = gspaces.flipRot2dOnR2(4)
     t = nn.FieldType(gs, [FIELDS[name](gs)] * 2)
-    layer = PDOConv(t, t, "gauss")
+    layer = PDOConv(t, t)
     x = nn.GeometricTensor(torch.randn(2, t.size, 11, 11), t)
     assert max(equivariance_errors(layer, x).values()) <= TOL
 
 
 def test_basis_sizes_follow_frobenius_reciprocity():
-    gs = gspaces.rot2dOnR2(16)
-    assert pdo_filter_basis(gs, gs.trivial_repr, gs.regular_repr, "fd").shape == (15, 16, 1, 5, 5)
-    assert pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, "fd").shape[0] == 15 * 16
+    gs, every = gspaces.rot2dOnR2(16), PDOBasis("fd", max_frequency=None)
+    assert pdo_filter_basis(gs, gs.trivial_repr, gs.regular_repr, every).shape == (15, 16, 1, 5, 5)
+    assert pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, every).shape[0] == 15 * 16
     d16 = gspaces.flipRot2dOnR2(16)
-    assert pdo_filter_basis(d16, d16.trivial_repr, d16.regular_repr, "fd").shape[0] == 15
+    assert pdo_filter_basis(d16, d16.trivial_repr, d16.regular_repr, every).shape[0] == 15
 
 
 @pytest.mark.parametrize("discretization", ["fd", "gauss"])
 def test_band_limited_basis_spans_the_same_space_with_smooth_random_filters(discretization):
     gs = gspaces.rot2dOnR2(8)
-    plain = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, discretization, bandwidth=None)
-    smooth = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, discretization, bandwidth=0.2)
+    plain = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis(discretization, 4, None, None))
+    smooth = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis(discretization, 4, None, 0.2))
     assert smooth.shape == plain.shape
     flat_plain, flat_smooth = plain.reshape(len(plain), -1), smooth.reshape(len(smooth), -1)
     np.testing.assert_allclose(flat_plain @ flat_plain.T, np.eye(len(plain)), atol=1e-9)
@@ -69,12 +70,12 @@ def test_band_limited_basis_spans_the_same_space_with_smooth_random_filters(disc
     plain_share, smooth_share = high_frequency_share(plain), high_frequency_share(smooth)
     assert smooth_share < 0.7 * plain_share, (plain_share, smooth_share)  # 0.75 -> 0.45 (fd), 0.69 -> 0.38 (gauss)
     sharper = high_frequency_share(
-        pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, discretization, bandwidth=0.1)
+        pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis(discretization, 4, None, 0.1))
     )
     assert sharper < smooth_share
     for bad in (0, -0.1, 1.5, True, "0.2"):
         with pytest.raises(ValueError, match=r"bandwidth must be None or a number in \(0, 1\]"):
-            PDOConv(nn.FieldType(gs, [gs.regular_repr]), nn.FieldType(gs, [gs.regular_repr]), bandwidth=bad)
+            PDOBasis(bandwidth=bad)
 
 
 def test_build_time_with_cached_basis():
@@ -84,7 +85,7 @@ def test_build_time_with_cached_basis():
     start = time.perf_counter()
     layer = PDOConv(a, b)
     assert time.perf_counter() - start < 1.0
-    assert sum(p.numel() for p in layer.parameters()) == 24 * 32 * 15 * 16
+    assert sum(p.numel() for p in layer.parameters()) == 24 * 32 * 11 * 16
 
 
 def _pair(gs=None):
@@ -95,7 +96,7 @@ def _pair(gs=None):
 
 def test_export_matches_eval_output():
     a, b = _pair()
-    layer = PDOConv(a, b, "rbffd", bias=True)
+    layer = PDOConv(a, b, basis=PDOBasis("rbffd"), bias=True)
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_()
@@ -136,8 +137,8 @@ def test_eval_cache_never_stale():
 
 def test_state_dict_round_trip():
     a, b = _pair(gspaces.flipRot2dOnR2(4))
-    layer = PDOConv(a, b, "gauss", bias=True)
-    fresh = PDOConv(a, b, "gauss", bias=True)
+    layer = PDOConv(a, b, bias=True)
+    fresh = PDOConv(a, b, bias=True)
     fresh.load_state_dict(layer.state_dict())
     x = nn.GeometricTensor(torch.randn(2, a.size, 9, 9), a)
     torch.testing.assert_close(fresh(x).tensor, layer(x).tensor)
@@ -156,23 +157,29 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(TypeError, match="FieldType"):
         PDOConv(a, 3)
     with pytest.raises(ValueError, match="fd, gauss, rbffd"):
-        PDOConv(a, b, "spline")
+        PDOBasis("spline")
+    with pytest.raises(TypeError, match="basis must be an epdo.kernels.PDOBasis, got str"):
+        PDOConv(a, b, basis="fd")
+    with pytest.raises(ValueError, match="max_frequency must be None or a non-negative integer, got -1"):
+        PDOBasis(max_frequency=-1)
+    with pytest.raises(ValueError, match="size must be an odd positive integer, got 4"):
+        PDOBasis(size=4)
 
 
 def test_bases_are_identical_across_processes():
-    """escnn's numerical change of basis has random starts: the parametrization must not depend on them, bit for
-    bit, or a checkpoint loaded in another process would compute another function and the same seed would give
-    another training run; numpy's global generator is left as the caller had it."""
+    """The parametrization must not depend on the process, bit for bit, or a checkpoint loaded in another process
+    would compute another function and the same seed would give another training run; numpy's global generator is
+    left as the caller had it."""
     import subprocess
     import sys
 
     script = (
         "import numpy as np, hashlib; np.random.seed({seed}); from escnn import gspaces; "
-        "from epdo.kernels import pdo_filter_basis, pdo_coefficient_basis; "
+        "from epdo.kernels import PDOBasis, pdo_filter_basis, pdo_coefficient_basis; "
         "from epdo.diffops import coefficient_representation as c; gs = gspaces.rot2dOnR2(4); "
         "state = np.random.get_state()[1].copy(); "
-        "a = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, 'gauss'); "
-        "b = pdo_coefficient_basis(gs.regular_repr, gs.regular_repr.tensor(c(gs)), 'fd'); "
+        "a = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis()); "
+        "b = pdo_coefficient_basis(gs.regular_repr, c(gs, 4, gs.regular_repr), PDOBasis('fd')); "
         "print(hashlib.sha256(a.tobytes() + b.tobytes()).hexdigest(), "
         "(np.random.get_state()[1] == state).all())"
     )
@@ -186,10 +193,43 @@ def test_bases_are_identical_across_processes():
     assert outputs.pop().endswith("True")
 
 
+def _fields(gs):
+    q = quotient(gs)
+    return {
+        "trivial": gs.trivial_repr,
+        "regular": gs.regular_repr,
+        "regular+quotient": group.directsum([gs.regular_repr, q]),
+    }
+
+
+def test_bases_equal_the_previous_implementations():
+    """``tests/data/bases_before.npz``: four random projections of every element of bases the previous
+    implementation computed (filters composed and Fourier-transformed one by one, escnn's numerical decompositions).
+    The stencil-level metric and the orbit solutions give the same bases up to rounding, amplified by the stencil
+    metric's condition number (fd ~6e3, gauss ~4e3, rbffd ~1e5): 1e-10 relative, 2e-9 for rbffd."""
+    stored = np.load(Path(__file__).parent / "data" / "bases_before.npz")
+    spaces = {"C4": gspaces.rot2dOnR2(4), "D4": gspaces.flipRot2dOnR2(4), "C16": gspaces.rot2dOnR2(16),
+              "D16": gspaces.flipRot2dOnR2(16)}  # fmt: skip
+    for key in stored.files:
+        kind, name, *pair, discretization, bandwidth, frequency = key.split("/")
+        gs, fields = spaces[name], _fields(spaces[name])
+        basis = PDOBasis(discretization, 4, None if frequency == "None" else int(frequency),
+                         None if bandwidth == "None" else float(bandwidth))  # fmt: skip
+        if kind == "filter":
+            new = pdo_filter_basis(gs, fields[pair[0]], fields[pair[1]], basis)
+        else:
+            rho = fields[pair[0]]
+            new = pdo_coefficient_basis(rho, coefficient_representation(gs, 4, rho), basis)
+        flat = new.reshape(len(new), -1)
+        projected = flat @ np.random.default_rng(0).standard_normal((flat.shape[1], 4))
+        tolerance = (2e-9 if discretization == "rbffd" else 1e-10) * np.abs(stored[key]).max()
+        np.testing.assert_allclose(projected, stored[key], rtol=0, atol=tolerance, err_msg=key)
+
+
 @pytest.mark.parametrize("gain", [1.0, 4.0])
-def test_gain_keeps_the_initial_filter_and_scales_the_first_adam_step(gain):
-    """``gain`` multiplies the basis and divides the initial weights: the same filter at initialization; Adam's first
-    step (``lr * sign(grad)`` per weight, whose gradient is ``gain`` times larger) moves the filter ``gain`` times
+def test_gain_keeps_the_initial_map_and_scales_the_first_adam_step(gain):
+    """``gain`` multiplies the basis and divides the initial weights: the same map at initialization; Adam's first
+    step (``lr * sign(grad)`` per weight, whose gradient is ``gain`` times larger) moves the map ``gain`` times
     further."""
     gs = gspaces.rot2dOnR2(4)
     types = [nn.FieldType(gs, [gs.regular_repr] * 3) for _ in range(2)]
@@ -197,7 +237,7 @@ def test_gain_keeps_the_initial_filter_and_scales_the_first_adam_step(gain):
     steps = []
     for g in (1.0, gain):
         torch.manual_seed(0)
-        conv = PDOConv(*types, gain=g)
+        conv = Conv1x1(*types, gain=g)
         before = conv.filter_and_bias()[0].detach().clone()
         optimizer = torch.optim.Adam(conv.parameters(), lr=1e-3)
         (conv(x).tensor ** 2).mean().backward()
@@ -212,7 +252,7 @@ def test_gain_must_be_positive():
     gs = gspaces.rot2dOnR2(4)
     ftype = nn.FieldType(gs, [gs.regular_repr])
     with pytest.raises(ValueError, match="gain must be positive, got 0"):
-        PDOConv(ftype, ftype, gain=0)
+        Conv1x1(ftype, ftype, gain=0)
 
 
 @pytest.mark.parametrize("group_name", ["C8", "D8"])
@@ -222,16 +262,14 @@ def test_frequency_cutoff_two_has_escnns_5x5_basis_sizes(group_name):
     for rho_in in (gs.trivial_repr, gs.regular_repr):
         a, b = nn.FieldType(gs, [rho_in]), nn.FieldType(gs, [gs.regular_repr])
         expected = nn.R2Conv(a, b, 5).basisexpansion.dimension()
-        assert len(pdo_filter_basis(gs, rho_in, gs.regular_repr, "fd", max_frequency=2)) == expected
-        assert len(pdo_filter_basis(gs, rho_in, gs.regular_repr, "fd")) == expected * 15 // 11
+        assert len(pdo_filter_basis(gs, rho_in, gs.regular_repr, PDOBasis())) == expected
+        assert len(pdo_filter_basis(gs, rho_in, gs.regular_repr, PDOBasis(max_frequency=None))) == expected * 15 // 11
 
 
 @pytest.mark.parametrize("group_name", ["C8", "D4"])
 def test_frequency_cutoff_keeps_exact_equivariance(group_name):
     gs = space(group_name)
     in_type = nn.FieldType(gs, [f(gs) for f in FIELDS.values()])
-    layer = PDOConv(in_type, in_type, "fd", bias=True, max_frequency=1).train()
+    layer = PDOConv(in_type, in_type, basis=PDOBasis("fd", max_frequency=1), bias=True).train()
     x = nn.GeometricTensor(torch.randn(2, in_type.size, 13, 13), in_type)
     assert max(equivariance_errors(layer, x).values()) <= TOL
-    with pytest.raises(ValueError, match="max_frequency must be None or a non-negative integer, got -1"):
-        PDOConv(in_type, in_type, max_frequency=-1)

@@ -7,16 +7,17 @@ import pytest
 import torch
 
 import epdo.train as train_module
+from epdo.data import load_dataset
 from epdo.evaluate import main as evaluate_main
 from epdo.evaluate import parse_angles
-from epdo.kernels import DEFAULT_BANDWIDTH
-from epdo.models import ModelConfig, build_model, config_from_checkpoint
-from epdo.nn import DEFAULT_MIX_GAIN
-from epdo.train import build_parser, learning_rate, model_config
+from epdo.kernels import PDOBasis
+from epdo.models import ModelConfig, build_model
+from epdo.train import build_parser, model_config
 from epdo.train import main as train_main
+from epdo.training import batch_norms, learning_rate, reestimate_batch_norm
 
 TINY = [
-    "--dataset", "synthetic", "--group-order", "4", "--widths", "4,4,4,4,4,4", "--g", "2", "--s", "1",
+    "--dataset", "synthetic", "--group-order", "4", "--widths", "4,4,4,4,4,4",
     "--limit-train", "64", "--limit-test", "32", "--batch-size", "16", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 
@@ -44,6 +45,22 @@ def test_outputs_and_exact_resume(tmp_path, capsys):
     assert len(metrics(straight)) == 2
     state = torch.load(straight / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and {"torch", "numpy", "python"} <= set(state["rng"])
+    assert ModelConfig.from_dict(state["config"]) == model_config(build_parser().parse_args(TINY))
+
+
+def test_batch_norm_is_reestimated_on_the_stored_training_images(tmp_path):
+    """What ``epdo-train`` evaluates with: BatchNorm statistics of the final weights on the stored (not augmented)
+    training images, exactly :func:`epdo.training.reestimate_batch_norm`'s."""
+    out = tmp_path / "run"
+    assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--bn-batches", "2"]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    model = build_model(ModelConfig.from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    saved = [m.running_var.clone() for m in batch_norms(model)]
+    train, _ = load_dataset("synthetic", seed=0)
+    reestimate_batch_norm(model, train.limit(64).images, batches=2, batch_size=16, seed=0 * 100003 + 0 * 104729 + 1)
+    for m, expected in zip(batch_norms(model), saved):
+        torch.testing.assert_close(m.running_var, expected)
 
 
 class _NaNAfter(torch.nn.Module):
@@ -67,7 +84,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, c
     monkeypatch.setattr(train_module, "build_model", lambda config: _NaNAfter(build(config), after=6))  # epoch 2
     out = tmp_path / "run"
     assert train_main([*TINY, "--epochs", "3", "--out", str(out)]) == 3
-    assert "non-finite loss" in capsys.readouterr().err
+    assert "stopping at epoch 2: non-finite loss" in capsys.readouterr().err
     assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert len(metrics(out)) == 1
 
@@ -82,10 +99,10 @@ def test_missing_data_gives_a_message_not_a_traceback(tmp_path, capsys):
     assert code == 1 and "line 1: expected 785 numbers" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("baseline", ["none", "escnn"])
-def test_evaluate_rotation_table(tmp_path, capsys, baseline):
+@pytest.mark.parametrize("layer", ["epdo", "escnn"])
+def test_evaluate_rotation_table(tmp_path, capsys, layer):
     out = tmp_path / "run"
-    assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--baseline", baseline]) == 0
+    assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--layer", layer]) == 0
     capsys.readouterr()
     assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--rotations", "0:360:90"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -96,40 +113,10 @@ def test_evaluate_rotation_table(tmp_path, capsys, baseline):
     assert parse_angles("0:45:15") == [0, 15, 30]
 
 
-def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--model", "Q", "--reduction", "2"]) == 0
-    path = out / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
-    assert "args" not in state
-    config = config_from_checkpoint(state)
-    assert config == ModelConfig(**state["config"])
-    assert (config.fields, config.discretization, config.widths, config.normalization) == (
-        "quotient", "fd", (4, 4, 4, 4, 4, 4), "rms"
-    )  # fmt: skip
-    # a checkpoint in the earlier format: the whole CLI namespace under "args", layers with L1 normalization
-    old = dict(model="Q", dis="fd", flip=False, g=2, s=1, reduction=2, group_order=4, widths=[4] * 6, dropout=0.1,
-               baseline="none", dataset="synthetic", data_dir=None, seed=0, limit_test=32, epochs=1)  # fmt: skip
-    legacy = build_model(ModelConfig(**{**state["config"], "normalization": "l1", "generator_init": "reference"}))
-    torch.save(dict(model=legacy.state_dict(), args=old), tmp_path / "old.pt")
-    assert config_from_checkpoint(torch.load(tmp_path / "old.pt", weights_only=False)) == ModelConfig(
-        fields="quotient", discretization="fd", g=2, s=1, reduction=2, group_order=4, widths=(4,) * 6,
-        generator_init="reference", normalization="l1", bandwidth=None, mix_gain=1.0,
-    )  # fmt: skip
-    # a configuration from before the bandwidth option: its plain orthonormal bases, order_decay gone
-    earlier = {k: v for k, v in state["config"].items() if k != "bandwidth"}
-    assert config_from_checkpoint(dict(config={**earlier, "order_decay": None})).bandwidth is None
-    with pytest.raises(ValueError, match="uses order_decay, an option epdo removed"):
-        config_from_checkpoint(dict(config={**earlier, "order_decay": 0.5}))
-    # a configuration from before the mix gain: the mix's parameters mean the ungained map
-    assert state["config"]["mix_gain"] == DEFAULT_MIX_GAIN != 1.0
-    before_gain = {k: v for k, v in state["config"].items() if k != "mix_gain"}
-    assert config_from_checkpoint(dict(config=before_gain)).mix_gain == 1.0
-    capsys.readouterr()
-    assert evaluate_main(["--checkpoint", str(tmp_path / "old.pt"), "--rotations", "0", "--no-progress"]) == 0
-    torch.save(dict(model=legacy.state_dict()), tmp_path / "foreign.pt")
+def test_evaluate_refuses_other_files(tmp_path, capsys):
+    torch.save(dict(model={}), tmp_path / "foreign.pt")
     assert evaluate_main(["--checkpoint", str(tmp_path / "foreign.pt"), "--no-progress"]) == 2
-    assert "expected a 'config'" in capsys.readouterr().err
+    assert "not an epdo-train checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -137,9 +124,9 @@ def test_checkpoint_stores_the_model_configuration_and_old_checkpoints_load(tmp_
     [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
      ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--bandwidth", "0"), ("--bandwidth", "1.5"),
-     ("--bandwidth", "wide"), ("--mix-gain", "0"), ("--max-frequency", "-1"), ("--max-frequency", "low")],
+     ("--bandwidth", "wide"), ("--max-frequency", "-1"), ("--max-frequency", "low"), ("--preset", "R-fd")],
 )  # fmt: skip
-def test_cli_refuses_non_positive_numbers(flag, value, capsys):
+def test_cli_refuses_bad_values(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main([*TINY, flag, value])
     assert exit_info.value.code == 2
@@ -152,34 +139,31 @@ def test_cli_refuses_non_positive_numbers(flag, value, capsys):
     assert "argument --limit-test: must be a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_cli_bandwidth_and_mix_gain_reach_the_model_configuration():
+def test_cli_refuses_a_model_its_layers_refuse(tmp_path, capsys):
+    assert train_main([*TINY, "--g", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "g=3 must divide the number of input fields z=4" in capsys.readouterr().err
+
+
+def test_cli_model_flags_reach_the_model_configuration():
     parse = build_parser().parse_args
-    assert model_config(parse([])).bandwidth == DEFAULT_BANDWIDTH
-    assert model_config(parse(["--bandwidth", "None"])).bandwidth is None
-    assert model_config(parse(["--bandwidth", "0.15"])).bandwidth == 0.15
-    assert model_config(parse([])).mix_gain == DEFAULT_MIX_GAIN
-    assert model_config(parse(["--mix-gain", "1"])).mix_gain == 1.0
-    assert model_config(parse([])).max_frequency is None
-    assert model_config(parse(["--max-frequency", "2"])).max_frequency == 2
-    assert model_config(parse(["--max-frequency", "None"])).max_frequency is None
+    assert model_config(parse([])) == ModelConfig()
+    assert model_config(parse(["--bandwidth", "None"])).basis.bandwidth is None
+    assert model_config(parse(["--bandwidth", "0.15", "--max-frequency", "none"])).basis == PDOBasis(
+        max_frequency=None, bandwidth=0.15
+    )
+    assert model_config(parse(["--dis", "fd", "--g", "2", "--reduction", "2"])) == ModelConfig(
+        basis=PDOBasis("fd"), g=2, reduction=2
+    )
+    assert model_config(parse(["--layer", "escnn", "--widths", "5,5,7,7,10,11"])).widths == (5, 5, 7, 7, 10, 11)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")
 def test_two_process_ddp(tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "epdo.train",
-        "--",
-    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "epdo.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [*command, *TINY, "--epochs", "1", "--out", str(out), "--device", "cpu"],
+        [*command, "--", *TINY, "--epochs", "1", "--out", str(out), "--device", "cpu"],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -192,14 +176,14 @@ def test_reestimated_batch_norm_uses_the_exact_statistics_with_dropout_off():
     """After re-estimation over one batch, eval mode on that batch equals the batch-statistics forward with dropout
     off (up to BN's unbiased running variance); a momentum average, or statistics taken with dropout on, differ."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(group_order=4, widths=(4,) * 6, g=2, s=1, dropout=0.5))
+    model = build_model(ModelConfig(group_order=4, widths=(4,) * 6, dropout=0.5))
     images = torch.rand(32, 1, 28, 28)
     model.train()
     with torch.no_grad():
         model(torch.rand(32, 1, 28, 28) * 3)  # running statistics of other inputs
-    train_module.reestimate_batch_norm(model, images, batches=1, batch_size=32, augment=False, seed=0)
+    reestimate_batch_norm(model, images, batches=1, batch_size=32, seed=0)
     assert not model.training
-    norms = train_module.batch_norms(model)
+    norms = batch_norms(model)
     assert len(norms) == 7 and all(m.momentum == 0.1 for m in norms)  # restored
     with torch.no_grad():
         evaluated = model(images)

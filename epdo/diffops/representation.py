@@ -14,11 +14,11 @@ from typing import Any, Optional
 import numpy as np
 import scipy.linalg
 from escnn.group import Representation
-from escnn.group.representation import build_from_discrete_group_representation
 from escnn.gspaces import GSpace2D
 
 from epdo.diffops.multiindex import check_max_order, multi_indices
 from epdo.memo import memoize
+from epdo.representations import Matrices, contragredient, from_matrices, matrices_of, tensor_product
 
 
 def derivative_matrix(g: np.ndarray, max_order: int = 4) -> np.ndarray:
@@ -78,33 +78,31 @@ def check_planar_gspace(gspace: Any, context: str = "") -> None:
 
 
 @memoize
-def _build(gspace: GSpace2D, max_order: int, dual: bool) -> Representation:
-    group = gspace.fibergroup
-    matrices = {}
-    for element in group.elements:
-        d = derivative_matrix(gspace.basespace_action(element), max_order)
-        matrices[element] = np.linalg.inv(d).T if dual else d
-    name = f"{'dual_' if dual else ''}derivatives{max_order}@{gspace.name}"
-    # escnn decomposes the representation numerically from a random start (numpy's global generator): seeded, every
-    # process gets the same change of basis, hence bitwise the same bases and the same training run for the same seed
-    state = np.random.get_state()
-    np.random.seed(0)
-    try:
-        return build_from_discrete_group_representation(matrices, name, group, [])
-    finally:
-        np.random.set_state(state)
+def derivative_matrices(gspace: GSpace2D, max_order: int = 4) -> Matrices:
+    """``{g: D(g)}`` over the elements of ``gspace.fibergroup`` (cached)."""
+    check_planar_gspace(gspace)
+    check_max_order(max_order)
+    matrices = {g: derivative_matrix(gspace.basespace_action(g), max_order) for g in gspace.fibergroup.elements}
+    for m in matrices.values():
+        m.setflags(write=False)
+    return matrices
 
 
 def derivative_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
     """escnn ``Representation`` ``D`` of ``gspace.fibergroup`` on the derivative vector (cached)."""
-    check_planar_gspace(gspace)
-    check_max_order(max_order)
-    return _build(gspace, max_order, dual=False)
+    matrices = derivative_matrices(gspace, max_order)
+    return from_matrices(gspace.fibergroup, f"derivatives{max_order}@{gspace.name}", matrices)
 
 
-def coefficient_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
+def coefficient_representation(
+    gspace: GSpace2D, max_order: int = 4, field: Optional[Representation] = None
+) -> Representation:
     """The contragredient ``D^-T(g) = D(g^-1)^T``: how PDO coefficients ``A`` with ``sum_a A_a d^a f`` invariant
-    transform (cached)."""
-    check_planar_gspace(gspace)
-    check_max_order(max_order)
-    return _build(gspace, max_order, dual=True)
+    transform; with ``field`` (a representation ``rho`` of the fields the PDOs act on, channel by channel) the
+    coefficients of every channel, ``rho (x) D^-T`` with index ``(c, a)`` (cached)."""
+    dual = contragredient(derivative_matrices(gspace, max_order))
+    group = gspace.fibergroup
+    name = f"dual_derivatives{max_order}@{gspace.name}"
+    if field is None:
+        return from_matrices(group, name, dual)
+    return tensor_product(group, f"({field.name})x({name})", matrices_of(field), dual)

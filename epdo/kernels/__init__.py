@@ -1,25 +1,14 @@
-"""Equivariant bases: steerable PDO filters and 1x1 intertwiners, solved in float64 and cached."""
+"""Equivariant bases: steerable PDO filters, PDO coefficient maps and 1x1 intertwiners, solved in float64, canonical
+(the same parameters mean the same map in every process) and cached."""
 
-from epdo.kernels.pdo_basis import (
-    DEFAULT_BANDWIDTH,
-    check_bandwidth,
-    intertwiner_basis,
-    orthonormalize,
-    pdo_coefficient_basis,
-    pdo_filter_basis,
-    restrict_frequency,
-    smooth_orthonormalize,
-    spectral_view,
-)
+from epdo.kernels.intertwiners import canonical_basis, intertwiner_basis
+from epdo.kernels.pdo_basis import PDOBasis, pdo_coefficient_basis, pdo_filter_basis, restrict_frequency
 
 __all__ = [
-    "DEFAULT_BANDWIDTH",
-    "check_bandwidth",
+    "PDOBasis",
+    "canonical_basis",
     "intertwiner_basis",
-    "orthonormalize",
     "pdo_coefficient_basis",
     "pdo_filter_basis",
     "restrict_frequency",
-    "smooth_orthonormalize",
-    "spectral_view",
 ]

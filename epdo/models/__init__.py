@@ -1,31 +1,29 @@
-"""Networks: the paper's MNIST-rot models and baselines on the same skeleton."""
+"""Networks: the library's default network, the paper's MNIST-rot models (presets) and baselines on one skeleton."""
 
 from epdo.models.mnist_rot import (
-    BASELINES,
     FIELDS,
-    FIELDS_BY_FLAG,
+    LAYERS,
     PAPER_WIDTHS,
+    PRESETS,
     EquivariantClassifier,
     ModelConfig,
     PlainCNN,
     build_model,
-    config_from_checkpoint,
     count_parameters,
-    mnist_rot_model,
     plain_cnn,
+    preset,
 )
 
 __all__ = [
-    "BASELINES",
     "FIELDS",
-    "FIELDS_BY_FLAG",
+    "LAYERS",
     "PAPER_WIDTHS",
+    "PRESETS",
     "EquivariantClassifier",
     "ModelConfig",
     "PlainCNN",
     "build_model",
-    "config_from_checkpoint",
     "count_parameters",
-    "mnist_rot_model",
     "plain_cnn",
+    "preset",
 ]

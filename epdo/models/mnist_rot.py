@@ -1,4 +1,4 @@
-"""The MNIST-rot networks of the Neural ePDO paper and baselines on the same skeleton.
+"""The MNIST-rot networks of the Neural ePDO paper, the library's default network, and baselines on the same skeleton.
 
 Skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them; max pooling after layers
 2 and 4; per-field batch norm and ReLU after every layer; field dropout after layers 3-6; group max pooling,
@@ -7,106 +7,120 @@ global max pooling and a two-layer classifier.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from dataclasses import fields as dataclass_fields
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from escnn import group, gspaces, nn
 
-from epdo.kernels import DEFAULT_BANDWIDTH
-from epdo.nn import DEFAULT_MIX_GAIN, NeuralePDO, PDOConv, RestrictToRotations
+from epdo.kernels import PDOBasis
+from epdo.nn import FieldBatchNorm, FieldDropout, GroupMaxPool, NeuralePDO, PDOConv, RestrictToRotations
 
+FIELDS = ("regular", "quotient")
+LAYERS = ("epdo", "reference", "pdo", "escnn", "cnn")
 PAPER_WIDTHS = {
     "regular": (16, 24, 32, 32, 48, 64),
     "quotient": (12, 16, 24, 24, 32, 64),
     "flip": (12, 16, 24, 24, 32, 64),
 }
-FIELDS = ("regular", "quotient")
-BASELINES = ("none", "pdo", "escnn", "cnn")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that defines a model of :func:`mnist_rot_model` (stored in checkpoints; see its arguments)."""
+    """Everything that defines a network of :func:`build_model` (stored in checkpoints).
 
+    Args:
+        layer: layers 2-6: ``"epdo"`` (:class:`epdo.nn.NeuralePDO`), ``"reference"`` (the reference implementation's
+            layer, :meth:`epdo.nn.NeuralePDO.reference`, with ``basis.discretization``; ``basis`` becomes
+            :meth:`PDOBasis.reference`), ``"pdo"`` (static :class:`epdo.nn.PDOConv`), ``"escnn"`` (``R2Conv`` 5x5,
+            layer 1 too) or ``"cnn"`` (a plain CNN with the parameter count of the ``"epdo"`` network).
+        fields: ``"regular"`` or ``"quotient"`` (a regular plus a quotient-by-C_4 field, ``d = |G| + |G| / 4``).
+        group_order: N of C_N (or D_N with ``flip``).
+        flip: D_N for layers 1-5, restricted to C_N before layer 6 (the paper's D16|5C16 model); layer 6 then has
+            twice ``widths[5]`` C_N fields, as each restricted D_N field becomes two.
+        widths: fields of layers 1-6.
+        basis: the PDOs of every PDO layer (:class:`epdo.kernels.PDOBasis`).
+        g, s, reduction: of every :class:`epdo.nn.NeuralePDO`.
+        dropout: field dropout of layers 3-6.
+    """
+
+    layer: str = "epdo"
     fields: str = "regular"
-    discretization: str = "fd"
+    group_order: int = 8
     flip: bool = False
-    g: int = 4
-    s: int = 4
-    reduction: int = 1
-    group_order: int = 16
-    widths: Optional[Tuple[int, ...]] = None
+    widths: Tuple[int, ...] = (14, 14, 21, 21, 28, 28)
+    basis: PDOBasis = PDOBasis()
+    g: int = 1
+    s: int = 1
+    reduction: int = 4
     dropout: float = 0.1
-    baseline: str = "none"
-    generator_init: str = "static"
-    normalization: str = "rms"
-    bandwidth: Optional[float] = DEFAULT_BANDWIDTH
-    max_order: int = 4
-    mix_gain: float = DEFAULT_MIX_GAIN
-    max_frequency: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.layer not in LAYERS:
+            raise ValueError(f"layer must be one of {LAYERS}, got {self.layer!r}")
+        if self.fields not in FIELDS:
+            raise ValueError(f"fields must be one of {FIELDS}, got {self.fields!r}")
+        widths = tuple(self.widths)
+        if len(widths) != 6 or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"widths must be six positive integers, got {self.widths}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.fields == "quotient" and self.group_order % 4:
+            raise ValueError(f"quotient fields need a group order divisible by 4, got {self.group_order}")
+        object.__setattr__(self, "widths", widths)
+        if self.layer == "reference":
+            object.__setattr__(self, "basis", PDOBasis.reference(self.basis.discretization, self.basis.max_order))
 
     def as_dict(self) -> Dict[str, Any]:
+        """A plain dictionary (the basis as a nested one), as stored in checkpoints."""
         return asdict(self)
 
-
-def build_model(config: ModelConfig) -> torch.nn.Module:
-    """The model of ``config``, in training mode (escnn's ``R2Conv`` registers eval-only buffers until ``train()``,
-    which would make a fresh model's ``state_dict`` keys differ from a saved one's)."""
-    return mnist_rot_model(**config.as_dict()).train()
-
-
-FIELDS_BY_FLAG = {"R": "regular", "Q": "quotient"}
-"""``epdo-train --model R|Q`` (the paper's flag) -> ``fields``."""
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
+        """The inverse of :meth:`as_dict`."""
+        values = dict(values)
+        values["basis"] = PDOBasis(**values["basis"])
+        values["widths"] = tuple(values["widths"])
+        return cls(**values)
 
 
-def config_from_checkpoint(state: Dict[str, Any]) -> ModelConfig:
-    """The :class:`ModelConfig` of a checkpoint written by ``epdo-train``, this version's (``state["config"]``) or an
-    earlier one's (the CLI namespace ``state["args"]``, whose layers used the reference's L1 normalization).
-
-    Configurations from before an option was added get the value that reproduces them (:data:`LEGACY_VALUES`: plain
-    orthonormal bases, ``bandwidth=None``; ``mix_gain=1``), so their parameters keep their meaning; the
-    ``order_decay`` option they may name was removed (issue 8).
-    """
-    if "config" in state:
-        return ModelConfig(**_with_legacy_values(state["config"]))
-    if "args" not in state:
-        raise ValueError(
-            f"not an epdo-train checkpoint: expected a 'config' (or, before version 0.2, 'args') entry, found keys "
-            f"{sorted(state)}"
-        )
-    args = state["args"]
-    try:
-        converted = dict(fields=FIELDS_BY_FLAG[args["model"]], discretization=args["dis"], normalization="l1")
-    except KeyError as err:
-        raise ValueError(
-            f"checkpoint 'args' lacks {err}; convert it by hand: state['config'] = epdo.models.ModelConfig(...)"
-            ".as_dict()"
-        ) from None
-    known = {f.name for f in dataclass_fields(ModelConfig)}
-    converted.update({k: v for k, v in args.items() if k in known and k not in converted})
-    converted.setdefault("generator_init", "reference")  # checkpoints from before the option
-    if converted.get("widths") is not None:
-        converted["widths"] = tuple(converted["widths"])
-    return ModelConfig(**_with_legacy_values(converted))
-
-
-LEGACY_VALUES = {"bandwidth": None, "mix_gain": 1.0}
-"""Options added after the first checkpoints, and the value that reproduces a configuration without them."""
+PRESETS: Dict[str, ModelConfig] = {
+    "default": ModelConfig(),
+    "paper-R-fd": ModelConfig(
+        group_order=16, widths=PAPER_WIDTHS["regular"], basis=PDOBasis("fd", max_frequency=None), g=4, s=4, reduction=1
+    ),
+    "paper-R-gauss": ModelConfig(
+        group_order=16, widths=PAPER_WIDTHS["regular"], basis=PDOBasis(max_frequency=None), g=4, s=4, reduction=1
+    ),
+    "paper-Q-gauss": ModelConfig(
+        fields="quotient",
+        group_order=16,
+        widths=PAPER_WIDTHS["quotient"],
+        basis=PDOBasis(max_frequency=None),
+        g=4,
+        s=1,
+        reduction=2,
+    ),
+    "paper-D16-5C16": ModelConfig(
+        group_order=16,
+        flip=True,
+        widths=PAPER_WIDTHS["flip"],
+        basis=PDOBasis(max_frequency=None),
+        g=4,
+        s=1,
+        reduction=1,
+    ),
+}
+"""Named configurations: ``"default"`` (the library's default network, C8, ~27k parameters) and the paper's four
+MNIST-rot models (C16; D16|5C16), whose parameter counts are within 1% of the reference implementation's.
+``replace(PRESETS[name], layer="reference")`` gives a paper model with the reference implementation's layers."""
 
 
-def _with_legacy_values(config: Dict[str, Any]) -> Dict[str, Any]:
-    """A configuration written before an option of :data:`LEGACY_VALUES` existed gets that option's legacy value
-    (its parameters keep their meaning); ``order_decay`` (removed with the introduction of ``bandwidth``) must be
-    unset."""
-    config = {**{k: v for k, v in LEGACY_VALUES.items() if k not in config}, **config}
-    if config.pop("order_decay", None) is not None:
-        raise ValueError(
-            "this checkpoint's model uses order_decay, an option epdo removed (issue 8: it slowed learning); "
-            "load it with the epdo version that wrote it"
-        )
-    return config
+def preset(name: str, **changes: Any) -> ModelConfig:
+    """``PRESETS[name]`` with ``changes`` applied (``dataclasses.replace``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid ones are {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **changes)
 
 
 class EquivariantClassifier(torch.nn.Module):
@@ -138,124 +152,68 @@ def _classifier(channels: int, classes: int = 10) -> torch.nn.Module:
     )
 
 
-def mnist_rot_model(
-    fields: str = "regular",
-    discretization: str = "fd",
-    flip: bool = False,
-    g: int = 4,
-    s: int = 4,
-    reduction: int = 1,
-    group_order: int = 16,
-    widths: Optional[Sequence[int]] = None,
-    dropout: float = 0.1,
-    baseline: str = "none",
-    generator_init: str = "static",
-    normalization: str = "rms",
-    bandwidth: Optional[float] = DEFAULT_BANDWIDTH,
-    max_order: int = 4,
-    mix_gain: float = DEFAULT_MIX_GAIN,
-    max_frequency: Optional[int] = None,
-) -> torch.nn.Module:
-    """Build a paper model (``baseline="none"``) or a baseline on the same skeleton.
+def build_model(config: Union[ModelConfig, str] = "default") -> torch.nn.Module:
+    """The network of ``config`` (a :class:`ModelConfig` or the name of a preset), in training mode.
 
-    Args:
-        fields: ``"regular"`` or ``"quotient"`` (regular + quotient by C_4 fields, d = |G| + |G|/4); the CLI's
-            ``--model R|Q``.
-        discretization: of every PDO (``"fd"``, ``"gauss"``, ``"rbffd"``); the CLI's ``--dis``.
-        flip: D_N for layers 1-5, restricted to C_N before layer 6 (the D16|5C16 model).
-        g, s, reduction: Neural ePDO hyperparameters (see :class:`epdo.nn.NeuralePDO`).
-        group_order: N.
-        widths: fields of layers 1-6 (default: the paper's); with ``flip`` layer 6 gets twice ``widths[5]``
-            C_N fields, as each restricted D_N field becomes two.
-        dropout: field dropout of layers 3-6.
-        baseline: ``"none"``; ``"pdo"`` (every layer a static :class:`PDOConv`); ``"escnn"`` (escnn ``R2Conv`` 5x5);
-            ``"cnn"`` (a plain CNN, see :func:`plain_cnn`).
-        generator_init, normalization, bandwidth: see :class:`epdo.nn.NeuralePDO` (``bandwidth`` applies to the
-            static PDO layers too).
-        max_order: highest derivative order of every PDO (0..4; the paper's 4 gives 15 operators).
-        mix_gain: parametrization gain of each Neural ePDO's output mix (see :class:`epdo.nn.NeuralePDO`); changes
-            how fast the model learns under Adam, not its parameters or initial function.
-        max_frequency: highest angular frequency of every PDO's symbol (``None``: all up to ``max_order``; see
-            :func:`epdo.diffops.frequency_projector`).
+    Example:
+        >>> import torch
+        >>> model = build_model(preset("default", widths=(4, 4, 4, 4, 4, 4)))
+        >>> model.eval()(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
-    if fields not in FIELDS:
-        raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    widths = tuple(widths or PAPER_WIDTHS["flip" if flip else fields])
-    if len(widths) != 6 or any(w < 1 for w in widths):
-        raise ValueError(f"widths must be six positive integers, got {widths}")
-    if baseline == "cnn":
-        neural = dict(
-            fields=fields,
-            discretization=discretization,
-            flip=flip,
-            g=g,
-            s=s,
-            reduction=reduction,
-            max_order=max_order,
-            max_frequency=max_frequency,
-        )
-        target = count_parameters(mnist_rot_model(**neural, group_order=group_order, widths=widths, dropout=0.0))
-        return plain_cnn(target, dropout=dropout)
+    if isinstance(config, str):
+        config = preset(config)
+    if config.layer == "cnn":
+        target = count_parameters(_equivariant_model(replace(config, layer="epdo", dropout=0.0)))
+        return plain_cnn(target, dropout=config.dropout)
+    return _equivariant_model(config).train()
 
-    gspace = gspaces.flipRot2dOnR2(group_order) if flip else gspaces.rot2dOnR2(group_order)
+
+def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
+    gspace = gspaces.flipRot2dOnR2(config.group_order) if config.flip else gspaces.rot2dOnR2(config.group_order)
 
     def field(gs) -> group.Representation:
-        if fields == "regular":
+        if config.fields == "regular":
             return gs.regular_repr
-        if group_order % 4:
-            raise ValueError(f"quotient fields need a group order divisible by 4, got {group_order}")
         quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
         return group.directsum([gs.regular_repr, quotient])
 
-    def pdo_conv(in_type: nn.FieldType, out_type: nn.FieldType) -> PDOConv:
-        return PDOConv(in_type, out_type, discretization, max_order, bandwidth=bandwidth, max_frequency=max_frequency)
-
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
-        if baseline == "pdo":
-            return pdo_conv(in_type, out_type)
-        if baseline == "escnn":
+        if config.layer == "escnn":
             return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
-        return NeuralePDO(
-            in_type,
-            out_type,
-            g=g,
-            s=s,
-            reduction=reduction,
-            discretization=discretization,
-            max_order=max_order,
-            mix_gain=mix_gain,
-            generator_init=generator_init,
-            normalization=normalization,
-            bandwidth=bandwidth,
-            max_frequency=max_frequency,
-        )
+        if config.layer == "pdo":
+            return PDOConv(in_type, out_type, basis=config.basis)
+        options = dict(g=config.g, s=config.s, reduction=config.reduction)
+        if config.layer == "reference":
+            return NeuralePDO.reference(in_type, out_type, discretization=config.basis.discretization, **options)
+        return NeuralePDO(in_type, out_type, basis=config.basis, **options)
 
-    types = [nn.FieldType(gspace, [field(gspace)] * w) for w in widths]
+    types = [nn.FieldType(gspace, [field(gspace)] * w) for w in config.widths]
     image = nn.FieldType(gspace, [gspace.trivial_repr])
-    first = nn.R2Conv(image, types[0], 5, padding=2, bias=False) if baseline == "escnn" else pdo_conv(image, types[0])
-    modules: List[nn.EquivariantModule] = [first, *_norm_relu(types[0])]
+    if config.layer == "escnn":
+        lift: nn.EquivariantModule = nn.R2Conv(image, types[0], 5, padding=2, bias=False)
+    else:
+        lift = PDOConv(image, types[0], basis=config.basis)
+    modules: List[nn.EquivariantModule] = [lift, *_norm_relu(types[0])]
     for index in range(1, 6):
         in_type = types[index - 1]
-        if index == 5 and flip:
+        if index == 5 and config.flip:
             restrict = RestrictToRotations(in_type)
             modules.append(restrict)
             in_type = restrict.out_type
-            c_gspace = in_type.gspace
-            types[5] = nn.FieldType(c_gspace, [field(c_gspace)] * (2 * widths[5]))
+            types[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
         modules += [layer(in_type, types[index]), *_norm_relu(types[index])]
         if index in (1, 3):
             modules.append(nn.PointwiseMaxPool2D(types[index], 2))
-        if index >= 2 and dropout > 0:
-            modules.append(nn.FieldDropout(types[index], dropout))
-    modules.append(nn.GroupPooling(types[5]))
+        if index >= 2 and config.dropout > 0:
+            modules.append(FieldDropout(types[index], config.dropout))
+    modules.append(GroupMaxPool(types[5]))
     body = nn.SequentialModule(*modules)
     return EquivariantClassifier(body, _classifier(body.out_type.size))
 
 
 def _norm_relu(ftype: nn.FieldType) -> List[nn.EquivariantModule]:
-    return [nn.InnerBatchNorm(ftype), nn.ReLU(ftype, inplace=True)]
+    return [FieldBatchNorm(ftype), nn.ReLU(ftype, inplace=True)]
 
 
 class PlainCNN(torch.nn.Module):

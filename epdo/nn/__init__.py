@@ -1,21 +1,25 @@
-"""Equivariant modules on escnn field types."""
+"""Equivariant modules on escnn field types: Neural ePDO and static PDO layers, 1x1 maps, normalization, restriction."""
 
-from epdo.nn.checks import is_permutation_representation
+from epdo.kernels import PDOBasis
 from epdo.nn.conv1x1 import Conv1x1
-from epdo.nn.field_norm import FieldNorm
+from epdo.nn.field_dropout import FieldDropout
+from epdo.nn.field_norm import FieldBatchNorm, FieldNorm
 from epdo.nn.functional import adaptive_pdo
-from epdo.nn.neural_epdo import DEFAULT_MIX_GAIN, ExportedNeuralePDO, NeuralePDO
+from epdo.nn.group_pooling import GroupMaxPool
+from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
 from epdo.nn.pdo_conv import PDOConv
 from epdo.nn.restriction import RestrictToRotations
 
 __all__ = [
-    "DEFAULT_MIX_GAIN",
     "Conv1x1",
     "ExportedNeuralePDO",
+    "FieldBatchNorm",
+    "FieldDropout",
     "FieldNorm",
+    "GroupMaxPool",
     "NeuralePDO",
+    "PDOBasis",
     "PDOConv",
     "RestrictToRotations",
     "adaptive_pdo",
-    "is_permutation_representation",
 ]

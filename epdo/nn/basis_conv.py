@@ -17,7 +17,9 @@ from epdo.nn.checks import check_field_types, check_input
 class BasisConv(CachedWeight, EquivariantModule):
     """``conv2d`` (stride 1, same padding) with an equivariant filter ``sum_k theta_k B_k`` and invariant bias.
 
-    ``gain`` (see :class:`BlockBasisExpansion`) changes how fast the filter learns, not its initial value.
+    ``basis(rho_in, rho_out)`` gives each field pair's filters ``(n, d_out, d_in, size, size)`` (or ``(n, d_out, d_in)``
+    when ``size`` is 1).  ``gain`` (see :class:`BlockBasisExpansion`) changes how fast the filter learns, not its
+    initial value.
     With ``groups > 1`` the fields of ``in_type`` and ``out_type`` are split into ``groups`` consecutive groups
     (all input groups of the same types) and group ``i`` of the output only sees group ``i`` of the input.
 
@@ -30,6 +32,7 @@ class BasisConv(CachedWeight, EquivariantModule):
         out_type: FieldType,
         basis: BasisFn,
         size: int,
+        *,
         bias: bool = False,
         groups: int = 1,
         gain: float = 1.0,
@@ -95,9 +98,8 @@ class BasisConv(CachedWeight, EquivariantModule):
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
-    """``conv2d`` with a ``1 x 1`` filter as a batched matrix product: ``x (B, C_in, H, W)``, ``weight
-    (C_out, C_in / groups, 1, 1)`` -> ``(B, C_out, H, W)``.  Measured (CPU, 2 threads, 8 x 256 x 28 x 28, fwd+bwd):
-    7.8 ms against ``conv2d``'s 13.0 ms, and 8.9 against 30.4 ms with 4 groups of 64 -> 240 channels."""
+    """``conv2d`` with a ``1 x 1`` filter as a batched matrix product (faster than ``conv2d`` on CPU): ``x (B, C_in, H,
+    W)``, ``weight (C_out, C_in / groups, 1, 1)`` -> ``(B, C_out, H, W)``."""
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
     w = weight.reshape(groups, out_channels // groups, channels // groups)

@@ -13,7 +13,8 @@ class CachedWeight:
 
     The cache is keyed on the storage address and version counter of every parameter and buffer, and it holds
     a reference to those storages, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place edit
-    invalidates it.  In training mode, or when gradients are being recorded, nothing is cached.
+    invalidates it.  In training mode, when gradients are being recorded, or under ``torch.compile`` /
+    ``torch.export`` (which trace ``compute`` into the graph), nothing is cached.
     """
 
     _cache_value: Optional[torch.Tensor] = None
@@ -22,7 +23,7 @@ class CachedWeight:
 
     def cached(self, compute) -> torch.Tensor:
         module: torch.nn.Module = self  # type: ignore[assignment]
-        if module.training or torch.is_grad_enabled():
+        if module.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             self._cache_value = None
             return compute()
         tensors = [t.detach() for t in itertools.chain(module.parameters(), module.buffers())]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-from escnn.group import Representation
 from escnn.nn import FieldType, GeometricTensor
 
 from epdo.diffops import check_planar_gspace
@@ -23,14 +21,10 @@ def check_field_types(module: str, in_type: Any, out_type: Any) -> None:
     check_planar_gspace(in_type.gspace, module)
 
 
-def is_permutation_representation(rho: Representation) -> bool:
-    """Whether every ``rho(g)`` of the (finite) group is a permutation matrix (regular, quotient, trivial fields and
-    direct sums of them in their natural basis)."""
-    for element in rho.group.elements:
-        m = rho(element)
-        if not (np.allclose(m, np.round(m), atol=1e-8) and np.allclose(np.abs(m).sum(0), 1) and (m > -1e-8).all()):
-            return False
-    return True
+def check_positive_int(module: str, name: str, value: Any) -> None:
+    """``value`` must be an integer >= 1 (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{module}: {name} must be a positive integer, got {value!r}")
 
 
 def check_input(module: str, x: Any, in_type: FieldType) -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from epdo.nn import native
+from epdo.nn.native import op
+from epdo.nn.native.op import NORM_EPS
 
 COEFFICIENT_SCALE = 0.2
 """The generator's output is multiplied by this before normalization (the reference's ``/ 5``)."""
-
-NORM_EPS = 0.01
-"""``nu = norm(taps) + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
 
 NORMALIZATIONS = ("rms", "l1")
 """How each coefficient field's per-pixel taps are normalized (see :func:`adaptive_pdo`)."""
@@ -97,7 +94,7 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
             for t in range(kk):
                 u, v = divmod(t, k)
                 shifted = padded[..., u : u + height, v : v + width]
-                torch.mul(grad_raw[:, 0], shifted[:, 0], out=grad_taps[:, :, t])
+                grad_taps[:, :, t].copy_(grad_raw[:, 0] * shifted[:, 0])
                 for p in range(1, parts):  # sum over partitions without a temporary
                     grad_taps[:, :, t].addcmul_(grad_raw[:, p], shifted[:, p])
                 tap = taps_by_field[:, :, :, t]
@@ -111,71 +108,34 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
         return grad_x, grad_taps, None, None
 
 
-class _NativeAdaptivePDO(torch.autograd.Function):
-    """The whole adaptive PDO (tap composition, normalization, per-pixel filter) in one compiled kernel per pass,
-    the stencils compiled into it; the backward recomputes the taps instead of storing them and reuses the saved
-    output and per-pixel norms ``(B, g, H, W)``.  Shapes: ``x (B, q, g*d, H, W)``, ``coefficients (B, g*d*n, H, W)``;
-    ``library`` is :func:`epdo.nn.native.load` of the stencils ``(n, k*k)``, already scaled by ``COEFFICIENT_SCALE``."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, coefficients: torch.Tensor, dims: tuple, normalization: str, library: ctypes.CDLL
-    ) -> torch.Tensor:  # fmt: skip
-        x, coefficients = x.contiguous(), coefficients.contiguous()
-        batch, fields, height, width = dims[0], dims[2], dims[6], dims[7]
-        out, norm = torch.empty_like(x), x.new_empty(batch, fields, height, width)
-        status = library.epdo_adaptive_pdo_forward(
-            x.data_ptr(), coefficients.data_ptr(), out.data_ptr(), norm.data_ptr(), (ctypes.c_int64 * 8)(*dims),
-            normalization == "l1", NORM_EPS, torch.get_num_threads(),
-        )  # fmt: skip
-        _check_status(status, "forward")
-        ctx.save_for_backward(x, coefficients, norm, out)
-        ctx.dims, ctx.normalization, ctx.library = dims, normalization, library
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        x, coefficients, norm, out = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        buffers = native.GRADIENT_BUFFERS  # memory kept from the last step: no page faults
-        grad_x, grad_coefficients = buffers.empty(x.shape, x.dtype), buffers.empty(coefficients.shape, x.dtype)
-        status = ctx.library.epdo_adaptive_pdo_backward(
-            x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
-            grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*ctx.dims),
-            ctx.normalization == "l1", NORM_EPS, torch.get_num_threads(),
-        )  # fmt: skip
-        _check_status(status, "backward")
-        return grad_x, grad_coefficients, None, None, None
+def stencil_key(stencils: torch.Tensor) -> str:
+    """The key under which :func:`adaptive_pdo`'s compiled kernel knows ``stencils`` ``(n_ops, k, k)`` (their values,
+    coefficient scale included, exactly); a layer computes it once, when it is built."""
+    n_ops, k, _ = stencils.shape
+    return op.stencil_key(stencils.detach().double().reshape(n_ops, k * k) * COEFFICIENT_SCALE)
 
 
-def _check_status(status: int, direction: str) -> None:
-    if status == -2:
-        raise RuntimeError(f"adaptive_pdo: the native {direction} kernel was compiled for other stencil dimensions")
-    if status:
-        raise MemoryError(f"adaptive_pdo: the native {direction} kernel could not allocate its scratch buffers")
-
-
-def _native_library(x: torch.Tensor, stencils: torch.Tensor, backend: str) -> Optional[ctypes.CDLL]:
-    """The compiled kernel for ``x`` and the scaled ``stencils`` ``(n, k*k)`` under ``backend``, or ``None`` for the
-    PyTorch path."""
+def _use_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str) -> bool:
+    """Whether ``backend`` runs the compiled kernel for ``x`` (a CPU float32/float64 tensor) and ``stencils``."""
     if backend not in BACKENDS:
         raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pytorch":
-        return None
+        return False
     if x.device.type != "cpu":
         if backend == "native":
             raise ValueError(f"adaptive_pdo: backend='native' runs on CPU tensors, got a tensor on {x.device}")
-        return None
+        return False
     if stencils.requires_grad and torch.is_grad_enabled():  # compiled in as constants: no gradient, one build each
         if backend == "native":
             raise ValueError(
                 "adaptive_pdo: backend='native' compiles the stencils into the kernel and gives them no gradient; "
                 "got stencils that require grad (use backend='pytorch' or 'auto', or pass stencils.detach())"
             )
-        return None
+        return False
+    if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
+        return native.enabled() and x.dtype in native.SCALAR_TYPES
     try:
-        return native.load(x.dtype, stencils, required=backend == "native")
+        return native.load(x.dtype, op.key_stencils(key).to(x.dtype), required=backend == "native") is not None
     except native.NativeBuildError as error:
         raise RuntimeError(f"adaptive_pdo: backend='native' is unavailable: {error}") from error
 
@@ -185,10 +145,15 @@ def adaptive_pdo(
     coefficients: torch.Tensor,
     stencils: torch.Tensor,
     fields: int,
+    *,
     normalization: str = "rms",
     backend: str = "auto",
+    key: Optional[str] = None,
 ) -> torch.Tensor:
     """Apply per-pixel PDOs whose coefficients are shared across partitions of ``fields`` fields.
+
+    The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
+    each coefficient field ``j`` is scaled by ``COEFFICIENT_SCALE`` and divided by ``nu_j = norm(K[j]) + NORM_EPS``.
 
     Args:
         x: input ``(B, q * fields * d, H, W)``: q partitions of ``fields`` fields of dimension d.
@@ -201,14 +166,13 @@ def adaptive_pdo(
             reference implementation: the output is about ``d^2`` times smaller in variance than the input).
         backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available and the
             stencils need no gradient (it compiles them in: one build per stencil set).
-
-    The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
-    each coefficient field ``j`` is divided by ``nu_j = norm(K[j]) + NORM_EPS`` after scaling by
-    ``COEFFICIENT_SCALE``.  Memory: beyond its inputs the native kernel keeps the norms ``nu``, ``(B, fields, H, W)``;
-    the PyTorch path keeps the taps, ``(B, fields * d, k^2, H, W)``, ``k^2 / q`` times the input.
+        key: :func:`stencil_key` of ``stencils``, when known (it is needed for the compiled kernel, and it must be
+            given under ``torch.compile``, which cannot read the stencils' values).
 
     Returns:
-        ``(B, q * fields * d, H, W)``.
+        ``(B, q * fields * d, H, W)``.  Memory kept for the backward beyond the inputs: the compiled kernel keeps the
+        norms ``(B, fields, H, W)``; the PyTorch path the taps ``(B, fields * d, k^2, H, W)``, ``k^2 / q`` times the
+        input.
     """
     batch, channels, height, width = x.shape
     n_ops, k, _ = stencils.shape
@@ -219,15 +183,14 @@ def adaptive_pdo(
             f"{n_ops} operators, or input channels {channels} are not a multiple of fields * d"
         )
     check_normalization(normalization)
+    if backend != "pytorch" and key is None:
+        key = stencil_key(stencils)
+    if _use_native(x, stencils, key, backend):
+        out, _ = torch.ops.epdo.adaptive_pdo(x, coefficients.to(x.dtype), key, fields, normalization == "l1")
+        return out
     q = channels // (fields * d)
-    x = x.reshape(batch, q, fields * d, height, width)
     scaled = stencils.reshape(n_ops, k * k).to(x.dtype) * COEFFICIENT_SCALE
-    library = _native_library(x, scaled, backend)
-    if library is not None:
-        dims = (batch, q, fields, d, n_ops, k, height, width)
-        out = _NativeAdaptivePDO.apply(x, coefficients.to(x.dtype), dims, normalization, library)
-    else:
-        a = coefficients.reshape(batch, fields * d, n_ops, height * width)
-        taps = torch.matmul(scaled.t(), a).reshape(batch, fields * d, k * k, height, width)  # (B, g d, k^2, H, W)
-        out = _NormalizedPixelwiseConv.apply(x, taps, fields, normalization)
+    a = coefficients.reshape(batch, fields * d, n_ops, height * width)
+    taps = torch.matmul(scaled.t(), a).reshape(batch, fields * d, k * k, height, width)  # (B, g d, k^2, H, W)
+    out = _NormalizedPixelwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps, fields, normalization)
     return out.reshape(batch, channels, height, width)

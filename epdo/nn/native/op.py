@@ -1,0 +1,130 @@
+"""The compiled adaptive-PDO kernel as a PyTorch operator, ``torch.ops.epdo.adaptive_pdo``, with a fake (meta)
+implementation and its autograd formula: ``torch.compile(fullgraph=True)`` traces through it and ``torch.export``
+records it.
+
+The stencils travel as a string, :func:`stencil_key` (exact hexadecimal values), so the operator is self-contained:
+each process builds or loads the matching kernel from the key alone (:func:`epdo.nn.native.load`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Tuple
+
+import torch
+
+from epdo.nn import native
+
+NORM_EPS = 0.01
+"""``nu = norm(taps) + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
+
+
+def stencil_key(stencils: torch.Tensor) -> str:
+    """``"n,kk:v0,v1,..."``: the stencils ``(n_ops, k*k)`` the kernel applies (coefficient scale included), exactly,
+    as float64 hexadecimal literals."""
+    values = stencils.detach().to("cpu", torch.float64).contiguous()
+    n, kk = values.shape
+    return f"{n},{kk}:" + ",".join(float(v).hex() for v in values.reshape(-1).tolist())
+
+
+@functools.cache
+def key_stencils(key: str) -> torch.Tensor:
+    """The float64 stencils ``(n_ops, k*k)`` of a :func:`stencil_key` (cached)."""
+    shape, values = key.split(":")
+    n, kk = (int(v) for v in shape.split(","))
+    return torch.tensor([float.fromhex(v) for v in values.split(",")], dtype=torch.float64).reshape(n, kk)
+
+
+@functools.cache
+def _library(key: str, dtype: torch.dtype) -> ctypes.CDLL:
+    library = native.load(dtype, key_stencils(key).to(dtype), required=True)
+    assert library is not None
+    return library
+
+
+def _dims(x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int) -> Tuple[int, ...]:
+    batch, channels, height, width = x.shape
+    n, kk = key_stencils(key).shape
+    d = coefficients.shape[1] // (fields * n)
+    return (batch, channels // (fields * d), fields, d, n, int(round(kk**0.5)), height, width)
+
+
+def _check(status: int, direction: str) -> None:
+    if status == -2:
+        raise RuntimeError(f"adaptive_pdo: the native {direction} kernel was compiled for other stencil dimensions")
+    if status:
+        raise MemoryError(f"adaptive_pdo: the native {direction} kernel could not allocate its scratch buffers")
+
+
+@torch.library.custom_op("epdo::adaptive_pdo", mutates_args=(), device_types="cpu")
+def adaptive_pdo_op(
+    x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(out (B, C, H, W), nu (B, fields, H, W))``: the per-pixel PDOs of :func:`epdo.nn.adaptive_pdo` (``x`` and
+    ``coefficients`` as there, ``stencils`` a :func:`stencil_key`, ``l1`` the reference's normalization) and the
+    per-pixel norms the backward reuses."""
+    x, coefficients = x.contiguous(), coefficients.contiguous()
+    dims = _dims(x, coefficients, stencils, fields)
+    out, norm = torch.empty_like(x), x.new_empty(dims[0], fields, dims[6], dims[7])
+    status = _library(stencils, x.dtype).epdo_adaptive_pdo_forward(
+        x.data_ptr(), coefficients.data_ptr(), out.data_ptr(), norm.data_ptr(), (ctypes.c_int64 * 8)(*dims), l1,
+        NORM_EPS, torch.get_num_threads(),
+    )  # fmt: skip
+    _check(status, "forward")
+    return out, norm
+
+
+@adaptive_pdo_op.register_fake
+def _(x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool):
+    batch, _, height, width = x.shape
+    return torch.empty_like(x), x.new_empty(batch, fields, height, width)
+
+
+@torch.library.custom_op("epdo::adaptive_pdo_backward", mutates_args=(), device_types="cpu")
+def adaptive_pdo_backward_op(
+    x: torch.Tensor,
+    coefficients: torch.Tensor,
+    norm: torch.Tensor,
+    out: torch.Tensor,
+    grad_out: torch.Tensor,
+    stencils: str,
+    fields: int,
+    l1: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x, grad_coefficients)`` of :func:`adaptive_pdo_op`'s ``out``; the taps are recomposed, never stored.
+    The gradients' memory comes from :data:`epdo.nn.native.GRADIENT_BUFFERS` (kept between steps)."""
+    x, coefficients, grad_out = x.contiguous(), coefficients.contiguous(), grad_out.contiguous()
+    dims = _dims(x, coefficients, stencils, fields)
+    buffers = native.GRADIENT_BUFFERS
+    grad_x, grad_coefficients = buffers.empty(x.shape, x.dtype), buffers.empty(coefficients.shape, x.dtype)
+    status = _library(stencils, x.dtype).epdo_adaptive_pdo_backward(
+        x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
+        grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*dims), l1, NORM_EPS,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    _check(status, "backward")
+    return grad_x, grad_coefficients
+
+
+@adaptive_pdo_backward_op.register_fake
+def _(x, coefficients, norm, out, grad_out, stencils, fields, l1):
+    return torch.empty_like(x), torch.empty_like(coefficients)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, coefficients, stencils, fields, l1 = inputs
+    out, norm = output
+    ctx.save_for_backward(x, coefficients, norm, out)
+    ctx.stencils, ctx.fields, ctx.l1 = stencils, fields, l1
+
+
+def _backward(ctx, grad_out: torch.Tensor, grad_norm: torch.Tensor):
+    x, coefficients, norm, out = ctx.saved_tensors
+    grad_x, grad_coefficients = adaptive_pdo_backward_op(
+        x, coefficients, norm, out, grad_out, ctx.stencils, ctx.fields, ctx.l1
+    )
+    return grad_x, grad_coefficients, None, None, None
+
+
+adaptive_pdo_op.register_autograd(_backward, setup_context=_setup_context)
