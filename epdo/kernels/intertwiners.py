@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 from escnn.group import Representation
 
+from epdo.kernels.spans import DenseSpan, Rows
 from epdo.memo import memoize
 from epdo.representations import homomorphisms, matrices_of
 
 
-def lowdin(gram: np.ndarray) -> np.ndarray:
-    """``T = G^(-1/2)`` for a Gram matrix ``G`` ``(K, K)`` of ``K`` linearly independent vectors: ``T V`` is
-    orthonormal when ``G = V V^T``.  ``T`` is symmetric and unique (Löwdin's symmetric orthonormalization), so the
-    result depends on the input basis alone: no eigenvector sign or order choices."""
-    eigenvalues, eigenvectors = np.linalg.eigh(gram)
-    if eigenvalues.min() <= 1e-10 * max(eigenvalues.max(), 1e-300):
-        raise RuntimeError("linearly dependent basis: cannot orthonormalize")
-    return (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
-
-
-def orthonormalize(basis: np.ndarray, metric_view: Optional[np.ndarray] = None) -> np.ndarray:
-    """``T basis`` with ``T = (V V^T)^(-1/2)``, ``V`` = ``metric_view`` (default ``basis``; ``(K, ...)``, a linear image
-    of it) flattened per element: orthonormal in the Frobenius product of ``V`` (:func:`lowdin`)."""
-    flat = (basis if metric_view is None else metric_view).reshape(len(basis), -1)
-    return np.tensordot(lowdin(flat @ flat.T), basis, axes=1)
-
-
 def canonical_basis(basis: np.ndarray, seed: int = 0) -> np.ndarray:
-    """An orthonormal basis of ``span(basis)`` (``(K, ...)``) that depends on the span alone, not on the spanning set.
+    """An orthonormal basis of ``span(basis)`` (``(K, ...)``, linearly independent) that depends on the span alone, not
+    on the spanning set.
 
     A fixed pseudo-random matrix ``R`` projected onto the span (``R P``, ``P`` the orthogonal projector, which is
     basis-independent) and orthonormalized symmetrically: the same parameters mean the same map in every process and
     on every machine, whichever basis the solver returned.
     """
-    flat = basis.reshape(len(basis), -1)
-    probe = np.random.default_rng(seed).standard_normal((len(basis), flat.shape[1]))
-    coefficients = np.linalg.solve(flat @ flat.T, flat @ probe.T).T  # R B^T (B B^T)^-1
-    return orthonormalize(np.tensordot(coefficients, basis, axes=1))
+    rows = Rows.of(DenseSpan(basis.reshape(len(basis), -1, 1, 1))).canonical("cap", seed)
+    return rows.dense("cap").reshape(basis.shape)
 
 
 @memoize

@@ -10,7 +10,7 @@ derivative representation (:mod:`epdo.diffops.representation`).  Contracting ``W
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from epdo.diffops import (
     stencils,
     stencils_numpy,
 )
-from epdo.kernels.intertwiners import canonical_basis, lowdin
+from epdo.kernels.spans import DenseSpan, OrbitSpan, Rows, lowdin
 from epdo.memo import memoize
-from epdo.representations import contragredient, homomorphisms, kronecker, matrices_of
+from epdo.representations import Matrices, contragredient, homomorphisms, is_permutation, kronecker, matrices_of
 
 
 @dataclass(frozen=True)
@@ -112,36 +112,36 @@ def _stencil_gram(basis: PDOBasis, bandwidth: Optional[float]) -> np.ndarray:
     return view @ view.T
 
 
-def _orthonormal_for_filters(coefficients: np.ndarray, basis: PDOBasis) -> np.ndarray:
-    """The re-basis ``scale * T`` ``(K, K)`` of ``K`` PDO coefficient arrays ``(K, pairs, n_ops)`` (one PDO per channel
-    pair) that makes the filters they compose orthonormal in ``basis``'s metric, scaled to mean squared Frobenius norm
-    1.  The metric of a composed filter ``sum_a h_a S_a`` is ``h M h^T`` with ``M`` the stencils' Gram matrix, so no
-    filter is ever composed: ``G = sum_pairs H M H^T``."""
+def _pdo_rows(rows: Rows, basis: PDOBasis, order: str) -> Rows:
+    """Canonical PDO coefficient rows restricted to ``basis.max_frequency`` (``h -> h P``,
+    :func:`epdo.diffops.frequency_projector`, for every channel pair's coefficients ``h``; the restricted span
+    canonical again, its probe drawn in the flattening ``order``), re-based to be orthonormal for the filters they
+    compose in ``basis``'s metric (mean squared norm 1 with a band limit).
 
-    def gram(metric: np.ndarray) -> np.ndarray:
-        flat = coefficients.reshape(len(coefficients), -1)
-        return (coefficients @ metric).reshape(len(coefficients), -1) @ flat.T
-
-    plain = gram(_stencil_gram(basis, None))
+    A composed filter ``sum_a h_a S_a`` has the metric ``h M h^T``, ``M`` the stencils' Gram matrix, so nothing is
+    composed: every step is a ``K x K`` Gram matrix and a re-base."""
+    if basis.max_frequency is not None and basis.max_frequency < basis.max_order:
+        projected = rows.project(frequency_projector(basis.max_order, basis.max_frequency))
+        values, vectors = np.linalg.eigh(projected.gram())
+        kept = values > 1e-9  # the rows are orthonormal: survivors O(1), the rest rounding noise ~1e-16
+        if not kept.any():
+            return projected.rebased(np.zeros((0, len(projected))))
+        rows = projected.rebased((vectors[:, kept] / np.sqrt(values[kept])).T).canonical(order)
+    plain = rows.gram(_stencil_gram(basis, None))
     if basis.bandwidth is None:
-        return lowdin(plain)
-    transform = lowdin(gram(_stencil_gram(basis, basis.bandwidth)))
-    return np.sqrt(len(coefficients) / np.trace(transform @ plain @ transform.T)) * transform
+        return rows.rebased(lowdin(plain))
+    transform = lowdin(rows.gram(_stencil_gram(basis, basis.bandwidth)))
+    return rows.rebased(np.sqrt(len(rows) / np.trace(transform @ plain @ transform.T)) * transform)
 
 
-def restrict_frequency(coefficients: np.ndarray, max_order: int, max_frequency: Optional[int]) -> np.ndarray:
-    """A canonical basis (:func:`epdo.kernels.canonical_basis`) of ``{h P}``, ``h`` in ``span(coefficients)``:
-    ``coefficients`` ``(K, ..., n_ops)`` holds PDO coefficient rows in its last index, ``P`` is
-    :func:`epdo.diffops.frequency_projector`.  Returns ``(K', ..., n_ops)``; the input when the cutoff cuts nothing."""
-    if max_frequency is None or max_frequency >= max_order or not len(coefficients):
-        return coefficients
-    projected = (coefficients @ frequency_projector(max_order, max_frequency)).reshape(len(coefficients), -1)
-    _, singular, rows = np.linalg.svd(projected, full_matrices=False)
-    scale = np.linalg.norm(coefficients.reshape(len(coefficients), -1), axis=1).max()  # survivors O(scale), rest ~1e-16
-    rank = int(np.sum(singular > 1e-9 * scale))
-    if rank == 0:
-        return np.zeros((0, *coefficients.shape[1:]))
-    return canonical_basis(rows[:rank].reshape(rank, *coefficients.shape[1:]))
+def _span(permutation: Matrices, field: Matrices, operators: Matrices) -> Union[DenseSpan, OrbitSpan]:
+    """A spanning set of ``Hom_G(permutation, field (x) operators)``: by orbits when ``field`` permutes its basis too,
+    else solved densely (:func:`epdo.representations.homomorphisms`)."""
+    if is_permutation(permutation) and is_permutation(field):
+        return OrbitSpan.of(permutation, field, operators)
+    raw = homomorphisms(permutation, kronecker(field, operators))  # (K, (c, a), p)
+    d_field, n = next(iter(field.values())).shape[0], next(iter(operators.values())).shape[0]
+    return DenseSpan(raw.reshape(len(raw), d_field, n, -1))
 
 
 @memoize
@@ -152,43 +152,36 @@ def pdo_filter_basis(gspace: GSpace2D, rho_in: Representation, rho_out: Represen
     regular and ``15 N`` for regular -> regular with every PDO of order <= 4; 11 and ``11 N`` at ``max_frequency=2``.
     Orthonormal in ``basis``'s metric (mean squared norm 1 with a band limit).  float64, read-only, cached.
     """
-    derivative = derivative_matrices(gspace, basis.max_order)
+    dual = contragredient(derivative_matrices(gspace, basis.max_order))
     # W (rho_in (x) D)(g) = rho_out(g) W  <=>  W^T intertwines rho_out^-T with rho_in^-T (x) D^-T
-    hom = homomorphisms(
-        contragredient(matrices_of(rho_out)),
-        kronecker(contragredient(matrices_of(rho_in)), contragredient(derivative)),
-    ).transpose(0, 2, 1)
-    if len(hom):
-        hom = canonical_basis(hom)
-    n_ops = basis.num_operators
-    hom = restrict_frequency(
-        hom.reshape(len(hom), rho_out.size, rho_in.size, n_ops), basis.max_order, basis.max_frequency
-    )
-    filters = np.einsum("koca,auv->kocuv", hom, stencils_numpy(basis.discretization, basis.max_order, basis.size))
-    if len(filters):
-        transform = _orthonormal_for_filters(hom.reshape(len(hom), -1, n_ops), basis)
-        filters = np.tensordot(transform, filters, axes=1)
-    filters.setflags(write=False)
-    return filters
+    span = _span(contragredient(matrices_of(rho_out)), contragredient(matrices_of(rho_in)), dual)
+    stencil = stencils_numpy(basis.discretization, basis.max_order, basis.size)
+    if not len(span):
+        return _read_only(np.zeros((0, rho_out.size, rho_in.size, basis.size, basis.size)))
+    rows = _pdo_rows(Rows.of(span).canonical("pca"), basis, "pca")  # flattened as W: (o, c, a)
+    coefficients = rows.dense("pca").reshape(len(rows), rho_out.size, rho_in.size, basis.num_operators)
+    return _read_only(np.einsum("koca,auv->kocuv", coefficients, stencil))
 
 
 @memoize
-def pdo_coefficient_basis(rho_in: Representation, rho_coefficients: Representation, basis: PDOBasis) -> np.ndarray:
-    """Basis of ``Hom_G(rho_in, rho_coefficients)`` for a coefficient representation ``rho (x) D^-T`` (index
+def pdo_coefficient_basis(
+    gspace: GSpace2D, rho_in: Representation, field: Representation, basis: PDOBasis
+) -> np.ndarray:
+    """Basis of ``Hom_G(rho_in, field (x) D^-T)``, the coefficient representation of ``field``'s PDOs (index
     ``(c, a)``): the maps a Neural ePDO's generator composes its per-pixel PDOs with, restricted to
     ``basis.max_frequency`` and orthonormal in ``basis``'s metric for the filters the coefficients compose
     (``<A, B> = sum A[c, a, i] B[c, b, i] <S_a, S_b>``).
 
     Shape ``(n_basis, d n_ops, d_in)``; float64, read-only, cached.
     """
-    n_ops = basis.num_operators
-    raw = homomorphisms(matrices_of(rho_in), matrices_of(rho_coefficients))
-    if not len(raw):
-        raw.setflags(write=False)
-        return raw
-    by_operator = canonical_basis(raw).reshape(len(raw), -1, n_ops, rho_in.size).swapaxes(2, 3)  # (K, d, d_in, n)
-    split = restrict_frequency(by_operator, basis.max_order, basis.max_frequency)
-    transform = _orthonormal_for_filters(split.reshape(len(split), -1, n_ops), basis)
-    out = np.tensordot(transform, split.swapaxes(2, 3).reshape(len(split), -1, rho_in.size), axes=1)
-    out.setflags(write=False)
-    return out
+    dual = contragredient(derivative_matrices(gspace, basis.max_order))
+    span = _span(matrices_of(rho_in), matrices_of(field), dual)
+    if not len(span):
+        return _read_only(np.zeros((0, field.size * basis.num_operators, rho_in.size)))
+    rows = _pdo_rows(Rows.of(span).canonical("cap"), basis, "cpa")
+    return _read_only(rows.dense("cap").reshape(len(rows), -1, rho_in.size))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array

@@ -131,7 +131,7 @@ class NeuralePDO(EquivariantModule):
         self.generator_out = BasisConv(
             hidden_type,
             self.coefficient_type,
-            lambda rho_in, rho_out: pdo_coefficient_basis(rho_in, rho_out, basis),
+            lambda rho_in, _: pdo_coefficient_basis(gspace, rho_in, rho, basis),
             1,
             groups=s,
         )
