@@ -47,3 +47,9 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/layer_speed.py
+
+docs: setup
+	$(VENV)/bin/sphinx-build -q -E -a -W --keep-going -c docs -b html . docs/_build/html
+
+notebooks: setup
+	$(PY) notebooks/build_notebooks.py

@@ -56,9 +56,9 @@ def equivariance_errors(
     """``{g: ||module(g.x) - g.module(x)|| / ||g.module(x)||}``; default elements: :func:`grid_elements`.
 
     Inputs are transformed with escnn's ``GeometricTensor.transform`` (exact on grid elements, interpolated
-    otherwise), and so are the outputs, which must be ``GeometricTensor``s of the module's output type.  With
-    ``margin``, only pixels inside the inscribed disk shrunk by ``margin`` are compared (for off-grid angles,
-    whose rotation moves the square's corners out of the grid).
+    otherwise), and so are the outputs, which must be geometric tensors (``GeometricTensor``) of the module's output
+    type.  With ``margin``, only pixels inside the inscribed disk shrunk by ``margin`` are compared (for off-grid
+    angles, whose rotation moves the square's corners out of the grid).
     """
     if elements is None:
         elements = grid_elements(x.type.gspace)

@@ -20,6 +20,7 @@ from escnn.group import Group, GroupElement, Representation
 from epdo.memo import memoize
 
 Matrices = Dict[GroupElement, np.ndarray]
+"""A representation given by its matrices, ``{g: A(g)}`` over the group's elements."""
 
 
 @memoize
@@ -79,7 +80,7 @@ def from_matrices(group: Group, name: str, matrices: Matrices) -> Representation
 def tensor_product(group: Group, name: str, left: Matrices, right: Matrices) -> Representation:
     """:func:`from_matrices` of ``{g: left(g) (x) right(g)}`` (index ``(i, j)``, ``i`` of ``left`` outer), each factor
     made orthogonal before the product (cheaper than orthogonalizing the product); in closed form when ``left`` is
-    the regular representation (:func:`_regular_tensor_product`)."""
+    the regular representation (``regular (x) V`` is ``n`` copies of the regular representation)."""
     if name in group.representations:
         return group.representations[name]
     regular = group.regular_representation

@@ -1,8 +1,9 @@
 """Training and evaluation for your own loop and for ``epdo-train``: the paper's learning-rate schedule, one epoch of
 Adam on (augmented) images, evaluation, BatchNorm re-estimation, rotated-test errors, checkpoints, several processes.
 
-Every function takes plain ``torch.nn.Module``s and :class:`epdo.data.ImageSet`s; nothing here parses arguments or
-prints.  ``ProcessGroup`` shards work across ``torchrun`` processes (one process: no communication).
+Every function takes plain modules (``torch.nn.Module``) and image sets (:class:`epdo.data.ImageSet`); nothing here
+parses arguments or prints.  :class:`ProcessGroup` shards work across ``torchrun`` processes (one process: no
+communication).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from epdo.data import ImageSet, random_rotation, rotate_batch
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
-"""The paper's step schedule: ``(first epoch, learning rate)`` (200 epochs in the paper)."""
+"""The paper's step schedule, ``(first epoch, learning rate)`` pairs (200 epochs in the paper)."""
 
 
 def learning_rate(epoch: int, schedule: Sequence[Tuple[int, float]] = SCHEDULE) -> float:

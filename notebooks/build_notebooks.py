@@ -1,11 +1,15 @@
-"""Write notebooks/*.ipynb from the cell sources below (committed without outputs).
+"""Write notebooks/*.ipynb from the cell sources below and execute them, so that they are committed with their
+outputs (plots and printed tables visible when browsing).
 
-Run ``python notebooks/build_notebooks.py`` after editing a cell; tests/test_notebooks.py executes the notebooks.
+``make notebooks`` (or ``python notebooks/build_notebooks.py``) after editing a cell; tests/test_notebooks.py checks
+that the committed notebooks hold these sources, runs them again from scratch and checks what they print.
 """
 
+import os
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
 
 HERE = Path(__file__).parent
 
@@ -19,9 +23,9 @@ QUICKSTART = [
     (
         "code",
         "import torch\nimport matplotlib.pyplot as plt\nfrom escnn import gspaces, nn\n\n"
-        "from epdo.diffops import stencils, multi_indices\nfrom epdo.nn import PDOConv, NeuralePDO\n"
+        "from epdo.diffops import stencils, multi_indices\nfrom epdo.nn import PDOBasis, PDOConv, NeuralePDO\n"
         "from epdo.data import load_dataset, DatasetError\n"
-        "from epdo.models import mnist_rot_model, count_parameters\n"
+        "from epdo.models import ModelConfig, build_model, count_parameters\n"
         "torch.manual_seed(0)",
     ),
     (
@@ -46,8 +50,9 @@ QUICKSTART = [
         "code",
         "gs = gspaces.rot2dOnR2(8)\nimage = nn.FieldType(gs, [gs.trivial_repr])\n"
         "feat = nn.FieldType(gs, [gs.regular_repr] * 4)\n"
-        "net = nn.SequentialModule(PDOConv(image, feat, 'gauss'), nn.InnerBatchNorm(feat), nn.ReLU(feat),\n"
-        "                          NeuralePDO(feat, feat, g=2, s=1, discretization='fd'), nn.ReLU(feat))\n"
+        "net = nn.SequentialModule(PDOConv(image, feat), nn.InnerBatchNorm(feat), nn.ReLU(feat),\n"
+        "                          NeuralePDO(feat, feat), nn.ReLU(feat),\n"
+        "                          NeuralePDO(feat, feat, basis=PDOBasis('fd')))\n"
         "x = nn.GeometricTensor(torch.rand(2, 1, 28, 28), image)\n"
         "y = net(x)\nprint(y.tensor.shape, count_parameters(net), 'parameters')",
     ),
@@ -61,7 +66,7 @@ QUICKSTART = [
         "try:\n    train, test = load_dataset('fashion-rot')\nexcept DatasetError as err:\n"
         "    print(err)\n    train, test = load_dataset('synthetic')\n"
         "train, test = train.limit(1024), test.limit(256)\n"
-        "model = mnist_rot_model(group_order=4, widths=(4, 4, 4, 4, 4, 4), g=2, s=1)\n"
+        "model = build_model(ModelConfig(group_order=4, widths=(4, 4, 4, 4, 4, 4)))\n"
         "optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)\n"
         "for epoch in range(3):\n    model.train()\n"
         "    for start in range(0, len(train), 64):\n"
@@ -104,8 +109,8 @@ EQUIVARIANCE = [
         "code",
         "import math\nimport torch\nimport matplotlib.pyplot as plt\nfrom escnn import gspaces, nn\n\n"
         "from epdo.equivariance import equivariance_errors, grid_elements, smooth_field, relative_error\n"
-        "from epdo.nn import NeuralePDO, PDOConv\nfrom epdo.models import mnist_rot_model\n"
-        "from epdo.data import rotate_batch\ntorch.manual_seed(0)",
+        "from epdo.nn import NeuralePDO, PDOBasis, PDOConv\nfrom epdo.models import ModelConfig, build_model\n"
+        "from epdo.data import rotate_batch\nfrom epdo.training import batch_norms\ntorch.manual_seed(0)",
     ),
     (
         "md",
@@ -117,8 +122,9 @@ EQUIVARIANCE = [
         "code",
         "gs = gspaces.flipRot2dOnR2(8)\nt = nn.FieldType(gs, [gs.regular_repr] * 2)\nx = smooth_field(t, 2, 29)\n"
         "rows = {}\nfor discretization in ['fd', 'gauss', 'rbffd']:\n"
-        "    for name, layer in [('NeuralePDO', NeuralePDO(t, t, g=2, discretization=discretization)),\n"
-        "                        ('PDOConv', PDOConv(t, t, discretization))]:\n"
+        "    basis = PDOBasis(discretization)\n"
+        "    for name, layer in [('NeuralePDO', NeuralePDO(t, t, basis=basis)),\n"
+        "                        ('PDOConv', PDOConv(t, t, basis=basis))]:\n"
         "        errors = equivariance_errors(layer, x, gs.fibergroup.elements, margin=4)\n"
         "        rows[f'{name} {discretization}'] = errors\n"
         "grid = grid_elements(gs)\nfor name, errors in rows.items():\n"
@@ -139,9 +145,9 @@ EQUIVARIANCE = [
         "angles = [15.0 * i for i in range(13)]\nplt.figure(figsize=(6, 3.5))\n"
         "for dis in ['fd', 'gauss', 'rbffd']:\n"
         "    widths = (2, 2, 2, 2, 2, 2)\n"
-        "    model = mnist_rot_model(group_order=8, widths=widths, g=2, s=1, discretization=dis, dropout=0)\n"
-        "    for m in model.modules():\n"
-        "        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):\n            m.momentum = None\n"
+        "    config = ModelConfig(group_order=8, widths=widths, basis=PDOBasis(dis), dropout=0)\n"
+        "    model = build_model(config)\n"
+        "    for m in batch_norms(model):\n        m.momentum = None\n"
         "    with torch.no_grad():\n        model.train()\n        model(images)\n        model.eval()\n"
         "        ref = model.features(images)\n"
         "        turn = [rotate_batch(images, torch.full((8,), math.radians(a)), mode='bilinear')\n"
@@ -156,13 +162,25 @@ EQUIVARIANCE = [
 ]
 
 
-def build(cells, path: Path) -> None:
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "equivariance.ipynb": EQUIVARIANCE}
+
+
+def notebook(cells) -> nbformat.NotebookNode:
+    """A notebook of ``cells`` (``(kind, source)``), not executed."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_markdown_cell(s) if kind == "md" else nbformat.v4.new_code_cell(s) for kind, s in cells]
-    nbformat.write(nb, path)
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, directory: Path) -> nbformat.NotebookNode:
+    """Run every cell in a fresh kernel (working directory ``directory``; figures inline, as PNG outputs)."""
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(directory)}}).execute()
+    return nb
 
 
 if __name__ == "__main__":
-    build(QUICKSTART, HERE / "quickstart.ipynb")
-    build(EQUIVARIANCE, HERE / "equivariance.ipynb")
+    for name, cells in NOTEBOOKS.items():
+        nbformat.write(execute(notebook(cells), HERE), HERE / name)
+        print(f"wrote {HERE / name}")

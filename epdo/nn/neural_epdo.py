@@ -32,7 +32,7 @@ class NeuralePDO(EquivariantModule):
     2. Each coefficient field's per-pixel PDOs are composed into ``d x k x k`` taps, scaled by 1/5 and divided by
        their norm + 0.01 (the root mean square of the channels' L2 norms: a white input keeps its variance).
     3. The ``q = z / g`` partitions of ``g`` input fields share these PDOs: channel ``(p, j, c)`` gets
-       ``sum_a A[j, c, a] (S_a * f_(p, j, c))`` (:func:`epdo.nn.adaptive_pdo`).
+       ``sum_a A[j, c, a] (S_a * f_(p, j, c))`` (:func:`epdo.nn.functional.adaptive_pdo`).
     4. An equivariant 1x1 map (the mix) ``z`` rho-fields -> ``out_type``.
 
     The generator starts static (its per-field affine at weight 0, bias 1: the same PDO at every pixel) and learns to
@@ -84,9 +84,9 @@ class NeuralePDO(EquivariantModule):
         reduction: int = 1,
         discretization: str = "fd",
     ) -> NeuralePDO:
-        """The public reference implementation's layer: every PDO of order <= 4 (:meth:`PDOBasis.reference`), taps
-        divided by their L1 norm + 0.01 (the output ~1000x smaller in variance than the input), the generator's
-        affine at weight 1, bias 0, and the mix without gain."""
+        """The public reference implementation's layer: every PDO of order <= 4
+        (:meth:`epdo.kernels.PDOBasis.reference`), taps divided by their L1 norm + 0.01 (the output ~1000x smaller in
+        variance than the input), the generator's affine at weight 1, bias 0, and the mix without gain."""
         layer = cls.__new__(cls)
         EquivariantModule.__init__(layer)
         layer._build(in_type, out_type, g, s, reduction, PDOBasis.reference(discretization), reference=True)
@@ -159,7 +159,7 @@ class NeuralePDO(EquivariantModule):
 
     @torch.no_grad()
     def export(self) -> ExportedNeuralePDO:
-        """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on ``.tensor``s."""
+        """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on the ``.tensor`` of the input."""
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), torch.nn.ReLU(), self.generator_out.export()
         )

@@ -8,8 +8,9 @@ library.  Settings (environment):
 * ``CC``: the C compiler (default ``cc``); it must accept GCC-style flags and ``-fopenmp``.
 * ``EPDO_CACHE_DIR``: where built libraries are kept (default ``$XDG_CACHE_HOME/epdo`` or ``~/.cache/epdo``).
 
-The kernel's backward takes its two gradients from :data:`GRADIENT_BUFFERS` (see :class:`BufferPool`), which keeps up
-to 256 MiB of their memory between steps; ``GRADIENT_BUFFERS.clear()`` gives it back.
+The kernel's backward takes its two gradients from :data:`GRADIENT_BUFFERS` (see
+:class:`epdo.nn.native.buffer_pool.BufferPool`), which keeps up to 256 MiB of their memory between steps;
+``GRADIENT_BUFFERS.clear()`` gives it back.
 
 Where no compiler exists or the build fails, :func:`load` returns ``None`` and warns once, naming the reason.
 """

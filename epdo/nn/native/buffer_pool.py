@@ -35,12 +35,11 @@ class BufferPool:
     """Hands out CPU tensors whose memory is kept when their last user drops them, and hands it out again for the
     same dtype and size.
 
-    glibc gives large freed blocks back to the OS and takes them again with fresh, zero-filled pages, so a training
-    step that allocates its large gradients anew page-faults through them every step: in the layer benchmark
-    (C16, 256 channels, batch 8, 28x28) ~2000 faults and ~2 ms of a ~44 ms step, only for the kernel's two
-    gradients; a process-wide ``mallopt`` (:func:`epdo.runtime.tune_malloc`) avoids it too, but a library must not
-    change its users' allocator.  A buffer is in use while any tensor storage made from it lives, so a tensor that
-    autograd saved, a gradient the user kept, or a view of either is never handed out twice.
+    glibc gives large freed blocks back to the OS and takes them again as fresh, zero-filled pages, so a training
+    step that allocates its large gradients anew page-faults through them every step; a library must not change its
+    users' allocator (``mallopt``), so the kernel keeps its own.  A buffer is in use while any tensor storage made
+    from it lives, so a tensor that autograd saved, a gradient the user kept, or a view of either is never handed
+    out twice.
 
     Free buffers are kept up to ``max_free_bytes`` in all (least recently used dropped first); thread-safe.
     """

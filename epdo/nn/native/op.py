@@ -61,9 +61,9 @@ def _check(status: int, direction: str) -> None:
 def adaptive_pdo_op(
     x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(out (B, C, H, W), nu (B, fields, H, W))``: the per-pixel PDOs of :func:`epdo.nn.adaptive_pdo` (``x`` and
-    ``coefficients`` as there, ``stencils`` a :func:`stencil_key`, ``l1`` the reference's normalization) and the
-    per-pixel norms the backward reuses."""
+    """``(out (B, C, H, W), nu (B, fields, H, W))``: the per-pixel PDOs of
+    :func:`epdo.nn.functional.adaptive_pdo` (``x`` and ``coefficients`` as there, ``stencils`` a
+    :func:`stencil_key`, ``l1`` the reference's normalization) and the per-pixel norms the backward reuses."""
     x, coefficients = x.contiguous(), coefficients.contiguous()
     dims = _dims(x, coefficients, stencils, fields)
     out, norm = torch.empty_like(x), x.new_empty(dims[0], fields, dims[6], dims[7])
