@@ -14,7 +14,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+LOG = Path(__file__).with_name("LOG.md")
+"""Where benchmarks record their runs (dated sections, appended); benchmarks/RESULTS.md summarizes them."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -114,13 +115,13 @@ def machine_description(device: torch.device) -> str:
 
 
 def record(title: str, command: str, device: torch.device, table: str, machine: Optional[str] = None) -> None:
-    """Append a dated section to benchmarks/RESULTS.md."""
+    """Append a dated section to benchmarks/LOG.md."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = "?"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with RESULTS.open("a") as f:
+    with LOG.open("a") as f:
         f.write(f"\n## {title} ({stamp}, commit {commit})\n\n")
         f.write(f"Command: `{command}`  \nMachine: {machine or machine_description(device)}\n\n{table}\n")
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import RESULTS, markdown_table, record
+from common import LOG, markdown_table, record
 from escnn import gspaces, nn
 
 from epdo.data import load_dataset
@@ -119,8 +119,8 @@ def main(argv=None) -> None:
     models = model_errors(args.group_order, widths, test.images[: args.images], angles)
     print("\nwhole models (invariant features; input rotated by any angle):")
     print(table(models))
-    plot(layers, RESULTS.with_name("equivariance_layers.png"), "single layers: equivariance error")
-    plot(models, RESULTS.with_name("equivariance_models.png"), "models: invariance error")
+    plot(layers, LOG.with_name("equivariance_layers.png"), "single layers: equivariance error")
+    plot(models, LOG.with_name("equivariance_models.png"), "models: invariance error")
     if args.record:
         command = "python benchmarks/equivariance.py " + " ".join(sys.argv[1:] if argv is None else argv)
         body = (

@@ -13,8 +13,10 @@
 #
 # The compiled adaptive-PDO kernel (epdo/nn/native) is CPU-only: on CUDA the layer runs its PyTorch path, and the
 # CUDA test below compares it with the CPU result (the compiled kernel where a C compiler exists).
-# It prints: the layer benchmark on CUDA at batch 64 (NeuralePDO vs escnn R2Conv vs the unfold formulation), the
-# model training-step benchmark at batch 64, and a short fashion-rot training at paper widths with images/second.
+# It prints: the CUDA tests, the layer benchmark on CUDA at batch 64 (NeuralePDO vs escnn R2Conv vs the unfold
+# formulation), the training-step benchmark (the default network and escnn's at equal parameters, the paper's
+# models), eager against torch.compile(fullgraph=True) of the default network (inductor emits Triton kernels for the
+# layers' PyTorch path), and a short fashion-rot training with the CLI's defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -28,9 +30,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__)"
 python3 -m pytest -q tests/test_neural_epdo.py -k cuda
 (cd benchmarks && python3 layer_speed.py --device cuda --batch 64)
-(cd benchmarks && python3 model_speed.py --device cuda --batch 64 --sizes paper --epoch-images 0)
+(cd benchmarks && python3 model_speed.py --device cuda --batch 64 --sizes equal,paper)
+(cd benchmarks && python3 compile_check.py --device cuda)
 start=$(date +%s)
 python3 -m epdo.train --dataset fashion-rot --device cuda --epochs 1 --limit-train 6000 --limit-test 2000 \
   --no-progress --out /tmp/gpu_run
 end=$(date +%s)
-echo "fashion-rot, paper widths (C16 R, fd), 1 epoch of 6000 images + 2000 test: $((end - start)) s in all"
+echo "fashion-rot, the default network, 1 epoch of 6000 images + 2000 test: $((end - start)) s in all"

@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/LOG.md")
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # internal: see below
     args = parser.parse_args(argv)
     if args.threads:

@@ -217,7 +217,8 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
 
 
 def _norm_relu(ftype: nn.FieldType) -> List[nn.EquivariantModule]:
-    return [FieldBatchNorm(ftype), nn.ReLU(ftype, inplace=True)]
+    # not in place: the batch norm's output is a view, and an in-place op on a view costs autograd a copy of the base
+    return [FieldBatchNorm(ftype), nn.ReLU(ftype, inplace=False)]
 
 
 class PlainCNN(torch.nn.Module):
