@@ -45,7 +45,7 @@ MODELS: Dict[str, List[str]] = {
 PROTOCOLS: Dict[str, List[str]] = {
     "screening": ["--dataset", "fashion-rot", "--epochs", "3", "--limit-train", "6000", "--limit-test", "5000"],
     "confirmation": ["--dataset", "fashion-rot", "--epochs", "15", "--limit-test", "5000"],
-    "digits": ["--dataset", "mnist10k-rot", "--epochs", "6"],
+    "digits": ["--dataset", "mnist10k-rot", "--epochs", "4"],
 }
 """Data and budget of each protocol (``epdo-train`` flags)."""
 
