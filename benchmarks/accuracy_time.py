@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-import torch
-from common import LOG, markdown_table, record
+from common import LOG, report_figure
 
 
 def curves(directory: Path, model: str) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -66,15 +64,8 @@ def main(argv=None) -> None:
     ax.set(xlabel="training + evaluation time (s, this CPU)", ylabel="test error (%)", title=args.runs.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.plot, dpi=100)
-    plt.close(fig)
-    table = markdown_table(rows)
-    print(table)
-    if args.record:
-        command = "python benchmarks/accuracy_time.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        record(f"Test error against training time ({args.runs.name})", command, torch.device("cpu"),
-               table + f"\n\nPlot: `{args.plot.relative_to(LOG.parent.parent)}`.")  # fmt: skip
+    title = f"Test error against training time ({args.runs.name})"
+    report_figure(fig, args.plot, rows, title, __file__, argv, args.record)
 
 
 if __name__ == "__main__":

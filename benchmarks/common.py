@@ -126,6 +126,21 @@ def record(title: str, command: str, device: torch.device, table: str, machine: 
         f.write(f"Command: `{command}`  \nMachine: {machine or machine_description(device)}\n\n{table}\n")
 
 
+def report_figure(fig, plot: Path, rows: Dict[str, Dict[str, str]], title: str, script: str, argv, log: bool) -> None:
+    """Save a benchmark's matplotlib figure to ``plot``, print ``rows`` as a table and, with ``log``, record both in
+    benchmarks/LOG.md under ``title`` with the command line (the ``script`` file, ``argv`` or the process's)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    table = markdown_table(rows)
+    print(table)
+    if log:
+        command = f"python benchmarks/{Path(script).name} " + " ".join(sys.argv[1:] if argv is None else argv)
+        record(title, command, torch.device("cpu"), table + f"\n\nPlot: `{plot.relative_to(LOG.parent.parent)}`.")
+
+
 def markdown_table(rows: Dict[str, Dict[str, str]]) -> str:
     columns = list(next(iter(rows.values())))
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]

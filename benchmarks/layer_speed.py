@@ -9,6 +9,7 @@ Default: the paper's layer (C16, 16 regular fields in and out, g=4, s=4, reducti
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Callable
 
@@ -83,10 +84,8 @@ def main(argv=None) -> None:
         "NeuralePDO via unfold (reference formulation)": Reformulated(layer, unfold_adaptive_pdo),
     }
     if device.type == "cpu":
-        models["NeuralePDO (epdo, PyTorch path)"] = Reformulated(
-            layer,
-            lambda *a: adaptive_pdo(*a, backend="pytorch"),  # type: ignore[misc]
-        )
+        pytorch_path = functools.partial(adaptive_pdo, backend="pytorch")
+        models["NeuralePDO (epdo, PyTorch path)"] = Reformulated(layer, pytorch_path)
     x = torch.randn(batch, ftype.size, args.size, args.size, device=device)
 
     def step(model: torch.nn.Module, inputs: torch.Tensor = x) -> Callable[[], None]:

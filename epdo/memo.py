@@ -7,6 +7,8 @@ import functools
 import inspect
 from typing import Any, Callable, Dict, Hashable, TypeVar
 
+from threadpoolctl import threadpool_limits
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -24,7 +26,9 @@ def argument_key(value: Any) -> Hashable:
 def memoize(fn: F) -> F:
     """Cache ``fn``'s results per argument values (bound by name, defaults applied, keyed by :func:`argument_key`).
 
-    The cache is ``fn.cache`` (a dict).  Results are shared: return read-only arrays or immutable objects.
+    The cache is ``fn.cache`` (a dict).  Results are shared: return read-only arrays or immutable objects.  A result
+    is computed with one BLAS thread: the constructions are many small dense problems, on which BLAS threads only add
+    synchronization, and on a busy machine waiting for each other costs many times the work.
     """
     signature = inspect.signature(fn)
     cache: Dict[Hashable, Any] = {}
@@ -35,7 +39,8 @@ def memoize(fn: F) -> F:
         bound.apply_defaults()
         key = tuple(argument_key(value) for value in bound.arguments.values())
         if key not in cache:
-            cache[key] = fn(*args, **kwargs)
+            with threadpool_limits(limits=1, user_api="blas"):
+                cache[key] = fn(*args, **kwargs)
         return cache[key]
 
     cached.cache = cache  # type: ignore[attr-defined]

@@ -38,8 +38,9 @@ def kronecker(a: Matrices, b: Matrices) -> Matrices:
 
 
 def contragredient(matrices: Matrices) -> Matrices:
-    """``{g: A(g)^-T}``: how the dual space transforms (``A(g)`` itself when ``A`` is orthogonal)."""
-    return {g: np.linalg.inv(m).T for g, m in matrices.items()}
+    """``{g: A(g)^-T}``: how the dual space transforms (``A(g)`` itself when ``A`` is orthogonal), read off as
+    ``A(g^-1)^T``, since a representation's inverse is its value at the inverse element (no matrix is inverted)."""
+    return {g: matrices[~g].T for g in matrices}
 
 
 def is_permutation(matrices: Matrices) -> bool:
@@ -123,7 +124,7 @@ def _regular_tensor_product(group: Group, name: str, regular: Representation, ri
     for c in range(size):
         block = slice(c * n, (c + 1) * n)
         phi_inv[block, block] = right[mover[c]]
-        phi[block, block] = np.linalg.inv(right[mover[c]])
+        phi[block, block] = right[~mover[c]]  # V(g_c)^-1 = V(g_c^-1)
     swap = np.arange(size * n).reshape(size, n).T.reshape(-1)  # (a, c) position -> (c, a) index
     blocks = np.kron(np.eye(n), regular.change_of_basis)
     blocks_inv = np.kron(np.eye(n), regular.change_of_basis_inv)

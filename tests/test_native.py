@@ -12,6 +12,7 @@ import torch
 from epdo.diffops import stencils
 from epdo.nn import adaptive_pdo, native
 from epdo.nn.functional import NORMALIZATIONS, stencil_key
+from epdo.nn.native.op import GRAIN_SIZE
 
 # (batch, partitions q, fields g, field size d, height, width, discretization, max_order, stencil size)
 SHAPES = [
@@ -214,3 +215,21 @@ def test_the_pytorch_path_compiles_without_graph_breaks():
     expected = torch.autograd.grad(step(x, a), (x, a))
     for u, v in zip(got, expected):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_the_thread_count_does_not_change_the_result():
+    """Above the grain size the operator runs on torch's threads (below it on one): the same numbers either way."""
+    x, a, s, g = _inputs((2, 1, 2, 8, 6, 40, "fd", 2, 3), torch.float32)
+    assert a.numel() >= GRAIN_SIZE
+    grad = torch.randn(x.shape)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            y = adaptive_pdo(x, a, s, g, backend="native")
+            results.append((y, *torch.autograd.grad(y, (x, a), grad)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)

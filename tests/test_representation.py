@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from escnn import gspaces
+from threadpoolctl import threadpool_info
 
 from epdo.diffops import (
     DISCRETIZATIONS,
@@ -13,6 +14,7 @@ from epdo.diffops import (
     stencils_numpy,
 )
 from epdo.equivariance import grid_elements
+from epdo.memo import memoize
 
 SPACES = [gspaces.rot2dOnR2(4), gspaces.rot2dOnR2(8), gspaces.flipRot2dOnR2(4), gspaces.flipRot2dOnR2(8)]
 
@@ -86,3 +88,16 @@ def test_frequency_projector_commutes_with_rotations_and_reflections():
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="max_frequency must be None or a non-negative integer"):
             frequency_projector(4, bad)
+
+
+def test_memoized_constructions_run_with_one_blas_thread():
+    """Bases and representations are many small dense problems: computed on one BLAS thread, then cached."""
+    threads = []
+
+    @memoize
+    def construction(n: int) -> int:
+        threads.append([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"])
+        return n
+
+    assert construction(3) == construction(3) == 3
+    assert len(threads) == 1 and threads[0] and set(threads[0]) == {1}
