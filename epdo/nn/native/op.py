@@ -20,8 +20,8 @@ NORM_EPS = 0.01
 """``nu = norm(taps) + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
 
 GRAIN_SIZE = 32768
-"""Coefficient values below which a call runs on one thread (ATen's grain size): on small inputs waking the other
-threads costs more than the work, most of all on a busy machine."""
+"""A call with fewer coefficient values than this runs on one thread, as ATen's ops do below their grain size.  On
+small inputs waking the other threads costs more than the work, most of all on a busy machine."""
 
 
 def stencil_key(stencils: torch.Tensor) -> str:
