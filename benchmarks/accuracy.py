@@ -39,6 +39,11 @@ MODELS: Dict[str, List[str]] = {
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count
+    # the paper's four MNIST-rot models (C16 / D16, 229,240-525,038 parameters) at about half their widths
+    "paper-R-fd": ["--preset", "paper-R-fd", "--widths", "8,12,16,16,24,32"],  # 69,490
+    "paper-R-gauss": ["--preset", "paper-R-gauss", "--widths", "8,12,16,16,24,32"],  # 69,490
+    "paper-Q-gauss": ["--preset", "paper-Q-gauss", "--widths", "8,8,12,12,16,32"],  # 80,478
+    "paper-D16-5C16": ["--preset", "paper-D16-5C16", "--widths", "4,4,8,8,8,16"],  # 87,638
 }
 """``epdo-train`` flags of each model (on top of the CLI's defaults: the default network)."""
 

@@ -138,7 +138,10 @@ def report_figure(fig, plot: Path, rows: Dict[str, Dict[str, str]], title: str, 
     print(table)
     if log:
         command = f"python benchmarks/{Path(script).name} " + " ".join(sys.argv[1:] if argv is None else argv)
-        record(title, command, torch.device("cpu"), table + f"\n\nPlot: `{plot.relative_to(LOG.parent.parent)}`.")
+        shown = plot.resolve()
+        if shown.is_relative_to(LOG.parent.parent):
+            shown = shown.relative_to(LOG.parent.parent)
+        record(title, command, torch.device("cpu"), table + f"\n\nPlot: `{shown}`.")
 
 
 def markdown_table(rows: Dict[str, Dict[str, str]]) -> str:
