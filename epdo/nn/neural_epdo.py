@@ -44,7 +44,8 @@ class NeuralePDO(EquivariantModule):
         g: fields per partition, a divisor of ``z``: the generator makes PDOs for ``g`` fields, which all ``z / g``
             partitions share.
         s: groups of the generator's output map, a divisor of ``g`` and ``M``.
-        reduction: hidden width reduction of the generator.
+        reduction: how much narrower the generator's hidden layer is than its input: ``M = max(1, z d // (reduction
+            |G|))`` regular fields, at least one, so every valid input type has a generator.
         basis: which PDOs and the metric of the generator's output basis (:class:`epdo.kernels.PDOBasis`).
 
     The defaults are the configuration measured best at a fixed parameter budget; the paper's layers differ in
