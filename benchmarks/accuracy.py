@@ -29,8 +29,7 @@ import torch
 from common import markdown_table, record
 
 from epdo.data import load_dataset, random_rotation
-from epdo.models import ModelConfig, build_model
-from epdo.training import batch_norms, evaluate, reestimate_batch_norm
+from epdo.training import batch_norms, evaluate, load_checkpoint, reestimate_batch_norm
 
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
@@ -82,9 +81,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
 def diagnostics(checkpoint: Path) -> dict:
     """The harness-only errors (%) of a checkpoint's final weights: with batch statistics, and in eval mode with
     BatchNorm re-estimated on augmented training batches."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model(ModelConfig.from_dict(state["config"]))
-    model.load_state_dict(state["model"])
+    model, state = load_checkpoint(checkpoint)
     data = state["data"]
     train, test = load_dataset(data["dataset"], data["data_dir"], seed=data["seed"])
     test = test.limit(data["limit_test"])

@@ -18,15 +18,13 @@ from common import LOG, report_figure
 
 from epdo.data import load_dataset
 from epdo.evaluate import parse_angles
-from epdo.models import ModelConfig, build_model, count_parameters
-from epdo.training import rotation_errors
+from epdo.models import count_parameters
+from epdo.training import load_checkpoint, rotation_errors
 
 
 def checkpoint_errors(path: Path, angles: List[float], limit_test: int) -> Tuple[int, List[Tuple[float, float]]]:
     """Parameter count and ``[(angle, error)]`` of an ``epdo-train`` checkpoint on its own test set."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(ModelConfig.from_dict(state["config"]))
-    model.load_state_dict(state["model"])
+    model, state = load_checkpoint(path)
     data = state["data"]
     _, test = load_dataset(data["dataset"], data["data_dir"], seed=data["seed"])
     return count_parameters(model), rotation_errors(model, test.limit(limit_test), angles)

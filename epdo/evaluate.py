@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import torch
-
 from epdo.cli import positive_int
 from epdo.data import DatasetError, load_dataset
-from epdo.models import ModelConfig, build_model
 from epdo.plots import plot_rotation_errors
-from epdo.training import rotation_errors
+from epdo.training import load_checkpoint, rotation_errors
 
 
 def parse_angles(text: str) -> List[float]:
@@ -44,14 +41,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.checkpoint.exists():
         print(f"epdo-evaluate: {args.checkpoint} does not exist", file=sys.stderr)
         return 2
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if "config" not in state or "data" not in state:
-        print(
-            f"epdo-evaluate: {args.checkpoint} is not an epdo-train checkpoint (found {sorted(state)})", file=sys.stderr
-        )
+    try:
+        model, state = load_checkpoint(args.checkpoint)
+    except ValueError as err:
+        print(f"epdo-evaluate: {err}", file=sys.stderr)
         return 2
-    model = build_model(ModelConfig.from_dict(state["config"]))
-    model.load_state_dict(state["model"])
     data = state["data"]
     try:
         _, test = load_dataset(data["dataset"], args.data_dir or data["data_dir"], seed=data["seed"])

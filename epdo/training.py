@@ -1,5 +1,6 @@
 """Training and evaluation for your own loop and for ``epdo-train``: the paper's learning-rate schedule, one epoch of
-Adam on (augmented) images, evaluation, BatchNorm re-estimation, rotated-test errors, checkpoints, several processes.
+Adam on (augmented) images, evaluation, BatchNorm re-estimation, rotated-test errors, checkpoints (saved and
+loaded), several processes.
 
 Every function takes plain modules (``torch.nn.Module``) and image sets (:class:`epdo.data.ImageSet`); nothing here
 parses arguments or prints.  :class:`ProcessGroup` shards work across ``torchrun`` processes (one process: no
@@ -19,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from epdo.data import ImageSet, random_rotation, rotate_batch
+from epdo.models import ModelConfig, build_model
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
 """The paper's step schedule, ``(first epoch, learning rate)`` pairs (200 epochs in the paper)."""
@@ -251,3 +253,16 @@ def save_checkpoint(path: Path, **payload: Any) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """``(model, checkpoint)``: the network an ``epdo-train`` checkpoint describes (its ``config``), on the CPU with
+    the saved weights, and the checkpoint's dictionary (``data`` names the dataset, seed and test limit).  Raises
+    ``ValueError`` for a file that is not such a checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "config" not in state or "data" not in state:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not an epdo-train checkpoint (found {found})")
+    model = build_model(ModelConfig.from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    return model, state

@@ -14,7 +14,7 @@ from epdo.kernels import PDOBasis
 from epdo.models import ModelConfig, build_model
 from epdo.train import build_parser, model_config
 from epdo.train import main as train_main
-from epdo.training import batch_norms, learning_rate, reestimate_batch_norm
+from epdo.training import batch_norms, learning_rate, load_checkpoint, reestimate_batch_norm
 
 TINY = [
     "--dataset", "synthetic", "--group-order", "4", "--widths", "4,4,4,4,4,4",
@@ -53,9 +53,7 @@ def test_batch_norm_is_reestimated_on_the_stored_training_images(tmp_path):
     training images, exactly :func:`epdo.training.reestimate_batch_norm`'s."""
     out = tmp_path / "run"
     assert train_main([*TINY, "--epochs", "1", "--out", str(out), "--bn-batches", "2"]) == 0
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
-    model = build_model(ModelConfig.from_dict(state["config"]))
-    model.load_state_dict(state["model"])
+    model, _ = load_checkpoint(out / "checkpoint.pt")
     saved = [m.running_var.clone() for m in batch_norms(model)]
     train, _ = load_dataset("synthetic", seed=0)
     reestimate_batch_norm(model, train.limit(64).images, batches=2, batch_size=16, seed=0 * 100003 + 0 * 104729 + 1)
