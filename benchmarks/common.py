@@ -18,6 +18,21 @@ LOG = Path(__file__).with_name("LOG.md")
 """Where benchmarks record their runs (dated sections, appended); benchmarks/RESULTS.md summarizes them."""
 
 
+def training_step(
+    network: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None]:
+    """One training step of ``network`` on the batch ``(x, y)`` (cross-entropy, backward, ``optimizer.step()``), as a
+    closure for the timers."""
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(network(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from common import interleaved_median_seconds, markdown_table, record
+from common import interleaved_median_seconds, markdown_table, record, training_step
 
 from epdo.models import PRESETS, build_model
 
@@ -40,16 +40,11 @@ def main(argv=None) -> None:
     compile_seconds = time.perf_counter() - start
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def step(network):
-        def run() -> None:
-            loss = F.cross_entropy(network(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return run
-
-    seconds = interleaved_median_seconds({"eager": step(model), "compiled": step(compiled)}, device, args.repeats)
+    seconds = interleaved_median_seconds(
+        {"eager": training_step(model, optimizer, x, y), "compiled": training_step(compiled, optimizer, x, y)},
+        device,
+        args.repeats,
+    )
     rows = {
         name: {"step (ms)": f"{t * 1e3:.1f}", "time / eager": f"{t / seconds['eager']:.3f}"}
         for name, t in seconds.items()

@@ -12,10 +12,17 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from common import interleaved_median_seconds, markdown_table, peak_bytes, peak_bytes_in_fresh_process, record
+from common import (
+    interleaved_median_seconds,
+    markdown_table,
+    peak_bytes,
+    peak_bytes_in_fresh_process,
+    record,
+    training_step,
+)
 
 from epdo.models import PRESETS, ModelConfig, build_model, count_parameters
 
@@ -32,18 +39,11 @@ SIZES = {
 }
 
 
-def training_step(model: torch.nn.Module, device: torch.device, batch: int):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+def random_batch_step(model: torch.nn.Module, device: torch.device, batch: int) -> Callable[[], None]:
+    """A training step of ``model`` (Adam) on a fixed random batch of ``batch`` 28x28 images."""
     x = torch.rand(batch, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return training_step(model, torch.optim.Adam(model.parameters(), lr=1e-3), x, y)
 
 
 def main(argv=None) -> None:
@@ -62,8 +62,8 @@ def main(argv=None) -> None:
     if args.memory_only is not None:  # a fresh process: one network's step after a batch-2 warm-up
         size, name = args.memory_only.split(":", 1)
         model = build_model(SIZES[size][name]).to(device)
-        training_step(model, device, 2)()
-        print(peak_bytes(training_step(model, device, args.batch), device))
+        random_batch_step(model, device, 2)()
+        print(peak_bytes(random_batch_step(model, device, args.batch), device))
         return
     torch.manual_seed(0)
     rows = {}
@@ -73,12 +73,12 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             models[name] = build_model(config).to(device)
             print(f"{name}: built in {time.perf_counter() - start:.1f} s", flush=True)
-        steps = {name: training_step(model, device, args.batch) for name, model in models.items()}
+        steps = {name: random_batch_step(model, device, args.batch) for name, model in models.items()}
         seconds = interleaved_median_seconds(steps, device, args.repeats, warmup=2)
         reference = seconds["escnn R2Conv 5x5"]
         for name, model in models.items():
             if device.type == "cuda":
-                memory = peak_bytes(training_step(model, device, args.batch), device)
+                memory = peak_bytes(random_batch_step(model, device, args.batch), device)
             else:
                 memory = peak_bytes_in_fresh_process(__file__, argv, f"{size}:{name}")
             rows[f"{name} [{size}]"] = dict(
