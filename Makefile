@@ -40,7 +40,7 @@ demo: setup
 	$(PY) -m epdo.evaluate --checkpoint $(DEMO_RUN)/checkpoint.pt --rotations 0:360:45
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 tests
 
 lint: setup
 	$(VENV)/bin/ruff check epdo tests benchmarks notebooks

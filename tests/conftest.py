@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,17 @@ from escnn import group, gspaces
 from epdo.equivariance import grid_elements
 
 TOL = 1e-5
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker gets its share of the cores, it and the processes
+    it starts (notebook kernels, fresh-process tests): two workers with two threads each on two cores spend their time
+    waiting on each other's OpenMP threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
