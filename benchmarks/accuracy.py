@@ -34,6 +34,9 @@ from epdo.training import batch_norms, evaluate, load_checkpoint, reestimate_bat
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
     "half": ["--widths", "9,10,14,14,19,19"],  # the default at half escnn's parameter count (13,595)
+    # the default's parameters moved from the 28x28 layers to the 7x7 ones (a step at or below escnn's)
+    "early-6-late-35": ["--widths", "6,6,18,18,35,35"],  # 27,076
+    "early-6-late-32": ["--widths", "6,6,21,21,32,32"],  # 27,208
     "escnn": ["--layer", "escnn", "--widths", "5,5,7,7,10,11"],  # escnn R2Conv 5x5, 27,123 parameters
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
