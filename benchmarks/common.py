@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from epdo.plots import save_figure
+
 LOG = Path(__file__).with_name("LOG.md")
 """Where benchmarks record their runs (dated sections, appended); benchmarks/RESULTS.md summarizes them."""
 
@@ -144,11 +146,7 @@ def record(title: str, command: str, device: torch.device, table: str, machine: 
 def report_figure(fig, plot: Path, rows: Dict[str, Dict[str, str]], title: str, script: str, argv, log: bool) -> None:
     """Save a benchmark's matplotlib figure to ``plot``, print ``rows`` as a table and, with ``log``, record both in
     benchmarks/LOG.md under ``title`` with the command line (the ``script`` file, ``argv`` or the process's)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
+    save_figure(fig, plot)
     table = markdown_table(rows)
     print(table)
     if log:

@@ -23,6 +23,7 @@ from epdo.data.augment import rotate_batch
 from epdo.equivariance import disk_mask, equivariance_errors, relative_error, smooth_field
 from epdo.models import ModelConfig, build_model
 from epdo.nn import NeuralePDO, PDOBasis, PDOConv
+from epdo.plots import save_figure
 
 MODELS = {
     "NeuralePDO (default)": ModelConfig(),
@@ -87,9 +88,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
     ax.set_yscale("symlog", linthresh=1e-6)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(curves: dict, angles=(22.5, 45.0, 90.0)) -> str:

@@ -12,13 +12,13 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import matplotlib
 import torch
 from common import LOG, report_figure
 
 from epdo.data import load_dataset
 from epdo.evaluate import parse_angles
 from epdo.models import count_parameters
+from epdo.plots import rotation_errors_figure
 from epdo.training import load_checkpoint, rotation_errors
 
 
@@ -52,16 +52,9 @@ def main(argv=None) -> None:
             "other angles (%)": f"{statistics.mean(off_grid):.2f}",
             "worst angle (%)": f"{max(on_grid + off_grid):.2f}",
         }
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for label, results in curves.items():
-        legend = f"{label} ({rows[label]['params']} parameters)"
-        ax.plot([a for a, _ in results], [100 * e for _, e in results], "o-", ms=3, label=legend)
-    ax.set(xlabel="rotation of the test images (degrees)", ylabel="test error (%)")
+    legends = {f"{label} ({rows[label]['params']} parameters)": results for label, results in curves.items()}
+    fig, ax = rotation_errors_figure(legends, size=(7, 3.6))
     ax.set_xticks(range(0, 361, 45))
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     title = "Test error by rotation of the test images"
     report_figure(fig, args.plot, rows, title, __file__, argv, args.record)

@@ -31,19 +31,30 @@ def plot_curves(rows: Sequence[Dict[str, float]], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def rotation_errors_figure(curves: Dict[str, List[Tuple[float, float]]], size: Tuple[float, float] = (6, 3.5)):
+    """``(figure, axes)``: test error (%) against the rotation angle of the test images, one line per entry of
+    ``curves`` (a label -> ``results`` of :func:`epdo.training.rotation_errors`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    for label, results in curves.items():
+        ax.plot([a for a, _ in results], [100 * e for _, e in results], "o-", label=label)
+    ax.set(xlabel="rotation of the test images (degrees)", ylabel="test error (%)")
+    ax.grid(alpha=0.3)
+    return fig, ax
 
 
 def plot_rotation_errors(results: List[Tuple[float, float]], path: Path) -> None:
     """Test error (%) against the rotation angle of the test images (``results`` of
     :func:`epdo.training.rotation_errors`), into ``path``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([a for a, _ in results], [100 * e for _, e in results], "o-")
-    ax.set(xlabel="rotation of the test images (degrees)", ylabel="test error (%)")
-    ax.grid(alpha=0.3)
+    fig, _ = rotation_errors_figure({"": results})
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out ``fig``, write it to ``path`` (PNG, 100 dpi) and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
