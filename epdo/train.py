@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import random
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from epdo.atomic import atomic_path
 from epdo.cli import max_frequency, non_negative_int, optional_bandwidth, positive_float, positive_int, widths
 from epdo.data import DATASETS, DatasetError, load_dataset
 from epdo.diffops import DISCRETIZATIONS
@@ -252,12 +252,10 @@ def _train(args: argparse.Namespace, config: ModelConfig, group: ProcessGroup) -
 
 
 def _write_metrics(rows: List[Dict[str, float]], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRICS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _describe(config: ModelConfig) -> str:

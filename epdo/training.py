@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from epdo.atomic import atomic_path
 from epdo.data import ImageSet, random_rotation, rotate_batch
 from epdo.models import ModelConfig, build_model
 
@@ -249,10 +250,9 @@ def state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, **payload: Any) -> None:
-    """``torch.save(payload)`` atomically: a temporary file in the same directory, then ``os.replace``."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """``torch.save(payload)`` atomically (:func:`epdo.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path) -> Tuple[torch.nn.Module, Dict[str, Any]]:

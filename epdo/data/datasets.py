@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from epdo.atomic import atomic_path
 from epdo.data.augment import rotate_resampled
 
 MNIST_ROT_URL = "http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip"
@@ -100,10 +101,8 @@ def _from_npz(path: Path) -> Tuple[ImageSet, ImageSet]:
 
 
 def _to_npz(path: Path, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
 
 
 # --------------------------------------------------------------------------------------------------- MNIST-rot
@@ -159,19 +158,16 @@ def download(url: str, target: Path, timeout: float = 10.0) -> None:
     """Download ``url`` to ``target`` atomically, with a progress bar; network errors raise DatasetError fast."""
     from tqdm import tqdm
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+        with atomic_path(target) as partial:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+                    for chunk in iter(lambda: response.read(1 << 16), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
     except (urllib.error.URLError, socket.timeout, OSError) as err:
-        partial.unlink(missing_ok=True)
         raise DatasetError(_missing_message(target.parent, f"downloading {url} failed ({err})")) from None
-    os.replace(partial, target)
 
 
 def load_mnist_rot(

@@ -25,7 +25,6 @@ import platform
 import shlex
 import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -33,6 +32,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from epdo.atomic import atomic_path
 from epdo.nn.native.buffer_pool import BufferPool
 
 SOURCE = Path(__file__).with_name("adaptive_pdo.c")
@@ -153,18 +153,13 @@ def _cpu_description() -> str:
 
 
 def _build(command: list, library: Path) -> None:
-    """Compile into a temporary file next to ``library`` and rename it: concurrent builders never see half a file."""
-    library.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".so", dir=library.parent)
-    os.close(handle)
+    """Compile into a temporary file next to ``library`` that then replaces it (:func:`epdo.atomic.atomic_path`):
+    concurrent builders never see half a file."""
     try:
-        result = subprocess.run([*command, "-o", temporary], capture_output=True, text=True, timeout=600)
-        if result.returncode:
-            last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise NativeBuildError(f"'{shlex.join(command)}' failed: {last}")
-        os.replace(temporary, library)
+        with atomic_path(library) as temporary:
+            result = subprocess.run([*command, "-o", str(temporary)], capture_output=True, text=True, timeout=600)
+            if result.returncode:
+                last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise NativeBuildError(f"'{shlex.join(command)}' failed: {last}")
     except (OSError, subprocess.SubprocessError) as error:
         raise NativeBuildError(f"building {library.name} failed: {error}") from error
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
