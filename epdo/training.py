@@ -250,7 +250,7 @@ def state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, **payload: Any) -> None:
-    """``torch.save(payload)`` atomically (:func:`epdo.atomic.atomic_path`)."""
+    """``torch.save(payload)`` atomically (``epdo.atomic.atomic_path``)."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

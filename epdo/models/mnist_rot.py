@@ -14,7 +14,15 @@ import torch
 from escnn import group, gspaces, nn
 
 from epdo.kernels import PDOBasis
-from epdo.nn import FieldBatchNorm, FieldDropout, GroupMaxPool, NeuralePDO, PDOConv, RestrictToRotations
+from epdo.nn import (
+    FieldBatchNorm,
+    FieldDropout,
+    FieldMaxPool,
+    GroupMaxPool,
+    NeuralePDO,
+    PDOConv,
+    RestrictToRotations,
+)
 
 FIELDS = ("regular", "quotient")
 """The field kinds of :class:`ModelConfig` (``fields``)."""
@@ -208,7 +216,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             types[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
         modules += [layer(in_type, types[index]), *_norm_relu(types[index])]
         if index in (1, 3):
-            modules.append(nn.PointwiseMaxPool2D(types[index], 2))
+            modules.append(FieldMaxPool(types[index]))
         if index >= 2 and config.dropout > 0:
             modules.append(FieldDropout(types[index], config.dropout))
     modules.append(GroupMaxPool(types[5]))

@@ -1,4 +1,5 @@
-"""Equivariant modules on escnn field types: Neural ePDO and static PDO layers, 1x1 maps, normalization, restriction."""
+"""Equivariant modules on escnn field types: Neural ePDO and static PDO layers, 1x1 maps, normalization, pooling,
+restriction."""
 
 from epdo.kernels import PDOBasis
 from epdo.nn.conv1x1 import Conv1x1
@@ -6,6 +7,7 @@ from epdo.nn.field_dropout import FieldDropout
 from epdo.nn.field_norm import FieldBatchNorm, FieldNorm
 from epdo.nn.functional import adaptive_pdo
 from epdo.nn.group_pooling import GroupMaxPool
+from epdo.nn.max_pool import FieldMaxPool, max_pool2x2
 from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
 from epdo.nn.pdo_conv import PDOConv
 from epdo.nn.restriction import RestrictToRotations
@@ -15,6 +17,7 @@ __all__ = [
     "ExportedNeuralePDO",
     "FieldBatchNorm",
     "FieldDropout",
+    "FieldMaxPool",
     "FieldNorm",
     "GroupMaxPool",
     "NeuralePDO",
@@ -22,4 +25,5 @@ __all__ = [
     "PDOConv",
     "RestrictToRotations",
     "adaptive_pdo",
+    "max_pool2x2",
 ]

@@ -1,8 +1,8 @@
 """Compiled CPU kernels: C sources built with the system's C compiler (OpenMP) at first use and cached on disk.
 
 The first call in a fresh cache compiles ``adaptive_pdo.c`` once per scalar type (float32, float64) and stencil set
-(the stencil is a compile-time constant of the kernel), 1-3 seconds each; later processes load the cached shared
-library.  Settings (environment):
+(the stencil is a compile-time constant of the kernel), 1-3 seconds each, and ``max_pool.c`` once per scalar type;
+later processes load the cached shared libraries.  Settings (environment):
 
 * ``EPDO_NATIVE=0``: never build or use the compiled kernels (the pure PyTorch path runs, silently).
 * ``CC``: the C compiler (default ``cc``); it must accept GCC-style flags and ``-fopenmp``.
@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ import torch
 from epdo.atomic import atomic_path
 from epdo.nn.native.buffer_pool import BufferPool
 
-SOURCE = Path(__file__).with_name("adaptive_pdo.c")
+ADAPTIVE_PDO_SOURCE = Path(__file__).with_name("adaptive_pdo.c")
+MAX_POOL_SOURCE = Path(__file__).with_name("max_pool.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
 LIBRARIES = ("-lm",)  # after the source, where the linker looks for what it needs
 SCALAR_TYPES = {torch.float32: "float", torch.float64: "double"}
@@ -65,13 +66,28 @@ def load(dtype: torch.dtype, stencils: torch.Tensor, required: bool = False) -> 
     ``None`` if disabled (``EPDO_NATIVE=0``), ``dtype`` is not supported, or the build failed (then with a one-time
     warning); with ``required=True`` each of these raises :class:`NativeBuildError` instead.
     """
+
+    def build(scalar: str) -> ctypes.CDLL:
+        values = stencils.detach().to("cpu", dtype).contiguous()
+        return _adaptive_pdo_library(scalar, tuple(values.shape), values.numpy().tobytes())
+
+    return _load_or_none(dtype, build, required)
+
+
+def load_max_pool(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
+    """The 2x2 max-pooling kernels for ``dtype`` (float32 or float64), built if needed; ``None`` or
+    :class:`NativeBuildError` as :func:`load`."""
+    return _load_or_none(dtype, _max_pool_library, required)
+
+
+def _load_or_none(dtype: torch.dtype, build: Callable[[str], ctypes.CDLL], required: bool) -> Optional[ctypes.CDLL]:
+    """``build(scalar)`` for ``dtype``'s C type; ``None`` with a one-time warning where that fails (as :func:`load`)."""
     try:
         if not enabled():
             raise NativeBuildError("disabled by EPDO_NATIVE=0")
         if dtype not in SCALAR_TYPES:
             raise NativeBuildError(f"dtype {dtype} is not one of {list(SCALAR_TYPES)}")
-        values = stencils.detach().to("cpu", dtype).contiguous()
-        return _load(SCALAR_TYPES[dtype], tuple(values.shape), values.numpy().tobytes())
+        return build(SCALAR_TYPES[dtype])
     except NativeBuildError as error:
         if required:
             raise
@@ -83,27 +99,16 @@ def load(dtype: torch.dtype, stencils: torch.Tensor, required: bool = False) -> 
 @functools.cache
 def _warn_once(reason: str) -> None:
     warnings.warn(
-        f"epdo: compiled adaptive-PDO kernel unavailable ({reason}); using the PyTorch path (NeuralePDO about 2x "
-        "slower on CPU). Install a C compiler with OpenMP (e.g. apt-get install gcc) or set EPDO_NATIVE=0 to silence.",
+        f"epdo: compiled CPU kernels unavailable ({reason}); using PyTorch's operations (NeuralePDO about 2x slower "
+        "on CPU). Install a C compiler with OpenMP (e.g. apt-get install gcc) or set EPDO_NATIVE=0 to silence.",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
 @functools.cache
-def _load(scalar: str, shape: Tuple[int, ...], values: bytes) -> ctypes.CDLL:
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        raise NativeBuildError(f"no C compiler: {compiler!r} is not on PATH")
-    command = [compiler, *FLAGS, f"-DREAL={scalar}", *_stencil_definitions(scalar, shape, values), str(SOURCE)]
-    command += LIBRARIES
-    library = cache_dir() / "native" / f"adaptive_pdo_{scalar}_{_build_key(command)}.so"
-    if not library.exists():
-        _build(command, library)
-    try:
-        lib = ctypes.CDLL(str(library))
-    except OSError as error:
-        raise NativeBuildError(f"cannot load {library}: {error}") from error
+def _adaptive_pdo_library(scalar: str, shape: Tuple[int, ...], values: bytes) -> ctypes.CDLL:
+    lib = _compiled(ADAPTIVE_PDO_SOURCE, scalar, _stencil_definitions(scalar, shape, values))
     i64, real = ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p
     lib.epdo_adaptive_pdo_forward.argtypes = [real, real, real, real, i64, ctypes.c_int, ctypes.c_double, ctypes.c_int]
     lib.epdo_adaptive_pdo_backward.argtypes = [
@@ -111,6 +116,31 @@ def _load(scalar: str, shape: Tuple[int, ...], values: bytes) -> ctypes.CDLL:
     ]  # fmt: skip
     lib.epdo_adaptive_pdo_forward.restype = lib.epdo_adaptive_pdo_backward.restype = ctypes.c_int
     return lib
+
+
+@functools.cache
+def _max_pool_library(scalar: str) -> ctypes.CDLL:
+    lib = _compiled(MAX_POOL_SOURCE, scalar, [])
+    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
+    for function in (lib.epdo_max_pool2x2_forward, lib.epdo_max_pool2x2_backward):
+        function.argtypes = [pointer, pointer, pointer, i64, i64, i64, ctypes.c_int]
+        function.restype = None
+    return lib
+
+
+def _compiled(source: Path, scalar: str, definitions: List[str]) -> ctypes.CDLL:
+    """``source`` compiled with ``-DREAL=scalar`` and ``definitions``, from the cache or built into it, loaded."""
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise NativeBuildError(f"no C compiler: {compiler!r} is not on PATH")
+    command = [compiler, *FLAGS, f"-DREAL={scalar}", *definitions, str(source), *LIBRARIES]
+    library = cache_dir() / "native" / f"{source.stem}_{scalar}_{_build_key(source, command)}.so"
+    if not library.exists():
+        _build(command, library)
+    try:
+        return ctypes.CDLL(str(library))
+    except OSError as error:
+        raise NativeBuildError(f"cannot load {library}: {error}") from error
 
 
 def _stencil_definitions(scalar: str, shape: Tuple[int, ...], values: bytes) -> List[str]:
@@ -126,9 +156,9 @@ def _stencil_definitions(scalar: str, shape: Tuple[int, ...], values: bytes) -> 
     return [f"-DOPS={n_ops}", f"-DSIZE={size}", f"-DSTENCIL_VALUES={{{literals}}}", f"-DTAPS_USED={{{used}}}"]
 
 
-def _build_key(command: list) -> str:
+def _build_key(source: Path, command: list) -> str:
     """Hash of what the binary depends on: source, command, compiler version and the CPU (``-march=native``)."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256(source.read_bytes())
     digest.update(" ".join(command).encode())
     digest.update(_compiler_version(command[0]).encode())
     digest.update(_cpu_description().encode())
