@@ -15,7 +15,7 @@ def _pool_and_gradient(pool, x, grad):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("size", [(6, 8), (7, 9)])
+@pytest.mark.parametrize("size", [(6, 8), (7, 9), (5, 70)])  # one vector or more per row, odd sizes
 def test_equals_pytorch_bit_for_bit_with_ties_odd_sizes_and_nan(dtype, size):
     torch.manual_seed(0)
     x = torch.randn(3, 5, *size, dtype=dtype).relu()  # zeros: ties inside windows

@@ -10,7 +10,9 @@
  *
  *   out[p, i, j] = max(x[p, 2i, 2j], x[p, 2i, 2j+1], x[p, 2i+1, 2j], x[p, 2i+1, 2j+1])
  * scanned in that order, a later value winning when it is larger or NaN (PyTorch's rule: the first maximum, the
- * last NaN).  The backward writes grad_out at each window's argmax and zeros elsewhere.
+ * last NaN).  The forward takes a vector of windows at a time: the even and odd columns of the two input rows are
+ * separated by shuffles, and the winner is chosen by masks, without branches.  The backward writes grad_out at each
+ * window's argmax and zeros elsewhere.
  */
 #include <stdint.h>
 #include <string.h>
@@ -19,6 +21,50 @@
 #error "compile with -DREAL=float or -DREAL=double (see epdo.nn.native)"
 #endif
 typedef REAL real;
+
+#if defined(__AVX512F__)
+#define VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define VECTOR_BYTES 32
+#else
+#define VECTOR_BYTES 16
+#endif
+#define LANES ((int64_t)(VECTOR_BYTES / sizeof(real)))
+typedef real vec_t __attribute__((vector_size(VECTOR_BYTES)));
+typedef __typeof__(__builtin_choose_expr(sizeof(real) == 8, (int64_t)0, (int32_t)0)) real_bits;
+typedef real_bits mask_t __attribute__((vector_size(VECTOR_BYTES))); /* comparisons' results, selects */
+typedef uint8_t codes_t __attribute__((vector_size(LANES)));
+
+/* The first n values at p (0 <= n <= LANES), zeros after, and the converse store. */
+static inline vec_t load_n(const real *p, int64_t n) {
+    vec_t v = {0};
+    if (n == LANES)
+        memcpy(&v, p, sizeof v);
+    else
+        memcpy(&v, p, (size_t)n * sizeof(real));
+    return v;
+}
+
+static inline int64_t clamp_lanes(int64_t n) { return n < 0 ? 0 : n > LANES ? LANES : n; }
+
+/* The even and odd entries of the n values at p (n <= 2 LANES). */
+static inline void even_odd(const real *p, int64_t n, vec_t *even, vec_t *odd) {
+    const vec_t low = load_n(p, clamp_lanes(n)), high = load_n(p + LANES, clamp_lanes(n - LANES));
+    mask_t evens, odds;
+    for (int64_t k = 0; k < LANES; k++) {
+        evens[k] = 2 * k;
+        odds[k] = 2 * k + 1;
+    }
+    *even = __builtin_shuffle(low, high, evens);
+    *odd = __builtin_shuffle(low, high, odds);
+}
+
+/* best, at = candidate, code where the candidate is larger than best or NaN. */
+static inline void challenge(vec_t candidate, int code, vec_t *best, mask_t *at) {
+    const mask_t wins = (candidate > *best) | (candidate != candidate);
+    *best = (vec_t)(((mask_t)candidate & wins) | ((mask_t)*best & ~wins));
+    *at = (wins & code) | (*at & ~wins);
+}
 
 void epdo_max_pool2x2_forward(const real *x, real *out, uint8_t *argmax, int64_t planes, int64_t height,
                               int64_t width, int threads) {
@@ -29,17 +75,19 @@ void epdo_max_pool2x2_forward(const real *x, real *out, uint8_t *argmax, int64_t
             const real *row0 = x + (p * height + 2 * i) * width, *row1 = row0 + width;
             real *o = out + (p * ho + i) * wo;
             uint8_t *a = argmax + (p * ho + i) * wo;
-            for (int64_t j = 0; j < wo; j++) {
-                const real window[4] = {row0[2 * j], row0[2 * j + 1], row1[2 * j], row1[2 * j + 1]};
-                real best = window[0];
-                uint8_t at = 0;
-                for (uint8_t k = 1; k < 4; k++)
-                    if (window[k] > best || window[k] != window[k]) {
-                        best = window[k];
-                        at = k;
-                    }
-                o[j] = best;
-                a[j] = at;
+            for (int64_t j = 0; j < wo; j += LANES) {
+                const int64_t n = wo - j < LANES ? wo - j : LANES;
+                vec_t top_left, top_right, bottom_left, bottom_right;
+                even_odd(row0 + 2 * j, 2 * n, &top_left, &top_right);
+                even_odd(row1 + 2 * j, 2 * n, &bottom_left, &bottom_right);
+                vec_t best = top_left;
+                mask_t at = {0};
+                challenge(top_right, 1, &best, &at);
+                challenge(bottom_left, 2, &best, &at);
+                challenge(bottom_right, 3, &best, &at);
+                const codes_t codes = __builtin_convertvector(at, codes_t);
+                memcpy(o + j, &best, (size_t)n * sizeof(real));
+                memcpy(a + j, &codes, (size_t)n);
             }
         }
     }
