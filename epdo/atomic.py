@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -14,16 +14,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A fresh temporary path next to ``path`` for the block to write; it replaces ``path`` (``os.replace``) when the
     block exits normally, and is removed when it raises.
 
-    Each call gets its own temporary (``tempfile.mkstemp``), so processes that write the same file at once (two
-    training runs filling one data cache) never touch each other's temporary: the last to finish wins, whole.  The
-    temporary keeps ``path``'s suffix (``numpy.savez`` appends ``.npz`` to names without it).  The parent directory
-    is created if needed.
+    Each call gets its own temporary (the process id and 64 random bits in its name), so processes that write the
+    same file at once (two training runs filling one data cache) never touch each other's temporary: the last to
+    finish wins, whole.  The block creates the file, with the usual permissions; the temporary keeps ``path``'s
+    suffix (``numpy.savez`` appends ``.npz`` to names without it).  The parent directory is created if needed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)

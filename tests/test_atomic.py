@@ -16,6 +16,9 @@ def test_concurrent_writers_of_one_file_each_finish_whole(tmp_path):
         first.write_text("first, whole")
     assert target.read_text() == "first, whole"
     assert sorted(p.name for p in target.parent.iterdir()) == ["data.npz"]
+    fresh = tmp_path / "fresh.txt"
+    fresh.write_text("")
+    assert target.stat().st_mode == fresh.stat().st_mode  # the permissions of any new file, not a temporary's 0600
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
