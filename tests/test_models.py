@@ -9,7 +9,7 @@ from escnn import nn
 from epdo.equivariance import equivariance_errors
 from epdo.kernels import PDOBasis
 from epdo.models import PRESETS, ModelConfig, build_model, count_parameters, preset
-from epdo.nn import NeuralePDO, PDOConv, RestrictToRotations
+from epdo.nn import FieldMaxPool, NeuralePDO, PDOConv, RestrictToRotations
 from epdo.training import batch_norms
 
 REFERENCE = {"paper-R-fd": 234186, "paper-R-gauss": 234186, "paper-Q-gauss": 229374, "paper-D16-5C16": 525190}
@@ -113,6 +113,32 @@ def test_flip_model_first_five_layers_flip_equivariant_but_not_the_whole_model()
     with torch.no_grad():
         flipped = model(torch.flip(images, dims=(3,)))
         assert (flipped - model(images)).abs().max() > 1e-3
+
+
+def test_pooling_before_the_relu_gives_the_same_bits_as_after_it():
+    """The skeleton pools between batch norm and ReLU; the textbook order (ReLU, then pooling) must give the same
+    outputs and gradients, bit for bit, in training mode (ties of zeros after the ReLU included)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**TINY))
+    textbook = build_model(ModelConfig(**TINY))
+    textbook.load_state_dict(model.state_dict())
+    modules = textbook.body._modules
+    names = list(modules)
+    pools = [i for i, name in enumerate(names) if isinstance(modules[name], FieldMaxPool)]
+    for i in pools:  # BatchNorm, pooling, ReLU -> BatchNorm, ReLU, pooling
+        modules[names[i]], modules[names[i + 1]] = modules[names[i + 1]], modules[names[i]]
+    assert [type(modules[names[i]]).__name__ for i in range(pools[0] - 1, pools[0] + 2)] == [
+        "FieldBatchNorm", "ReLU", "FieldMaxPool"
+    ]  # fmt: skip
+    images = torch.rand(4, 1, 28, 28)
+    outputs = []
+    for network in (model, textbook):
+        torch.manual_seed(1)  # the same dropout masks
+        logits = network(images)
+        logits.square().sum().backward()
+        outputs.append([logits, *(p.grad for p in network.parameters())])
+    for got, expected in zip(*outputs):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("layer", ["epdo", "pdo"])

@@ -1,8 +1,9 @@
 """The MNIST-rot networks of the Neural ePDO paper, the library's default network, and baselines on the same skeleton.
 
-Skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them; max pooling after layers
-2 and 4; per-field batch norm and ReLU after every layer; field dropout after layers 3-6; group max pooling,
-global max pooling and a two-layer classifier.
+Skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them; per-field batch norm and
+ReLU after every layer; 2x2 max pooling after layers 2 and 4, between the batch norm and the ReLU (maximum and ReLU
+commute, values and gradients alike, and the ReLU then runs on a quarter of the pixels); field dropout after layers
+3-6; group max pooling, global max pooling and a two-layer classifier.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
         lift: nn.EquivariantModule = nn.R2Conv(image, types[0], 5, padding=2, bias=False)
     else:
         lift = PDOConv(image, types[0], basis=config.basis)
-    modules: List[nn.EquivariantModule] = [lift, *_norm_relu(types[0])]
+    modules: List[nn.EquivariantModule] = [lift, FieldBatchNorm(types[0]), _relu(types[0])]
     for index in range(1, 6):
         in_type = types[index - 1]
         if index == 5 and config.flip:
@@ -214,9 +215,10 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             modules.append(restrict)
             in_type = restrict.out_type
             types[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
-        modules += [layer(in_type, types[index]), *_norm_relu(types[index])]
+        modules += [layer(in_type, types[index]), FieldBatchNorm(types[index])]
         if index in (1, 3):
             modules.append(FieldMaxPool(types[index]))
+        modules.append(_relu(types[index]))
         if index >= 2 and config.dropout > 0:
             modules.append(FieldDropout(types[index], config.dropout))
     modules.append(GroupMaxPool(types[5]))
@@ -224,9 +226,9 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
     return EquivariantClassifier(body, _classifier(body.out_type.size))
 
 
-def _norm_relu(ftype: nn.FieldType) -> List[nn.EquivariantModule]:
-    # not in place: the batch norm's output is a view, and an in-place op on a view costs autograd a copy of the base
-    return [FieldBatchNorm(ftype), nn.ReLU(ftype, inplace=False)]
+def _relu(ftype: nn.FieldType) -> nn.ReLU:
+    # not in place: after a batch norm its input is a view, and an in-place op on a view costs autograd a copy
+    return nn.ReLU(ftype, inplace=False)
 
 
 class PlainCNN(torch.nn.Module):
