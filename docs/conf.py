@@ -20,8 +20,11 @@ nitpicky = True  # every cross-reference must resolve
 nitpick_ignore_regex = [
     # other projects' objects (no network for intersphinx): torch, escnn, numpy, scipy and the standard library
     (r"py:.*", r"(torch|escnn|nn|numpy|np|scipy|argparse|ctypes|os|pathlib|Path|typing|collections)(\..*)?"),
-    (r"py:.*", r"(Tensor|Module|FieldType|GeometricTensor|Representation|GroupElement|GSpace2D|Group|"
-               r"EquivariantModule|NotebookNode|Generator|Optimizer|CDLL|Namespace|ndarray|spmatrix|dtype|device)"),
+    (
+        r"py:.*",
+        r"(Tensor|Module|FieldType|GeometricTensor|Representation|GroupElement|GSpace2D|Group|"
+        r"EquivariantModule|NotebookNode|Generator|Optimizer|CDLL|Namespace|ndarray|spmatrix|dtype|device)",
+    ),
     (r"py:class", r"(optional|callable|.*Matrices|.*BasisFn)"),
 ]
 html_theme = "furo"
