@@ -21,8 +21,8 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     On float32/float64 CPU tensors it runs the compiled kernel (``torch.ops.epdo.max_pool2x2``; PyTorch's kernel
     spends about 10x longer on these layouts), elsewhere, or where no C compiler is available, PyTorch's.
     """
-    if x.dim() != 4:
-        raise ValueError(f"max_pool2x2: expected a tensor of shape (B, C, H, W), got {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
+        raise ValueError(f"max_pool2x2: expected a tensor of shape (B, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
     if x.device.type == "cpu" and x.dtype in native.SCALAR_TYPES:
         if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
             use = native.enabled()
