@@ -18,8 +18,8 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``torch.nn.functional.max_pool2d(x, 2)`` of ``x (B, C, H, W)``, ``(B, C, H // 2, W // 2)``, bit for bit
     (values and gradient: the first maximum of each window, the last NaN).
 
-    On float32/float64 CPU tensors it runs the compiled kernel (``torch.ops.epdo.max_pool2x2``; PyTorch's kernel
-    spends about 10x longer on these layouts), elsewhere, or where no C compiler is available, PyTorch's.
+    On float32/float64 CPU tensors it runs the compiled kernel (``torch.ops.epdo.max_pool2x2``); elsewhere, or where
+    no C compiler is available, PyTorch's.
     """
     if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
         raise ValueError(f"max_pool2x2: expected a tensor of shape (B, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
