@@ -11,8 +11,9 @@
 #   (.data/ must be ignored too: echo /.data/ >> .git/info/exclude)
 # Then call the device tool's run with carry [".whl", ".data"] and the command: bash benchmarks/gpu_check.sh
 #
-# The compiled adaptive-PDO kernel (epdo/nn/native) is CPU-only: on CUDA the layer runs its PyTorch path, and the
-# CUDA test below compares it with the CPU result (the compiled kernel where a C compiler exists).
+# The compiled kernels (epdo/nn/native: the adaptive PDO and 2x2 max pooling) are CPU-only: on CUDA the layers run
+# their PyTorch paths, and the CUDA test below compares the layer with the CPU result (the compiled kernel where a C
+# compiler exists).
 # It prints: the CUDA tests, the layer benchmark on CUDA at batch 64 (NeuralePDO vs escnn R2Conv vs the unfold
 # formulation), the training-step benchmark (the default network and escnn's at equal parameters, the paper's
 # models), eager against torch.compile(fullgraph=True) of the default network (inductor emits Triton kernels for the
