@@ -145,6 +145,18 @@ def test_the_build_is_cached_and_atomic(tmp_path):
     assert stamps[0] == stamps[1], "the second process rebuilt the cached library"
 
 
+def test_the_build_key_covers_the_headers_the_sources_include(tmp_path, monkeypatch):
+    """An edited ``vectors.h`` must build new libraries, not load ones compiled from the old header."""
+    assert all(f'#include "{h.name}"' in native.ADAPTIVE_PDO_SOURCE.read_text() for h in native.HEADERS)
+    header = tmp_path / "vectors.h"
+    monkeypatch.setattr(native, "HEADERS", (header,))
+    keys = []
+    for text in ("/* one */", "/* two */"):
+        header.write_text(text)
+        keys.append(native._build_key(native.MAX_POOL_SOURCE, ["cc", "-O3"]))
+    assert keys[0] != keys[1]
+
+
 def test_native_kernel_is_faster_than_the_pytorch_path():
     """Not a benchmark (those are in benchmarks/): a guard that the compiled path is not silently the slow one."""
     x, a, s, g = _inputs((4, 4, 4, 8, 28, 28, "fd", 4, 5), torch.float32)

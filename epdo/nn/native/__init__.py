@@ -37,6 +37,8 @@ from epdo.nn.native.buffer_pool import BufferPool
 
 ADAPTIVE_PDO_SOURCE = Path(__file__).with_name("adaptive_pdo.c")
 MAX_POOL_SOURCE = Path(__file__).with_name("max_pool.c")
+HEADERS = (Path(__file__).with_name("vectors.h"),)
+"""What the sources include: part of every build key."""
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
 LIBRARIES = ("-lm",)  # after the source, where the linker looks for what it needs
 SCALAR_TYPES = {torch.float32: "float", torch.float64: "double"}
@@ -157,8 +159,11 @@ def _stencil_definitions(scalar: str, shape: Tuple[int, ...], values: bytes) -> 
 
 
 def _build_key(source: Path, command: list) -> str:
-    """Hash of what the binary depends on: source, command, compiler version and the CPU (``-march=native``)."""
+    """Hash of what the binary depends on: source, headers, command, compiler version and the CPU
+    (``-march=native``)."""
     digest = hashlib.sha256(source.read_bytes())
+    for header in HEADERS:
+        digest.update(header.read_bytes())
     digest.update(" ".join(command).encode())
     digest.update(_compiler_version(command[0]).encode())
     digest.update(_cpu_description().encode())

@@ -43,37 +43,10 @@ static const int USED[KK] = TAPS_USED;
 #define BLOCK_PIXELS 1024 /* target pixels per block: a channel's padded planes stay in L2 */
 #endif
 
-/* Vectors of pixels with the compiler's vector extensions (GCC, Clang); PART_BLOCK partitions' accumulators are
- * kept in registers, so that each tap is formed once per vector and channel. */
-#if defined(__AVX512F__)
-#define VECTOR_BYTES 64
-#elif defined(__AVX__)
-#define VECTOR_BYTES 32
-#else
-#define VECTOR_BYTES 16
-#endif
-#define LANES ((int64_t)(VECTOR_BYTES / sizeof(real)))
+/* Vectors of pixels (vectors.h); PART_BLOCK partitions' accumulators are kept in registers, so that each tap is
+ * formed once per vector and channel. */
+#include "vectors.h"
 #define PART_BLOCK 4
-typedef real vec_t __attribute__((vector_size(VECTOR_BYTES)));
-typedef real unaligned_vec_t __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(real)), may_alias));
-
-static inline vec_t load(const real *p) { return *(const unaligned_vec_t *)p; }
-static inline void store(real *p, vec_t v) { *(unaligned_vec_t *)p = v; }
-
-/* The first n lanes (n >= LANES: all) of p, zeros after; and the converse store. */
-static inline vec_t load_n(const real *p, int64_t n) {
-    if (n >= LANES) return load(p);
-    vec_t v = {0};
-    memcpy(&v, p, (size_t)n * sizeof(real));
-    return v;
-}
-
-static inline void store_n(real *p, vec_t v, int64_t n) {
-    if (n >= LANES)
-        store(p, v);
-    else
-        memcpy(p, &v, (size_t)n * sizeof(real));
-}
 
 static inline vec_t sign(vec_t v) {
     const vec_t zero = {0};

@@ -22,34 +22,14 @@
 #endif
 typedef REAL real;
 
-#if defined(__AVX512F__)
-#define VECTOR_BYTES 64
-#elif defined(__AVX__)
-#define VECTOR_BYTES 32
-#else
-#define VECTOR_BYTES 16
-#endif
-#define LANES ((int64_t)(VECTOR_BYTES / sizeof(real)))
-typedef real vec_t __attribute__((vector_size(VECTOR_BYTES)));
+#include "vectors.h"
 typedef __typeof__(__builtin_choose_expr(sizeof(real) == 8, (int64_t)0, (int32_t)0)) real_bits;
 typedef real_bits mask_t __attribute__((vector_size(VECTOR_BYTES))); /* comparisons' results, selects */
 typedef uint8_t codes_t __attribute__((vector_size(LANES)));
 
-/* The first n values at p (0 <= n <= LANES), zeros after, and the converse store. */
-static inline vec_t load_n(const real *p, int64_t n) {
-    vec_t v = {0};
-    if (n == LANES)
-        memcpy(&v, p, sizeof v);
-    else
-        memcpy(&v, p, (size_t)n * sizeof(real));
-    return v;
-}
-
-static inline int64_t clamp_lanes(int64_t n) { return n < 0 ? 0 : n > LANES ? LANES : n; }
-
 /* The even and odd entries of the n values at p (n <= 2 LANES). */
 static inline void even_odd(const real *p, int64_t n, vec_t *even, vec_t *odd) {
-    const vec_t low = load_n(p, clamp_lanes(n)), high = load_n(p + LANES, clamp_lanes(n - LANES));
+    const vec_t low = load_n(p, n), high = load_n(p + LANES, n > LANES ? n - LANES : 0);
     mask_t evens, odds;
     for (int64_t k = 0; k < LANES; k++) {
         evens[k] = 2 * k;
@@ -86,7 +66,7 @@ void epdo_max_pool2x2_forward(const real *x, real *out, uint8_t *argmax, int64_t
                 challenge(bottom_left, 2, &best, &at);
                 challenge(bottom_right, 3, &best, &at);
                 const codes_t codes = __builtin_convertvector(at, codes_t);
-                memcpy(o + j, &best, (size_t)n * sizeof(real));
+                store_n(o + j, best, n);
                 memcpy(a + j, &codes, (size_t)n);
             }
         }
