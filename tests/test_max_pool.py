@@ -5,7 +5,7 @@ from escnn import gspaces, nn
 
 from epdo.equivariance import equivariance_errors
 from epdo.nn import FieldMaxPool, max_pool2x2
-from epdo.nn.native.op import GRAIN_SIZE
+from epdo.nn.native import GRAIN_SIZE
 
 
 def _pool_and_gradient(pool, x, grad):

@@ -12,7 +12,7 @@ import torch
 from epdo.diffops import stencils
 from epdo.nn import adaptive_pdo, native
 from epdo.nn.functional import NORMALIZATIONS, stencil_key
-from epdo.nn.native.op import GRAIN_SIZE
+from epdo.nn.native import GRAIN_SIZE
 
 # (batch, partitions q, fields g, field size d, height, width, discretization, max_order, stencil size)
 SHAPES = [

@@ -38,10 +38,13 @@ from epdo.nn.native.buffer_pool import BufferPool
 ADAPTIVE_PDO_SOURCE = Path(__file__).with_name("adaptive_pdo.c")
 MAX_POOL_SOURCE = Path(__file__).with_name("max_pool.c")
 HEADERS = (Path(__file__).with_name("vectors.h"),)
-"""What the sources include: part of every build key."""
+"""The headers the sources include, part of every build key."""
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
 LIBRARIES = ("-lm",)  # after the source, where the linker looks for what it needs
 SCALAR_TYPES = {torch.float32: "float", torch.float64: "double"}
+GRAIN_SIZE = 32768
+"""A kernel call on fewer values than this runs on one thread, as ATen's ops do below their grain size.  On small
+inputs waking the other threads costs more than the work, most of all on a busy machine."""
 GRADIENT_BUFFERS = BufferPool()
 """Memory of the adaptive-PDO kernel's input and coefficient gradients, reused from step to step."""
 
@@ -53,6 +56,12 @@ class NativeBuildError(RuntimeError):
 def enabled() -> bool:
     """False when the environment says ``EPDO_NATIVE=0``."""
     return os.environ.get("EPDO_NATIVE", "1") != "0"
+
+
+def threads_for(values: torch.Tensor) -> int:
+    """The threads a kernel call on ``values`` (the coefficients, or the input) runs on: torch's count, or one below
+    :data:`GRAIN_SIZE` values."""
+    return torch.get_num_threads() if values.numel() >= GRAIN_SIZE else 1
 
 
 def cache_dir() -> Path:

@@ -9,17 +9,12 @@ from typing import Tuple
 import torch
 
 from epdo.nn import native
-from epdo.nn.native.op import GRAIN_SIZE
 
 
 def _library(dtype: torch.dtype):
     library = native.load_max_pool(dtype, required=True)
     assert library is not None
     return library
-
-
-def _threads(x: torch.Tensor) -> int:
-    return torch.get_num_threads() if x.numel() >= GRAIN_SIZE else 1
 
 
 @torch.library.custom_op("epdo::max_pool2x2", mutates_args=(), device_types="cpu")
@@ -31,7 +26,7 @@ def max_pool2x2_op(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     out = x.new_empty(batch, channels, height // 2, width // 2)
     argmax = torch.empty(out.shape, dtype=torch.uint8)
     _library(x.dtype).epdo_max_pool2x2_forward(
-        x.data_ptr(), out.data_ptr(), argmax.data_ptr(), batch * channels, height, width, _threads(x)
+        x.data_ptr(), out.data_ptr(), argmax.data_ptr(), batch * channels, height, width, native.threads_for(x)
     )
     return out, argmax
 
@@ -51,7 +46,7 @@ def max_pool2x2_backward_op(grad_out: torch.Tensor, argmax: torch.Tensor, height
     grad_x = grad_out.new_empty(batch, channels, height, width)
     _library(grad_out.dtype).epdo_max_pool2x2_backward(
         grad_out.data_ptr(), argmax.contiguous().data_ptr(), grad_x.data_ptr(), batch * channels, height, width,
-        _threads(grad_x),
+        native.threads_for(grad_x),
     )  # fmt: skip
     return grad_x
 

@@ -19,10 +19,6 @@ from epdo.nn import native
 NORM_EPS = 0.01
 """``nu = norm(taps) + NORM_EPS``: keeps the normalized operator bounded and its gradient finite."""
 
-GRAIN_SIZE = 32768
-"""A call with fewer coefficient values than this runs on one thread, as ATen's ops do below their grain size.  On
-small inputs waking the other threads costs more than the work, most of all on a busy machine."""
-
 
 def stencil_key(stencils: torch.Tensor) -> str:
     """``"n,kk:v0,v1,..."``: the stencils ``(n_ops, k*k)`` the kernel applies (coefficient scale included), exactly,
@@ -54,10 +50,6 @@ def _dims(x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int) ->
     return (batch, channels // (fields * d), fields, d, n, int(round(kk**0.5)), height, width)
 
 
-def _threads(coefficients: torch.Tensor) -> int:
-    return torch.get_num_threads() if coefficients.numel() >= GRAIN_SIZE else 1
-
-
 def _check(status: int, direction: str) -> None:
     if status == -2:
         raise RuntimeError(f"adaptive_pdo: the native {direction} kernel was compiled for other stencil dimensions")
@@ -77,7 +69,7 @@ def adaptive_pdo_op(
     out, norm = torch.empty_like(x), x.new_empty(dims[0], fields, dims[6], dims[7])
     status = _library(stencils, x.dtype).epdo_adaptive_pdo_forward(
         x.data_ptr(), coefficients.data_ptr(), out.data_ptr(), norm.data_ptr(), (ctypes.c_int64 * 8)(*dims), l1,
-        NORM_EPS, _threads(coefficients),
+        NORM_EPS, native.threads_for(coefficients),
     )  # fmt: skip
     _check(status, "forward")
     return out, norm
@@ -109,7 +101,7 @@ def adaptive_pdo_backward_op(
     status = _library(stencils, x.dtype).epdo_adaptive_pdo_backward(
         x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
         grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*dims), l1, NORM_EPS,
-        _threads(coefficients),
+        native.threads_for(coefficients),
     )  # fmt: skip
     _check(status, "backward")
     return grad_x, grad_coefficients
