@@ -12,7 +12,8 @@ from typing import Iterator
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A fresh temporary path next to ``path`` for the block to write; it replaces ``path`` (``os.replace``) when the
-    block exits normally, and is removed when it raises.
+    block exits normally, and is removed when it raises.  The file and the directory entry are flushed to disk
+    (``fsync``) before and after the replacement, so a crash leaves the old file or the new one, whole.
 
     Each call gets its own temporary (the process id and 64 random bits in its name), so processes that write the
     same file at once (two training runs filling one data cache) never touch each other's temporary: the last to
@@ -24,6 +25,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp{path.suffix}")
     try:
         yield temporary
+        _sync(temporary)
         os.replace(temporary, path)
+        _sync(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    """``fsync`` a file or a directory (where the platform can open directories; elsewhere nothing)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
