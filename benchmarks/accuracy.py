@@ -28,8 +28,9 @@ from typing import Dict, List, Optional
 import torch
 from common import markdown_table, record
 
-from epdo.data import load_dataset, random_rotation
-from epdo.training import batch_norms, evaluate, load_checkpoint, reestimate_batch_norm
+from epdo.checkpoint import load_checkpoint
+from epdo.data import random_rotation
+from epdo.training import batch_norms, evaluate, reestimate_batch_norm
 
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
@@ -85,12 +86,11 @@ def diagnostics(checkpoint: Path) -> dict:
     """The harness-only errors (%) of a checkpoint's final weights: with batch statistics, and in eval mode with
     BatchNorm re-estimated on augmented training batches."""
     model, state = load_checkpoint(checkpoint)
-    data = state["data"]
-    train, test = load_dataset(data["dataset"], data["data_dir"], seed=data["seed"])
-    test = test.limit(data["limit_test"])
-    generator = torch.Generator().manual_seed(data["seed"])
+    train, test = state.run_data()
+    seed = state.training.seed
+    generator = torch.Generator().manual_seed(seed)
     augmented = torch.cat([random_rotation(train.images[i : i + 256], generator) for i in range(0, 30 * 64, 256)])
-    reestimate_batch_norm(model, augmented, batches=30, batch_size=64, seed=data["seed"])
+    reestimate_batch_norm(model, augmented, batches=30, batch_size=64, seed=seed)
     augmented_error = evaluate(model, test, batch_size=500)[1]
     for norm in batch_norms(model):  # the rest stays in eval mode (dropout off)
         norm.train()

@@ -15,19 +15,18 @@ from typing import Dict, List, Tuple
 import torch
 from common import LOG, report_figure
 
-from epdo.data import load_dataset
+from epdo.checkpoint import load_checkpoint
 from epdo.evaluate import parse_angles
 from epdo.models import count_parameters
 from epdo.plots import rotation_errors_figure
-from epdo.training import load_checkpoint, rotation_errors
+from epdo.training import rotation_errors
 
 
 def checkpoint_errors(path: Path, angles: List[float], limit_test: int) -> Tuple[int, List[Tuple[float, float]]]:
     """Parameter count and ``[(angle, error)]`` of an ``epdo-train`` checkpoint on its own test set."""
-    model, state = load_checkpoint(path)
-    data = state["data"]
-    _, test = load_dataset(data["dataset"], data["data_dir"], seed=data["seed"])
-    return count_parameters(model), rotation_errors(model, test.limit(limit_test), angles)
+    model, checkpoint = load_checkpoint(path)
+    _, test = checkpoint.run_data(limit_test=limit_test)
+    return count_parameters(model), rotation_errors(model, test, angles)
 
 
 def main(argv=None) -> None:

@@ -4,7 +4,7 @@ the flag (``argument --epochs: must be a positive integer, got -1``, exit status
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from epdo.kernels.pdo_basis import check_bandwidth
 
@@ -21,12 +21,21 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
+    return _number_in(text, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _number_in(text, lambda v: 0 <= v < float("inf"), "a non-negative number")
+
+
+def _number_in(text: str, accept: Callable[[float], bool], kind: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {text}")
     return value
 
 

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from epdo.checkpoint import CheckpointError, load_checkpoint
 from epdo.cli import positive_int
-from epdo.data import DatasetError, load_dataset
+from epdo.data import DatasetError
 from epdo.plots import plot_rotation_errors
-from epdo.training import load_checkpoint, rotation_errors
+from epdo.training import rotation_errors
 
 
 def parse_angles(text: str) -> List[float]:
@@ -38,21 +39,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: beside the checkpoint)")
     args = parser.parse_args(argv)
-    if not args.checkpoint.exists():
-        print(f"epdo-evaluate: {args.checkpoint} does not exist", file=sys.stderr)
-        return 2
     try:
-        model, state = load_checkpoint(args.checkpoint)
-    except ValueError as err:
+        model, checkpoint = load_checkpoint(args.checkpoint)
+    except CheckpointError as err:
         print(f"epdo-evaluate: {err}", file=sys.stderr)
         return 2
-    data = state["data"]
     try:
-        _, test = load_dataset(data["dataset"], args.data_dir or data["data_dir"], seed=data["seed"])
+        _, test = checkpoint.run_data(args.data_dir, args.limit_test)
     except DatasetError as err:
         print(f"epdo-evaluate: {err}", file=sys.stderr)
         return 1
-    test = test.limit(args.limit_test or data["limit_test"])
     results = rotation_errors(model, test, args.rotations, progress=not args.no_progress)
     print(f"{'angle (deg)':>12} {'test error (%)':>15}")
     for angle, error in results:

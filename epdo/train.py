@@ -3,8 +3,10 @@ Fashion-MNIST, rotated MNIST digits or synthetic data, and report the final epoc
 
 The recipe (:mod:`epdo.training`): Adam, batch 64, weight decay 1e-4, the paper's step schedule (2e-3 / 2e-4 / 1e-4 /
 5e-5 / 2.5e-5 from epochs 0 / 60 / 120 / 150 / 180), random-rotation augmentation, and before each evaluation every
-BatchNorm's statistics re-estimated on the stored training images.  Several processes: ``torchrun --nproc_per_node=K
--m epdo.train -- ...`` (the ``--`` keeps torchrun from reading ``--s``/``--g`` as its own options); rank 0 writes.
+BatchNorm's statistics re-estimated on the stored training images.  A checkpoint after every epoch
+(:mod:`epdo.checkpoint`); ``--resume`` continues that run, with the model and training configuration it stores.  Several
+processes: ``torchrun --nproc_per_node=K -m epdo.train -- ...`` (the ``--`` keeps torchrun from reading ``--s``/``--g``
+as its own options); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -14,15 +16,32 @@ import csv
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from epdo.atomic import atomic_path
-from epdo.cli import max_frequency, non_negative_int, optional_bandwidth, positive_float, positive_int, widths
+from epdo.checkpoint import (
+    Checkpoint,
+    load_optimizer_state,
+    load_weights,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from epdo.cli import (
+    max_frequency,
+    non_negative_float,
+    non_negative_int,
+    optional_bandwidth,
+    positive_float,
+    positive_int,
+    widths,
+)
 from epdo.data import DATASETS, DatasetError, load_dataset
 from epdo.diffops import DISCRETIZATIONS
 from epdo.models import LAYERS, PRESETS, ModelConfig, build_model, count_parameters, preset
@@ -30,10 +49,10 @@ from epdo.plots import plot_curves
 from epdo.training import (
     NonFiniteLoss,
     ProcessGroup,
+    TrainingConfig,
     evaluate,
     learning_rate,
     reestimate_batch_norm,
-    save_checkpoint,
     state_dict,
     train_epoch,
     unwrap,
@@ -41,8 +60,25 @@ from epdo.training import (
 
 METRICS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds")
 
+MODEL_FLAGS = {
+    "layer": "--layer", "fields": "--model", "group_order": "--group-order", "flip": "--flip", "widths": "--widths",
+    "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
+    "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout",
+}  # fmt: skip
+"""The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
+
+TRAINING_FLAGS = {
+    "dataset": "--dataset", "seed": "--seed", "limit_train": "--limit-train", "limit_test": "--limit-test",
+    "augment": "--no-augment", "epochs": "--epochs", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
+    "lr_scale": "--lr-scale", "bn_batches": "--bn-batches",
+    "reset_optimizer_each_epoch": "--reset-optimizer-each-epoch", "amp": "--amp",
+}  # fmt: skip
+"""The flag that sets each field of :class:`epdo.training.TrainingConfig`."""
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; model and training flags left out are absent from the namespace (their values come from the
+    preset, :class:`epdo.training.TrainingConfig`'s defaults or, with ``--resume``, the checkpoint)."""
     p = argparse.ArgumentParser(prog="epdo-train", description=__doc__.splitlines()[0])
     model = p.add_argument_group("model (a flag left out keeps the preset's value)", argument_default=argparse.SUPPRESS)
     model.add_argument("--preset", choices=list(PRESETS), help="a named configuration (default: default)")
@@ -67,40 +103,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--bandwidth", type=optional_bandwidth, help="band limit of the PDO bases: 'none' or cycles/pixel"
     )
     model.add_argument("--dropout", type=float, help="field dropout of layers 3-6")
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="mnist-rot")
+    default = TrainingConfig()
+    data = p.add_argument_group("data (with --resume: the run's)", argument_default=argparse.SUPPRESS)
+    data.add_argument("--dataset", choices=DATASETS, help=f"default: {default.dataset}")
     data.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default $EPDO_DATA or ~/.cache/epdo)")
-    data.add_argument("--limit-train", type=positive_int, default=None)
-    data.add_argument("--limit-test", type=positive_int, default=None)
-    data.add_argument("--no-augment", action="store_true", help="skip the random-rotation augmentation")
-    run = p.add_argument_group("training")
-    run.add_argument("--epochs", type=positive_int, default=200)
-    run.add_argument("--batch-size", type=positive_int, default=64)
-    run.add_argument("--weight-decay", type=float, default=1e-4)
-    run.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply the schedule's rates")
-    run.add_argument("--seed", type=int, default=0)
+    data.add_argument("--limit-train", type=positive_int, help="the first N training images (default: all)")
+    data.add_argument("--limit-test", type=positive_int, help="the first N test images (default: all)")
+    data.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="skip the random-rotation augmentation"
+    )
+    run = p.add_argument_group("training (with --resume: the run's; --epochs may raise it)",
+                               argument_default=argparse.SUPPRESS)  # fmt: skip
+    run.add_argument("--epochs", type=positive_int, help=f"default: {default.epochs}")
+    run.add_argument("--batch-size", type=positive_int, help=f"default: {default.batch_size}")
+    run.add_argument("--weight-decay", type=non_negative_float, help=f"default: {default.weight_decay}")
+    run.add_argument("--lr-scale", type=positive_float, help="multiply the schedule's rates (default: 1)")
+    run.add_argument("--seed", type=int, help=f"default: {default.seed}")
     run.add_argument(
         "--bn-batches",
         type=non_negative_int,
-        default=30,
         help="before each evaluation, re-estimate BatchNorm statistics over this many batches of the stored training "
-        "images with the epoch's final weights, dropout off (0: keep the running averages, as the reference does)",
+        f"images with the epoch's final weights, dropout off (0: keep the running averages, as the reference does; "
+        f"default: {default.bn_batches})",
     )
     run.add_argument(
         "--reset-optimizer-each-epoch", action="store_true", help="re-create Adam every epoch (as the reference does)"
     )
-    run.add_argument("--out", type=Path, default=Path("runs/latest"))
-    run.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    session = p.add_argument_group("this process (free on --resume)")
+    session.add_argument("--out", type=Path, default=Path("runs/latest"), help="default: runs/latest")
+    session.add_argument("--resume", action="store_true", help="continue the run in --out (its checkpoint.pt)")
+    session.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    session.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    session.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
+def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -> ModelConfig:
     """The model of parsed ``epdo-train`` arguments: the preset (``--preset``; else the paper model that the seed's
-    ``--model/--flip/--dis`` name; else ``default``) with every model flag given applied."""
+    ``--model/--flip/--dis`` name; else ``base``, by default the preset ``default``) with every model flag given
+    applied."""
     given = vars(args)
     name = given.get("preset")
     if name is None and "model" in given:
@@ -112,14 +154,70 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
                 if given["model"] == "Q"
                 else f"paper-R-{'gauss' if given.get('dis') == 'gauss' else 'fd'}"
             )
-    config = preset(name or "default")
+    config = preset(name) if name else base or preset("default")
     basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
-    fields = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout")
-    changes = {k: given[k] for k in fields if k in given}
+    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout")
+    changes = {k: given[k] for k in names if k in given}
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]
     basis_changes = {k: given[flag] for k, flag in basis.items() if flag in given}
     return replace(config, basis=replace(config.basis, **basis_changes), **changes)
+
+
+def training_config(args: argparse.Namespace, base: Optional[TrainingConfig] = None) -> TrainingConfig:
+    """``base`` (default: :class:`epdo.training.TrainingConfig`'s defaults) with every training flag given in parsed
+    ``epdo-train`` arguments applied."""
+    given = vars(args)
+    changes = {f.name: given[f.name] for f in fields(TrainingConfig) if f.name in given}
+    return replace(base or TrainingConfig(), **changes)
+
+
+def resumed_configs(args: argparse.Namespace, checkpoint: Checkpoint) -> Tuple[ModelConfig, TrainingConfig]:
+    """The model and training configuration of the run ``checkpoint`` continues: its own, with ``--epochs`` the one
+    flag that may change them (to at least the epochs done).  Raises ``ValueError`` naming every flag given that
+    contradicts the run, with the run's value."""
+    given = vars(args)
+    model = model_config(args, base=checkpoint.model_config)
+    conflicts = []
+    chosen = next((f"--{k} {given[k]}" for k in ("preset", "model") if k in given), None)
+    stored_model, new_model = _flat(asdict(checkpoint.model_config)), _flat(asdict(model))
+    for name, value in new_model.items():
+        if value != stored_model[name]:
+            flag = MODEL_FLAGS[name]
+            if chosen and flag.lstrip("-").replace("-", "_") not in given:  # set by the preset the flags name
+                conflicts.append(f"{chosen} sets {name} {_shown(value)} (the run's: {_shown(stored_model[name])})")
+            else:
+                conflicts.append(f"{flag} {_shown(value)} (the run's {name}: {_shown(stored_model[name])})")
+    training = training_config(args, base=checkpoint.training)
+    for name, value in asdict(training).items():
+        stored = getattr(checkpoint.training, name)
+        if name != "epochs" and value != stored:
+            flag = TRAINING_FLAGS[name]
+            shown = flag if isinstance(value, bool) else f"{flag} {_shown(value)}"
+            conflicts.append(f"{shown} (the run's {name}: {_shown(stored)})")
+    if conflicts:
+        raise ValueError(
+            f"the run in {args.out} keeps its own model and training configuration, and these flags contradict it: "
+            f"{'; '.join(conflicts)}; leave them out, or start a new run in another --out"
+        )
+    epochs = given.get("epochs", checkpoint.training.epochs)
+    if epochs < checkpoint.epoch:
+        raise ValueError(f"--epochs {epochs}: the run in {args.out} has already completed {checkpoint.epoch} epochs")
+    return model, replace(checkpoint.training, epochs=epochs)
+
+
+def _flat(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -128,23 +226,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        config = model_config(args)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
+    checkpoint = None
+    if args.resume:
+        try:
+            checkpoint = read_checkpoint(args.out / "checkpoint.pt")
+            config, training = resumed_configs(args, checkpoint)
+        except ValueError as err:  # a bad checkpoint file (CheckpointError) or flags that contradict the run
+            print(f"epdo-train: --resume: {err}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            config, training = model_config(args), training_config(args)
+        except (ValueError, TypeError) as err:
+            parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     group = ProcessGroup.from_environment(args.device)
-    if args.amp and group.device.type != "cuda":
+    if training.amp and group.device.type != "cuda":
         print("epdo-train: --amp needs a CUDA device", file=sys.stderr)
         group.close()
         return group.finish(2)
     try:
-        status = _train(args, config, group)
+        status = _train(args, config, training, checkpoint, group)
     except DatasetError as err:
         print(f"epdo-train: {err}", file=sys.stderr)
         status = 1
-    except ValueError as err:  # a model its layers refuse (e.g. g that does not divide a width): message, no traceback
+    except ValueError as err:  # a model its layers refuse, weights that do not fit (CheckpointError): one line
         print(f"epdo-train: {err}", file=sys.stderr)
         status = 2
     finally:
@@ -152,65 +259,65 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return group.finish(status)
 
 
-def _train(args: argparse.Namespace, config: ModelConfig, group: ProcessGroup) -> int:
-    random.seed(args.seed)
-    np.random.seed(args.seed % 2**32)
-    torch.manual_seed(args.seed)
-    train, test = load_dataset(args.dataset, args.data_dir, seed=args.seed)
-    train, test = train.limit(args.limit_train), test.limit(args.limit_test)
+def _train(
+    args: argparse.Namespace,
+    config: ModelConfig,
+    training: TrainingConfig,
+    resumed: Optional[Checkpoint],
+    group: ProcessGroup,
+) -> int:
+    random.seed(training.seed)
+    np.random.seed(training.seed % 2**32)
+    torch.manual_seed(training.seed)
+    train, test = load_dataset(training.dataset, args.data_dir, seed=training.seed)
+    train, test = train.limit(training.limit_train), test.limit(training.limit_test)
     start_time = time.perf_counter()
     model = build_model(config).to(group.device)
     build_seconds = time.perf_counter() - start_time
     if group.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=learning_rate(0) * args.lr_scale, weight_decay=args.weight_decay
+        model.parameters(), lr=learning_rate(0) * training.lr_scale, weight_decay=training.weight_decay
     )
-    checkpoint = args.out / "checkpoint.pt"
+    path = args.out / "checkpoint.pt"
     rows: List[Dict[str, float]] = []
     first_epoch = 0
-    if args.resume:
-        if not checkpoint.exists():
-            print(f"epdo-train: --resume given but {checkpoint} does not exist", file=sys.stderr)
-            return 2
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rows, first_epoch = state["metrics"], state["epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+    if resumed is not None:
+        load_weights(unwrap(model), resumed.model, path)
+        load_optimizer_state(optimizer, resumed.optimizer, path)
+        rows, first_epoch = list(resumed.metrics), resumed.epoch
+        set_rng_state(resumed.rng)
     if group.main:
         args.out.mkdir(parents=True, exist_ok=True)
         print(
-            f"{args.dataset}: {len(train)} train / {len(test)} test images; model {_describe(config)}: "
+            f"{training.dataset}: {len(train)} train / {len(test)} test images; model {_describe(config)}: "
             f"{count_parameters(unwrap(model)):,} parameters, built in {build_seconds:.1f} s; device {group.device}"
-            f" x {group.world}",
+            f" x {group.world}" + (f"; resumed after epoch {first_epoch}" if resumed is not None else ""),
             flush=True,
         )
-    for epoch in range(first_epoch, args.epochs):
-        lr = learning_rate(epoch) * args.lr_scale
-        if args.reset_optimizer_each_epoch:
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    for epoch in range(first_epoch, training.epochs):
+        lr = learning_rate(epoch) * training.lr_scale
+        if training.reset_optimizer_each_epoch:
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=training.weight_decay)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
         tic = time.perf_counter()
-        progress = None if args.no_progress or not group.main else f"epoch {epoch + 1}/{args.epochs}"
+        progress = None if args.no_progress or not group.main else f"epoch {epoch + 1}/{training.epochs}"
         try:
             train_loss, train_error = train_epoch(
-                model, optimizer, train, batch_size=args.batch_size, seed=args.seed * 100003 + epoch,
-                augment=not args.no_augment, group=group, autocast=args.amp, progress=progress,
+                model, optimizer, train, batch_size=training.batch_size, seed=training.seed * 100003 + epoch,
+                augment=training.augment, group=group, autocast=training.amp, progress=progress,
             )  # fmt: skip
         except NonFiniteLoss as err:
-            kept = f"the last good checkpoint ({checkpoint}) is kept" if checkpoint.exists() else "no checkpoint yet"
+            kept = f"the last good checkpoint ({path}) is kept" if path.exists() else "no checkpoint yet"
             print(f"epdo-train: stopping at epoch {epoch + 1}: {err}; {kept}", file=sys.stderr)
             return 3
-        seed = args.seed * 100003 + epoch * 104729 + 1  # the same batches on every rank: all ranks agree
+        seed = training.seed * 100003 + epoch * 104729 + 1  # the same batches on every rank: all ranks agree
         reestimate_batch_norm(
-            unwrap(model), train.images, batches=args.bn_batches, batch_size=args.batch_size, seed=seed
+            unwrap(model), train.images, batches=training.bn_batches, batch_size=training.batch_size, seed=seed
         )
         test_loss, test_error = evaluate(
-            model, test, batch_size=max(args.batch_size, 256), group=group, autocast=args.amp
+            model, test, batch_size=max(training.batch_size, 256), group=group, autocast=training.amp
         )
         row = dict(
             epoch=epoch + 1,
@@ -224,22 +331,25 @@ def _train(args: argparse.Namespace, config: ModelConfig, group: ProcessGroup) -
         rows.append(row)
         if group.main:
             print(
-                f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {train_loss:.4f} error "
+                f"epoch {epoch + 1:3d}/{training.epochs}  lr {lr:.2e}  train loss {train_loss:.4f} error "
                 f"{100 * train_error:.2f}%  test loss {test_loss:.4f} error {100 * test_error:.2f}%  "
                 f"({row['seconds']:.1f} s)",
                 flush=True,
             )
-            _write_metrics(rows, args.out / "metrics.csv")
             save_checkpoint(
-                checkpoint,
-                model=state_dict(unwrap(model)),
-                optimizer=optimizer.state_dict(),
-                epoch=epoch + 1,
-                metrics=rows,
-                config=config.as_dict(),
-                data=dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, limit_test=args.limit_test),
-                rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
+                path,
+                Checkpoint(
+                    model=state_dict(unwrap(model)),
+                    optimizer=optimizer.state_dict(),
+                    epoch=epoch + 1,
+                    metrics=rows,
+                    model_config=config,
+                    training=training,
+                    data_dir=None if args.data_dir is None else str(args.data_dir),
+                    rng=rng_state(),
+                ),
             )
+            _write_metrics(rows, args.out / "metrics.csv")
             plot_curves(rows, args.out / "curves.png")
     if group.main and rows:
         best = min(rows, key=lambda r: r["test_error"])

@@ -1,6 +1,6 @@
-"""Training and evaluation for your own loop and for ``epdo-train``: the paper's learning-rate schedule, one epoch of
-Adam on (augmented) images, evaluation, BatchNorm re-estimation, rotated-test errors, checkpoints (saved and
-loaded), several processes.
+"""Training and evaluation for your own loop and for ``epdo-train``: a run's configuration, the paper's learning-rate
+schedule, one epoch of Adam on (augmented) images, evaluation, BatchNorm re-estimation, rotated-test errors, several
+processes.
 
 Every function takes plain modules (``torch.nn.Module``) and image sets (:class:`epdo.data.ImageSet`); nothing here
 parses arguments or prints.  :class:`ProcessGroup` shards work across ``torchrun`` processes (one process: no
@@ -12,19 +12,79 @@ from __future__ import annotations
 import math
 import os
 import sys
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from epdo.atomic import atomic_path
-from epdo.data import ImageSet, random_rotation, rotate_batch
-from epdo.models import ModelConfig, build_model
+from epdo.data import DATASETS, ImageSet, random_rotation, rotate_batch
+from epdo.records import checked_fields
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
 """The paper's step schedule, ``(first epoch, learning rate)`` pairs (200 epochs in the paper)."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a run trains: its data, budget and recipe, everything but the model that decides its figures (stored in
+    checkpoints: a resumed run keeps it, with ``epochs`` the one value it may raise).
+
+    Args:
+        dataset: one of ``epdo.data.DATASETS``.
+        seed: the data sample (``fashion-rot``), initialization, batch order, augmentation and dropout.
+        limit_train, limit_test: the first images of each split (``None``: all).
+        augment: random rotations of the training images (:func:`epdo.data.random_rotation`).
+        epochs: epochs to train.
+        batch_size: images per step.
+        weight_decay: Adam's weight decay.
+        lr_scale: the schedule's rates (:data:`SCHEDULE`) multiplied by this.
+        bn_batches: batches of the stored training images over which BatchNorm statistics are re-estimated before
+            each evaluation (0: the running averages).
+        reset_optimizer_each_epoch: a new Adam every epoch (as the reference implementation does).
+        amp: bfloat16 autocast (CUDA).
+    """
+
+    dataset: str = "mnist-rot"
+    seed: int = 0
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    augment: bool = True
+    epochs: int = 200
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    lr_scale: float = 1.0
+    bn_batches: int = 30
+    reset_optimizer_each_epoch: bool = False
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        for name in ("limit_train", "limit_test", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.bn_batches < 0 or self.weight_decay < 0 or not 0 < self.lr_scale < float("inf"):
+            raise ValueError(
+                f"expected bn_batches >= 0, weight_decay >= 0 and a finite lr_scale > 0, got {self.bn_batches}, "
+                f"{self.weight_decay} and {self.lr_scale}"
+            )
+
+    def as_dict(self) -> Dict[str, Any]:
+        """A plain dictionary, as stored in checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> TrainingConfig:
+        """The inverse of :meth:`as_dict`; raises ``ValueError`` naming a missing, unknown or ill-typed field."""
+        return cls(**checked_fields("training configuration", values, _TRAINING_KINDS))
+
+
+_TRAINING_KINDS = dict(dataset=str, seed=int, limit_train=(int, None), limit_test=(int, None), augment=bool,
+                       epochs=int, batch_size=int, weight_decay=float, lr_scale=float, bn_batches=int,
+                       reset_optimizer_each_epoch=bool, amp=bool)  # fmt: skip
 
 
 def learning_rate(epoch: int, schedule: Sequence[Tuple[int, float]] = SCHEDULE) -> float:
@@ -247,22 +307,3 @@ def state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model.train(training)
     return state
-
-
-def save_checkpoint(path: Path, **payload: Any) -> None:
-    """``torch.save(payload)`` atomically (``epdo.atomic.atomic_path``)."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """``(model, checkpoint)``: the network an ``epdo-train`` checkpoint describes (its ``config``), on the CPU with
-    the saved weights, and the checkpoint's dictionary (``data`` names the dataset, seed and test limit).  Raises
-    ``ValueError`` for a file that is not such a checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "config" not in state or "data" not in state:
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not an epdo-train checkpoint (found {found})")
-    model = build_model(ModelConfig.from_dict(state["config"]))
-    model.load_state_dict(state["model"])
-    return model, state

@@ -10,7 +10,7 @@ from sphinx.pycode import ModuleAnalyzer
 
 ROOT = Path(__file__).parent.parent
 PUBLIC = ["epdo.nn", "epdo.kernels", "epdo.diffops", "epdo.representations", "epdo.models", "epdo.training",
-          "epdo.data", "epdo.equivariance", "epdo.plots"]  # fmt: skip
+          "epdo.checkpoint", "epdo.records", "epdo.data", "epdo.equivariance", "epdo.plots"]  # fmt: skip
 
 
 def public_names(module):

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 import epdo.train as train_module
+from epdo.checkpoint import load_checkpoint, read_checkpoint
 from epdo.data import load_dataset
 from epdo.evaluate import main as evaluate_main
 from epdo.evaluate import parse_angles
 from epdo.kernels import PDOBasis
 from epdo.models import ModelConfig, build_model
-from epdo.train import build_parser, model_config
+from epdo.train import build_parser, model_config, training_config
 from epdo.train import main as train_main
-from epdo.training import batch_norms, learning_rate, load_checkpoint, reestimate_batch_norm
+from epdo.training import TrainingConfig, batch_norms, learning_rate, reestimate_batch_norm
 
 TINY = [
     "--dataset", "synthetic", "--group-order", "4", "--widths", "4,4,4,4,4,4",
@@ -43,9 +44,10 @@ def test_outputs_and_exact_resume(tmp_path, capsys):
     assert train_main([*TINY, "--epochs", "2", "--out", str(split), "--resume"]) == 0
     assert metrics(split) == metrics(straight)
     assert len(metrics(straight)) == 2
-    state = torch.load(straight / "checkpoint.pt", weights_only=False)
-    assert state["epoch"] == 2 and {"torch", "numpy", "python"} <= set(state["rng"])
-    assert ModelConfig.from_dict(state["config"]) == model_config(build_parser().parse_args(TINY))
+    checkpoint = read_checkpoint(straight / "checkpoint.pt")
+    assert checkpoint.epoch == 2 and {"torch", "numpy", "python"} <= set(checkpoint.rng)
+    assert checkpoint.model_config == model_config(build_parser().parse_args(TINY))
+    assert checkpoint.training == training_config(build_parser().parse_args([*TINY, "--epochs", "2"]))
 
 
 def test_batch_norm_is_reestimated_on_the_stored_training_images(tmp_path):
@@ -83,7 +85,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, c
     out = tmp_path / "run"
     assert train_main([*TINY, "--epochs", "3", "--out", str(out)]) == 3
     assert "stopping at epoch 2: non-finite loss" in capsys.readouterr().err
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert read_checkpoint(out / "checkpoint.pt").epoch == 1
     assert len(metrics(out)) == 1
 
 
@@ -114,15 +116,16 @@ def test_evaluate_rotation_table(tmp_path, capsys, layer):
 def test_evaluate_refuses_other_files(tmp_path, capsys):
     torch.save(dict(model={}), tmp_path / "foreign.pt")
     assert evaluate_main(["--checkpoint", str(tmp_path / "foreign.pt"), "--no-progress"]) == 2
-    assert "not an epdo-train checkpoint" in capsys.readouterr().err
+    assert "not an epdo-train checkpoint of format 1 (found ['model'])" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "flag, value",
     [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
-     ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--bandwidth", "0"), ("--bandwidth", "1.5"),
-     ("--bandwidth", "wide"), ("--max-frequency", "-1"), ("--max-frequency", "low"), ("--preset", "R-fd")],
+     ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--weight-decay", "-1"), ("--bandwidth", "0"),
+     ("--bandwidth", "1.5"), ("--bandwidth", "wide"), ("--max-frequency", "-1"), ("--max-frequency", "low"),
+     ("--preset", "R-fd")],
 )  # fmt: skip
 def test_cli_refuses_bad_values(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -145,6 +148,10 @@ def test_cli_refuses_a_model_its_layers_refuse(tmp_path, capsys):
 def test_cli_model_flags_reach_the_model_configuration():
     parse = build_parser().parse_args
     assert model_config(parse([])) == ModelConfig()
+    assert training_config(parse([])) == TrainingConfig()
+    assert training_config(parse(["--no-augment", "--amp", "--weight-decay", "0"])) == TrainingConfig(
+        augment=False, amp=True, weight_decay=0.0
+    )
     assert model_config(parse(["--bandwidth", "None"])).basis.bandwidth is None
     assert model_config(parse(["--bandwidth", "0.15", "--max-frequency", "none"])).basis == PDOBasis(
         max_frequency=None, bandwidth=0.15
@@ -194,7 +201,7 @@ def test_reestimated_batch_norm_uses_the_exact_statistics_with_dropout_off():
 
 def test_cli_bn_batches():
     parse = build_parser().parse_args
-    assert parse([]).bn_batches == 30
-    assert parse(["--bn-batches", "0"]).bn_batches == 0
+    assert training_config(parse([])).bn_batches == 30
+    assert training_config(parse(["--bn-batches", "0"])).bn_batches == 0
     with pytest.raises(SystemExit):
         parse(["--bn-batches", "-1"])

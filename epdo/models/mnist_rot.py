@@ -24,6 +24,7 @@ from epdo.nn import (
     PDOConv,
     RestrictToRotations,
 )
+from epdo.records import checked_fields
 
 FIELDS = ("regular", "quotient")
 """The field kinds of :class:`ModelConfig` (``fields``)."""
@@ -76,6 +77,8 @@ class ModelConfig:
         widths = tuple(self.widths)
         if len(widths) != 6 or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be six positive integers, got {self.widths}")
+        if self.group_order < 1:
+            raise ValueError(f"group_order must be a positive integer, got {self.group_order}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.fields == "quotient" and self.group_order % 4:
@@ -90,11 +93,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
-        """The inverse of :meth:`as_dict`."""
-        values = dict(values)
-        values["basis"] = PDOBasis(**values["basis"])
-        values["widths"] = tuple(values["widths"])
+        """The inverse of :meth:`as_dict`; every field checked (:func:`epdo.records.checked_fields`): raises
+        ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses."""
+        values = checked_fields("model configuration", values, _MODEL_KINDS)
+        values["basis"] = PDOBasis(**checked_fields("model configuration: basis", values["basis"], _BASIS_KINDS))
         return cls(**values)
+
+
+_MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
+                    reduction=int, dropout=float)  # fmt: skip
+_BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int)
 
 
 PRESETS: Dict[str, ModelConfig] = {
