@@ -1,12 +1,24 @@
-"""argparse types shared by the command-line tools: values are checked when parsed, and argparse's message names
-the flag (``argument --epochs: must be a positive integer, got -1``, exit status 2)."""
+"""What the command-line tools share: argparse types whose values are checked when parsed (argparse's message names
+the flag: ``argument --epochs: must be a positive integer, got -1``, exit status 2), and warnings shown as one line."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, List, Optional
+import contextlib
+import sys
+import warnings
+from typing import Callable, Iterator, List, Optional
 
 from epdo.kernels.pdo_basis import check_bandwidth
+
+
+@contextlib.contextmanager
+def one_line_warnings(prog: str) -> Iterator[None]:
+    """Within the block, warnings (a rebuilt data cache, say) are printed to stderr as ``<prog>: warning: <message>``,
+    without the source line."""
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        warnings.showwarning = lambda message, *args, **kwargs: print(f"{prog}: warning: {message}", file=sys.stderr)
+        yield
 
 
 def positive_int(text: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from epdo.checkpoint import CheckpointError, load_checkpoint
-from epdo.cli import positive_int
+from epdo.cli import one_line_warnings, positive_int
 from epdo.data import DatasetError
 from epdo.plots import plot_rotation_errors
 from epdo.training import rotation_errors
@@ -39,6 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: beside the checkpoint)")
     args = parser.parse_args(argv)
+    with one_line_warnings("epdo-evaluate"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     try:
         model, checkpoint = load_checkpoint(args.checkpoint)
     except CheckpointError as err:

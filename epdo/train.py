@@ -37,6 +37,7 @@ from epdo.cli import (
     max_frequency,
     non_negative_float,
     non_negative_int,
+    one_line_warnings,
     optional_bandwidth,
     positive_float,
     positive_int,
@@ -226,6 +227,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    with one_line_warnings("epdo-train"):
+        return _main(parser, args)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     checkpoint = None
     if args.resume:
         try:

@@ -280,3 +280,31 @@ def test_fuzzed_dataset_files_give_dataset_errors_only(tmp_path):
             except DatasetError:
                 pass
     assert time.perf_counter() - start < 60
+
+
+def test_the_commands_show_a_damaged_cache_in_one_line(tmp_path, monkeypatch, capsys):
+    import epdo.train
+
+    source = fashion_source(tmp_path)
+    sources = [source]
+    monkeypatch.setattr(
+        epdo.train,
+        "load_dataset",
+        lambda name, data_dir, seed: load_fashion_rot(data_dir, seed, train_size=20, source_dirs=tuple(sources)),
+    )
+    run = ["--dataset", "fashion-rot", "--data-dir", str(tmp_path / "cache"), "--group-order", "4", "--widths",
+           "2,2,2,2,2,2", "--epochs", "1", "--batch-size", "10", "--bn-batches", "1", "--no-progress", "--threads",
+           "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert epdo.train.main(run) == 0
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    data = cache.read_bytes()
+    cache.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert epdo.train.main(run) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"epdo-train: warning: {cache}: the dataset cache was damaged")
+    cache.write_bytes(data[: len(data) // 2])
+    sources[:] = [tmp_path / "nowhere"]
+    assert epdo.train.main(run) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "the dataset cache is damaged" in err[0] and "cannot be rebuilt" in err[0]
