@@ -64,7 +64,7 @@ METRICS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error"
 MODEL_FLAGS = {
     "layer": "--layer", "fields": "--model", "group_order": "--group-order", "flip": "--flip", "widths": "--widths",
     "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
-    "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout",
+    "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bandwidth", type=optional_bandwidth, help="band limit of the PDO bases: 'none' or cycles/pixel"
     )
     model.add_argument("--dropout", type=float, help="field dropout of layers 3-6")
+    model.add_argument("--head", type=non_negative_int, help="hidden units of the classifier (0: one linear map)")
     default = TrainingConfig()
     data = p.add_argument_group("data (with --resume: the run's)", argument_default=argparse.SUPPRESS)
     data.add_argument("--dataset", choices=DATASETS, help=f"default: {default.dataset}")
@@ -157,7 +158,7 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
             )
     config = preset(name) if name else base or preset("default")
     basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
-    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout")
+    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head")
     changes = {k: given[k] for k in names if k in given}
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]
@@ -384,7 +385,8 @@ def _describe(config: ModelConfig) -> str:
     return (
         f"{kind} {config.fields} on {group}, widths {widths}, "
         f"g={config.g} s={config.s} reduction={config.reduction}, {basis.discretization} stencils, "
-        f"max frequency {basis.max_frequency}, bandwidth {basis.bandwidth}"
+        f"max frequency {basis.max_frequency}, bandwidth {basis.bandwidth}, dropout {config.dropout}, "
+        f"classifier {config.head or 'linear'}"
     )
 
 

@@ -158,6 +158,18 @@ def test_plain_cnn_matches_the_parameter_count():
     assert cnn(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_the_classifier_width():
+    """``head`` hidden units: ``(c + 1) h + 2 h + (h + 1) 10`` parameters on ``c`` invariant features; 0: one linear map."""
+    config = ModelConfig(**TINY)
+    for hidden in (64, 16, 0):
+        model = build_model(replace(config, head=hidden))
+        expected = 4 * 10 + 10 if hidden == 0 else 5 * hidden + 2 * hidden + (hidden + 1) * 10
+        assert count_parameters(model.classifier) == expected
+        assert model.eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="head must be a non-negative number"):
+        ModelConfig(head=-1)
+
+
 def test_config_round_trips_through_a_dictionary():
     for config in [*PRESETS.values(), ModelConfig(layer="reference", basis=PDOBasis("gauss"))]:
         assert ModelConfig.from_dict(config.as_dict()) == config

@@ -56,6 +56,7 @@ class ModelConfig:
         basis: the PDOs of every PDO layer (:class:`epdo.kernels.PDOBasis`).
         g, s, reduction: of every :class:`epdo.nn.NeuralePDO`.
         dropout: field dropout of layers 3-6.
+        head: hidden units of the two-layer classifier on the invariant features (0: one linear map).
     """
 
     layer: str = "epdo"
@@ -68,6 +69,7 @@ class ModelConfig:
     s: int = 1
     reduction: int = 4
     dropout: float = 0.1
+    head: int = 64
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -81,6 +83,8 @@ class ModelConfig:
             raise ValueError(f"group_order must be a positive integer, got {self.group_order}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head < 0:
+            raise ValueError(f"head must be a non-negative number of hidden units, got {self.head}")
         if self.fields == "quotient" and self.group_order % 4:
             raise ValueError(f"quotient fields need a group order divisible by 4, got {self.group_order}")
         object.__setattr__(self, "widths", widths)
@@ -101,7 +105,7 @@ class ModelConfig:
 
 
 _MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
-                    reduction=int, dropout=float)  # fmt: skip
+                    reduction=int, dropout=float, head=int)  # fmt: skip
 _BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int)
 
 
@@ -164,12 +168,15 @@ class EquivariantClassifier(torch.nn.Module):
         return self.classifier(self.features(x))
 
 
-def _classifier(channels: int, classes: int = 10) -> torch.nn.Module:
+def _classifier(channels: int, hidden: int = 64, classes: int = 10) -> torch.nn.Module:
+    """``Linear -> BatchNorm1d -> ReLU -> Linear`` through ``hidden`` units, or one ``Linear`` when ``hidden`` is 0."""
+    if hidden == 0:
+        return torch.nn.Sequential(torch.nn.Linear(channels, classes))
     return torch.nn.Sequential(
-        torch.nn.Linear(channels, 64),
-        torch.nn.BatchNorm1d(64),
+        torch.nn.Linear(channels, hidden),
+        torch.nn.BatchNorm1d(hidden),
         torch.nn.ReLU(inplace=True),
-        torch.nn.Linear(64, classes),
+        torch.nn.Linear(hidden, classes),
     )
 
 
@@ -231,7 +238,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             modules.append(FieldDropout(types[index], config.dropout))
     modules.append(GroupMaxPool(types[5]))
     body = nn.SequentialModule(*modules)
-    return EquivariantClassifier(body, _classifier(body.out_type.size))
+    return EquivariantClassifier(body, _classifier(body.out_type.size, config.head))
 
 
 def _relu(ftype: nn.FieldType) -> nn.ReLU:
