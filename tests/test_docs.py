@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from sphinx.pycode import ModuleAnalyzer
 
 ROOT = Path(__file__).parent.parent
@@ -68,3 +69,18 @@ def test_the_readme_example_runs():
     example = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
+
+
+def test_the_readme_deployment_example_runs(tmp_path, monkeypatch):
+    from epdo.train import main as train_main
+
+    text = (ROOT / "README.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", text, re.S)[1]
+    assert "export()" in example and len(example.strip().splitlines()) == 3
+    tiny = ["--dataset", "synthetic", "--group-order", "4", "--widths", "2,2,2,2,2,2", "--limit-train", "32",
+            "--limit-test", "16", "--batch-size", "16", "--epochs", "1", "--no-progress", "--threads", "1"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert train_main([*tiny, "--out", "runs/latest"]) == 0
+    namespace: dict = {}
+    exec(compile("import torch, epdo.checkpoint\n" + example, "README.md", "exec"), namespace)
+    assert isinstance(namespace["program"], torch.export.ExportedProgram)

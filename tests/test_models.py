@@ -159,7 +159,7 @@ def test_plain_cnn_matches_the_parameter_count():
 
 
 def test_the_classifier_width():
-    """``head`` hidden units: ``(c + 1) h + 2 h + (h + 1) 10`` parameters on ``c`` invariant features; 0: one linear map."""
+    """``head`` hidden units: ``(c + 1) h + 2 h + (h + 1) 10`` parameters on ``c`` features; 0: one linear map."""
     config = ModelConfig(**TINY)
     for hidden in (64, 16, 0):
         model = build_model(replace(config, head=hidden))

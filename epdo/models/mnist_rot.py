@@ -24,6 +24,7 @@ from epdo.nn import (
     PDOConv,
     RestrictToRotations,
 )
+from epdo.nn.export import exported_layers, trace
 from epdo.records import checked_fields
 
 FIELDS = ("regular", "quotient")
@@ -167,6 +168,11 @@ class EquivariantClassifier(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    def export(self, backend: str = "auto") -> torch.fx.GraphModule:
+        """The network in plain PyTorch (:func:`epdo.nn.export_network`): the same eval-mode logits for images
+        ``(B, 1, H, W)``, batch norms folded, traced by ``torch.fx``; ``backend`` as there."""
+        return _exported_classifier(self.body, self.classifier, backend)
+
 
 def _classifier(channels: int, hidden: int = 64, classes: int = 10) -> torch.nn.Module:
     """``Linear -> BatchNorm1d -> ReLU -> Linear`` through ``hidden`` units, or one ``Linear`` when ``hidden`` is 0."""
@@ -269,6 +275,26 @@ class PlainCNN(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.amax(self.body(x), dim=(2, 3)))
+
+    def export(self, backend: str = "auto") -> torch.fx.GraphModule:
+        """The same eval-mode logits in plain PyTorch, batch norms folded, traced by ``torch.fx``."""
+        return _exported_classifier(self.body, self.classifier, backend)
+
+
+class _Classifier(torch.nn.Module):
+    """``classifier(max over pixels of body(x))``, on plain tensors."""
+
+    def __init__(self, body: torch.nn.Module, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.body, self.classifier = body, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.amax(self.body(x), dim=(2, 3)))
+
+
+def _exported_classifier(body: torch.nn.Module, classifier: torch.nn.Module, backend: str) -> torch.fx.GraphModule:
+    like = next(body.parameters()).detach().new_empty(0)
+    return trace(_Classifier(exported_layers(body, backend, like), exported_layers(classifier, backend, like)))
 
 
 def plain_cnn(target_params: int, dropout: float = 0.1, base: Sequence[int] = (16, 24, 32, 32, 48, 64)) -> PlainCNN:

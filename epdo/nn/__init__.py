@@ -1,8 +1,9 @@
 """Equivariant modules on escnn field types: Neural ePDO and static PDO layers, 1x1 maps, normalization, pooling,
-restriction."""
+restriction; whole networks exported to plain PyTorch."""
 
 from epdo.kernels import PDOBasis
 from epdo.nn.conv1x1 import Conv1x1
+from epdo.nn.export import export_network
 from epdo.nn.field_dropout import FieldDropout
 from epdo.nn.field_norm import FieldBatchNorm, FieldNorm
 from epdo.nn.functional import adaptive_pdo
@@ -25,5 +26,6 @@ __all__ = [
     "PDOConv",
     "RestrictToRotations",
     "adaptive_pdo",
+    "export_network",
     "max_pool2x2",
 ]

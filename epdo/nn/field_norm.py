@@ -80,11 +80,12 @@ class FieldBatchNorm(EquivariantModule):
         return tuple(input_shape)
 
     def export(self) -> torch.nn.Module:
-        return _FieldView(self.batch_norm, self.field_size)
+        return FieldView(self.batch_norm, self.field_size)
 
 
-class _FieldView(torch.nn.Module):
-    """``module`` applied to ``(B, C, H, W)`` viewed as ``(B, C / field_size, field_size, H, W)``."""
+class FieldView(torch.nn.Module):
+    """``module`` applied to ``(B, C, H, W)`` viewed as ``(B, C / field_size, field_size, H, W)`` (the exported form of
+    :class:`FieldBatchNorm`: a ``BatchNorm3d`` over fields)."""
 
     def __init__(self, module: torch.nn.Module, field_size: int) -> None:
         super().__init__()

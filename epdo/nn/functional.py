@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,45 +30,51 @@ def check_normalization(normalization: str) -> None:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
-def _tap_norm(by_field: torch.Tensor, normalization: str) -> torch.Tensor:
-    """``nu`` of taps ``(B, g, d, k*k, H, W)`` per field and pixel, ``(B, g, H, W)``, without a taps-sized temporary:
+def _tap_norm(by_field: torch.Tensor, normalization: str, taps: int) -> torch.Tensor:
+    """``nu`` of taps ``(B, g, d, taps, H, W)`` per field and pixel, ``(B, g, H, W)``, without a taps-sized temporary:
     ``"l1"`` the sum of ``|taps|``; ``"rms"`` the root mean square over the field's ``d`` channels of each channel's
     L2 norm; plus ``NORM_EPS``."""
     reduce = torch.abs if normalization == "l1" else torch.square
     nu = reduce(by_field[:, :, :, 0]).sum(2)
-    for t in range(1, by_field.shape[3]):
+    for t in range(1, taps):
         nu += reduce(by_field[:, :, :, t]).sum(2)
     if normalization == "rms":
         nu.div_(by_field.shape[2]).sqrt_()
     return nu.add_(NORM_EPS)
 
 
-class _NormalizedPixelwiseConv(torch.autograd.Function):
-    """``out[b, p, j, c] = (sum_t taps[b, j, c, t] * f[b, p, j, c](. + offset_t)) / nu[b, j]``, zero padding, with
-    ``nu[b, j]`` the per-pixel norm of field ``j``'s taps (:func:`_tap_norm`).
+def pixelwise_pdo(
+    x: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str, size: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, nu, padded)``: ``out[b, p, j, c] = (sum_t taps[b, j, c, t] * f[b, p, j, c](. + offset_t)) / nu[b, j]``,
+    zero padding, ``nu`` the per-pixel norm of field ``j``'s taps, ``padded`` the padded input.
 
-    A per-pixel depthwise ``k x k`` filter shared across the partitions ``p``, computed as ``k^2`` fused
-    multiply-adds of shifted views, the normalization folded in: no ``k^2``-fold copy of the input and no
-    temporary of the taps' size exists, forward or backward.  Shapes: ``f (B, q, g*d, H, W)``,
-    ``taps (B, g*d, k*k, H, W)``.
+    ``size x size`` fused multiply-adds of shifted views, the normalization folded in: no ``size^2``-fold copy of the
+    input.  Shapes: ``x (B, q, g*d, H, W)``, ``taps (B, g*d, size^2, H, W)``; every loop bound is the Python integer
+    ``size``, so ``torch.fx`` traces it.
     """
+    batch, parts, channels, height, width = x.shape
+    kk, r = size * size, size // 2
+    nu = _tap_norm(taps.view(batch, fields, channels // fields, kk, height, width), normalization, kk)
+    padded = F.pad(x.reshape(batch, parts * channels, height, width), (r, r, r, r))
+    padded = padded.view(batch, parts, channels, height + 2 * r, width + 2 * r)
+    out = padded[..., :height, :width] * taps[:, None, :, 0]
+    for t in range(1, kk):
+        u, v = divmod(t, size)
+        out.addcmul_(padded[..., u : u + height, v : v + width], taps[:, None, :, t])
+    out.view(batch, parts, fields, channels // fields, height, width).div_(nu[:, None, :, None])
+    return out, nu, padded
+
+
+class _NormalizedPixelwiseConv(torch.autograd.Function):
+    """:func:`pixelwise_pdo` with its gradients, computed from shifted views too: no temporary of the taps' size
+    exists, forward or backward.  Shapes as there."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, x: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str
     ) -> torch.Tensor:
-        batch, parts, channels, height, width = x.shape
-        kk = taps.shape[2]
-        k = int(round(kk**0.5))
-        r = k // 2
-        nu = _tap_norm(taps.view(batch, fields, channels // fields, kk, height, width), normalization)
-        padded = F.pad(x.reshape(batch, parts * channels, height, width), (r, r, r, r))
-        padded = padded.view(batch, parts, channels, height + 2 * r, width + 2 * r)
-        out = padded[..., :height, :width] * taps[:, None, :, 0]
-        for t in range(1, kk):
-            u, v = divmod(t, k)
-            out.addcmul_(padded[..., u : u + height, v : v + width], taps[:, None, :, t])
-        out.view(batch, parts, fields, channels // fields, height, width).div_(nu[:, None, :, None])
+        out, nu, padded = pixelwise_pdo(x, taps, fields, normalization, int(round(taps.shape[2] ** 0.5)))
         ctx.fields, ctx.normalization = fields, normalization
         ctx.save_for_backward(padded, taps, nu, out)
         return out
@@ -115,8 +121,9 @@ def stencil_key(stencils: torch.Tensor) -> str:
     return op.stencil_key(stencils.detach().double().reshape(n_ops, k * k) * COEFFICIENT_SCALE)
 
 
-def _use_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str) -> bool:
-    """Whether ``backend`` runs the compiled kernel for ``x`` (a CPU float32/float64 tensor) and ``stencils``."""
+def uses_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str) -> bool:
+    """Whether ``backend`` (one of :data:`BACKENDS`) runs the compiled kernel for ``x`` (a CPU float32/float64 tensor)
+    and ``stencils`` (whose :func:`stencil_key` is ``key``)."""
     if backend not in BACKENDS:
         raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pytorch":
@@ -185,7 +192,7 @@ def adaptive_pdo(
     check_normalization(normalization)
     if backend != "pytorch" and key is None:
         key = stencil_key(stencils)
-    if _use_native(x, stencils, key, backend):
+    if uses_native(x, stencils, key, backend):
         out, _ = torch.ops.epdo.adaptive_pdo(x, coefficients.to(x.dtype), key, fields, normalization == "l1")
         return out
     q = channels // (fields * d)

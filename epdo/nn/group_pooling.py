@@ -40,10 +40,13 @@ class GroupMaxPool(EquivariantModule):
         return (input_shape[0], len(self.in_type), *input_shape[2:])
 
     def export(self) -> torch.nn.Module:
-        return _FieldMax(self.field_size)
+        return FieldMax(self.field_size)
 
 
-class _FieldMax(torch.nn.Module):
+class FieldMax(torch.nn.Module):
+    """``out[b, f] = max_c x[b, (f, c)]`` over consecutive groups of ``field_size`` channels, on plain tensors ``(B, C,
+    H, W)`` (the exported form of :class:`GroupMaxPool`)."""
+
     def __init__(self, field_size: int) -> None:
         super().__init__()
         self.field_size = field_size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,15 @@ from epdo.nn.native import max_pool as op
 from epdo.representations import is_permutation, matrices_of
 
 
+def native_max_pool(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`max_pool2x2` runs the compiled kernel for tensors of ``device`` and ``dtype``."""
+    if device.type != "cpu" or dtype not in native.SCALAR_TYPES:
+        return False
+    if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
+        return native.enabled()
+    return native.load_max_pool(dtype) is not None
+
+
 def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``torch.nn.functional.max_pool2d(x, 2)`` of ``x (B, C, H, W)``, ``(B, C, H // 2, W // 2)``, bit for bit
     (values and gradient: the first maximum of each window, the last NaN).
@@ -23,13 +32,8 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
         raise ValueError(f"max_pool2x2: expected a tensor of shape (B, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
-    if x.device.type == "cpu" and x.dtype in native.SCALAR_TYPES:
-        if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
-            use = native.enabled()
-        else:
-            use = native.load_max_pool(x.dtype) is not None
-        if use:
-            return op.max_pool2x2_op(x)[0]
+    if native_max_pool(x.device, x.dtype):
+        return op.max_pool2x2_op(x)[0]
     return F.max_pool2d(x, 2)
 
 
@@ -62,5 +66,20 @@ class FieldMaxPool(EquivariantModule):
         batch, channels, height, width = input_shape
         return (batch, channels, height // 2, width // 2)
 
-    def export(self) -> torch.nn.MaxPool2d:
-        return torch.nn.MaxPool2d(2)
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
+        """``torch.nn.MaxPool2d(2)``, or with ``backend`` ``"auto"`` (where the compiled kernel serves tensors like
+        ``like``, by default float32 CPU ones) or ``"native"`` a module calling ``torch.ops.epdo.max_pool2x2``."""
+        if backend not in ("auto", "native", "pytorch"):
+            raise ValueError(f"FieldMaxPool.export: backend must be 'auto', 'native' or 'pytorch', got {backend!r}")
+        like = torch.empty(0) if like is None else like
+        compiled = backend != "pytorch" and native_max_pool(like.device, like.dtype)
+        if backend == "native" and not compiled:
+            raise RuntimeError(f"FieldMaxPool.export: the compiled kernel does not serve {like.dtype} on {like.device}")
+        return NativeMaxPool2x2() if compiled else torch.nn.MaxPool2d(2)
+
+
+class NativeMaxPool2x2(torch.nn.Module):
+    """``torch.ops.epdo.max_pool2x2``: ``max_pool2d(x, 2)`` of CPU float32/float64 tensors ``(B, C, H, W)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.epdo.max_pool2x2(x)[0]

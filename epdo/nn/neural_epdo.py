@@ -15,7 +15,7 @@ from epdo.nn.basis_conv import BasisConv
 from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.field_norm import FieldNorm
-from epdo.nn.functional import adaptive_pdo, stencil_key
+from epdo.nn.functional import COEFFICIENT_SCALE, adaptive_pdo, pixelwise_pdo, stencil_key, uses_native
 from epdo.representations import is_permutation, matrices_of
 
 MIX_GAIN = 4.0
@@ -159,12 +159,17 @@ class NeuralePDO(EquivariantModule):
         return (input_shape[0], self.out_type.size, *input_shape[2:])
 
     @torch.no_grad()
-    def export(self) -> ExportedNeuralePDO:
-        """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on the ``.tensor`` of the input."""
+    def export(self, backend: str = "auto") -> ExportedNeuralePDO:
+        """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on the ``.tensor`` of the input, with
+        the adaptive PDO of ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where
+        the layer's parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
+        like = next(self.parameters()).new_empty(0)
+        native = uses_native(like, self.stencils, _key(self), backend)
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), torch.nn.ReLU(), self.generator_out.export()
         )
-        return ExportedNeuralePDO(generator, self.mix.export(), self.stencils.clone(), self.g, self.normalization)
+        d = self.in_type.representations[0].size
+        return ExportedNeuralePDO(generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native)
 
     def extra_repr(self) -> str:
         return f"g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, basis={self.basis}" + (
@@ -173,19 +178,49 @@ class NeuralePDO(EquivariantModule):
 
 
 class ExportedNeuralePDO(torch.nn.Module):
-    """The exported form of :class:`NeuralePDO`: the same computation on plain tensors ``(B, C, H, W)``."""
+    """The exported form of :class:`NeuralePDO` on plain tensors ``(B, C, H, W)``: ``mix(adaptive PDO(x,
+    generator(x)))``, the adaptive PDO as the compiled operator ``torch.ops.epdo.adaptive_pdo`` (``native``) or as
+    PyTorch operations (:func:`epdo.nn.functional.pixelwise_pdo`).  Every size is a Python integer fixed here, so
+    ``torch.fx`` and ``torch.export`` trace it.
+
+    Args:
+        generator: the coefficients ``(B, fields * d * n_ops, H, W)`` of ``x``.
+        mix: the map applied last (``Conv2d``, 1x1).
+        stencils: the derivative stencils ``(n_ops, k, k)``.
+        fields: coefficient fields (the layer's ``g``); d: channels of a field.
+        normalization: one of :data:`epdo.nn.functional.NORMALIZATIONS`.
+        native: the compiled operator (CPU, float32/float64) instead of PyTorch's operations.
+    """
 
     def __init__(
-        self, generator: torch.nn.Module, mix: torch.nn.Module, stencil: torch.Tensor, g: int, normalization: str
+        self,
+        generator: torch.nn.Module,
+        mix: torch.nn.Module,
+        stencils: torch.Tensor,
+        fields: int,
+        d: int,
+        normalization: str,
+        native: bool,
     ) -> None:
         super().__init__()
-        self.generator, self.mix, self.g, self.normalization = generator, mix, g, normalization
-        self.register_buffer("stencils", stencil)
-        _key(self)
+        self.generator, self.mix = generator, mix
+        self.fields, self.channels, self.size = fields, fields * d, stencils.shape[-1]
+        self.normalization, self.native = normalization, native
+        self.key = stencil_key(stencils)
+        taps = stencils.reshape(len(stencils), -1).t() * COEFFICIENT_SCALE  # (k^2, n_ops): coefficients -> taps
+        self.register_buffer("taps", taps.to(next(mix.parameters()).dtype).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = adaptive_pdo(x, self.generator(x), self.stencils, self.g, normalization=self.normalization, key=_key(self))
-        return self.mix(y)
+        coefficients = self.generator(x)
+        if self.native:
+            y = torch.ops.epdo.adaptive_pdo(x, coefficients, self.key, self.fields, self.normalization == "l1")[0]
+            return self.mix(y)
+        batch, channels, height, width = x.shape
+        operators = coefficients.reshape(batch, self.channels, -1, height * width)
+        taps = torch.matmul(self.taps, operators).reshape(batch, self.channels, -1, height, width)
+        parts = x.reshape(batch, -1, self.channels, height, width)
+        y = pixelwise_pdo(parts, taps, self.fields, self.normalization, self.size)[0]
+        return self.mix(y.reshape(batch, channels, height, width))
 
 
 def _key(module: torch.nn.Module) -> str:

@@ -1,0 +1,146 @@
+"""Whole networks exported to plain PyTorch: every layer's ``export()``, each batch norm folded into the linear map
+before it, dropout removed, ReLUs in place, all traced by ``torch.fx`` into one ``GraphModule`` whose code calls torch
+alone (and, on the CPU, epdo's registered operators ``torch.ops.epdo.*``): neither escnn nor epdo's Python runs."""
+
+from __future__ import annotations
+
+import copy
+from typing import List, Optional, Tuple
+
+import torch
+from escnn.nn import EquivariantModule, MaxPoolChannels, SequentialModule
+
+from epdo.nn.field_norm import FieldView
+from epdo.nn.functional import BACKENDS
+from epdo.nn.group_pooling import FieldMax
+from epdo.nn.max_pool import FieldMaxPool, NativeMaxPool2x2
+from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
+
+_DROPOUT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+_LINEAR = (torch.nn.Conv2d, torch.nn.Linear, ExportedNeuralePDO)
+_FRESH = (*_LINEAR, torch.nn.MaxPool2d, NativeMaxPool2x2)  # modules whose output is a new tensor
+
+
+def export_network(network: torch.nn.Module, backend: str = "auto") -> torch.fx.GraphModule:
+    """``network`` (an escnn ``SequentialModule`` or any module :func:`epdo.nn.export.exported_layers` takes) as a
+    ``torch.fx.GraphModule`` on plain tensors ``(B, in_type.size, H, W)``, computing what ``network`` computes in eval
+    mode (to rounding: batch norms are folded into the maps before them).
+
+    ``backend`` (:data:`epdo.nn.functional.BACKENDS`) chooses how epdo's layers run: ``"auto"`` the compiled
+    operators where the network's parameters are float32/float64 CPU tensors and they build, PyTorch's operations
+    otherwise; ``"pytorch"`` PyTorch's operations anywhere (nothing of epdo is needed to load and run the result).
+
+    Example:
+        >>> import torch
+        >>> from escnn import gspaces, nn
+        >>> from epdo.nn import NeuralePDO, PDOConv
+        >>> gs = gspaces.rot2dOnR2(4)
+        >>> image, fields = nn.FieldType(gs, [gs.trivial_repr]), nn.FieldType(gs, [gs.regular_repr] * 2)
+        >>> net = nn.SequentialModule(PDOConv(image, fields), nn.InnerBatchNorm(fields), nn.ReLU(fields),
+        ...                           NeuralePDO(fields, fields))
+        >>> plain = export_network(net.eval())
+        >>> x = torch.randn(2, 1, 12, 12)
+        >>> bool(torch.allclose(plain(x), net(nn.GeometricTensor(x, image)).tensor, atol=1e-5))
+        True
+    """
+    return trace(exported_layers(network, backend))
+
+
+def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace(module)``, in eval mode, without type annotations (postponed ones are strings, which
+    a saved ``GraphModule`` cannot import); a module whose forward cannot be traced gets an error that names it."""
+    try:
+        traced = torch.fx.symbolic_trace(module.eval())
+    except Exception as error:  # noqa: BLE001 - fx raises several types; the message says which module
+        culprit = next((m for m in module.modules() if m is not module and not _traceable(m)), module)
+        raise TypeError(
+            f"export: cannot trace {type(culprit).__name__} ({type(culprit).__module__}) into plain PyTorch: {error}"
+        ) from error
+    for node in traced.graph.nodes:
+        node.type = None
+    traced.recompile()
+    return traced
+
+
+def _traceable(module: torch.nn.Module) -> bool:
+    try:
+        torch.fx.symbolic_trace(module)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def exported_layers(
+    module: torch.nn.Module, backend: str = "auto", like: Optional[torch.Tensor] = None
+) -> torch.nn.Module:
+    """The plain-PyTorch form of ``module``, untraced: escnn/epdo modules by their ``export()`` (epdo's with
+    ``backend``), sequences with :func:`fold_sequence` applied, other modules copied in eval mode.  ``like``: a
+    tensor of the network's dtype and device (default: ``module``'s first parameter)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"export: backend must be one of {BACKENDS}, got {backend!r}")
+    if like is None:
+        like = next(module.parameters(), torch.empty(0)).detach().new_empty(0)
+    if isinstance(module, (SequentialModule, torch.nn.Sequential)):
+        return torch.nn.Sequential(*fold_sequence([exported_layers(m, backend, like) for m in module.children()]))
+    if isinstance(module, NeuralePDO):
+        return module.export(backend)
+    if isinstance(module, FieldMaxPool):
+        return module.export(backend, like)
+    if isinstance(module, EquivariantModule):
+        training = module.training
+        exported = module.export()  # escnn's export() leaves the module in eval mode
+        module.train(training)
+        if isinstance(exported, MaxPoolChannels):  # escnn's GroupPooling: asserts on shapes, which fx cannot trace
+            return FieldMax(exported.kernel_size)
+        return exported.eval()
+    return copy.deepcopy(module).eval()
+
+
+def fold_sequence(modules: List[torch.nn.Module]) -> List[torch.nn.Module]:
+    """``modules`` (run in order, eval mode) with each batch norm folded into a ``Conv2d``, ``Linear`` or exported
+    Neural ePDO right before it, dropout and identities removed, and ReLUs after a module that returns a new tensor
+    made in place."""
+    out: List[torch.nn.Module] = []
+    for module in modules:
+        if isinstance(module, _DROPOUT):
+            continue
+        affine = _batch_norm_affine(module)
+        if affine is not None and out and isinstance(out[-1], _LINEAR):
+            out[-1] = _scaled(out[-1], *affine)
+            continue
+        if isinstance(module, torch.nn.ReLU) and out and isinstance(out[-1], _FRESH):
+            module = torch.nn.ReLU(inplace=True)
+        out.append(module)
+    return out
+
+
+def _batch_norm_affine(module: torch.nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(scale, shift)`` per channel of a batch norm with running statistics (eval mode: ``y = scale x + shift``), or
+    ``None`` for any other module; a per-field batch norm (:class:`epdo.nn.field_norm.FieldView`) per channel."""
+    repeat = 1
+    if isinstance(module, FieldView) and isinstance(module.module, torch.nn.BatchNorm3d):
+        module, repeat = module.module, module.field_size
+    if not isinstance(module, _BATCH_NORMS) or module.running_var is None:
+        return None
+    scale = torch.rsqrt(module.running_var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight
+    shift = -module.running_mean * scale
+    if module.bias is not None:
+        shift = shift + module.bias
+    return scale.detach().repeat_interleave(repeat), shift.detach().repeat_interleave(repeat)
+
+
+@torch.no_grad()
+def _scaled(module: torch.nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> torch.nn.Module:
+    """``scale * module(x) + shift`` (per output channel) as one module of ``module``'s kind."""
+    folded = copy.deepcopy(module)
+    if isinstance(folded, ExportedNeuralePDO):
+        folded.mix = _scaled(folded.mix, scale, shift)
+        return folded
+    shape = (-1,) + (1,) * (folded.weight.dim() - 1)
+    folded.weight.mul_(scale.reshape(shape))
+    bias = shift if folded.bias is None else folded.bias * scale + shift
+    folded.bias = torch.nn.Parameter(bias.to(folded.weight.dtype))
+    return folded

@@ -1,0 +1,122 @@
+"""Whole networks exported to plain PyTorch: the eval-mode outputs, no escnn or epdo at run time, torch.export."""
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from escnn import gspaces, nn
+
+from epdo.models import ModelConfig, build_model
+from epdo.nn import FieldBatchNorm, FieldMaxPool, NeuralePDO, PDOConv
+from epdo.nn.export import export_network
+
+TINY = ModelConfig(group_order=4, widths=(3, 3, 4, 4, 4, 4))
+NETWORKS = {
+    "default": TINY,
+    "quotient fields, fd": replace(TINY, fields="quotient", basis=replace(TINY.basis, discretization="fd")),
+    "D4|5C4": replace(TINY, flip=True, widths=(2, 2, 2, 2, 2, 2)),
+    "reference layers": replace(TINY, layer="reference"),
+    "static PDOs": replace(TINY, layer="pdo"),
+    "escnn": replace(TINY, layer="escnn"),
+    "plain CNN": replace(TINY, layer="cnn"),
+    "linear classifier": replace(TINY, head=0),
+}
+
+
+def trained(config):
+    """A network after a few training-mode passes (batch norm statistics away from their initial values)."""
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 1, 28, 28))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+@pytest.mark.parametrize("backend", ["auto", "pytorch"])
+def test_every_network_exports_to_its_eval_outputs(name, backend):
+    model = trained(NETWORKS[name])
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        exported = model.export(backend)
+        torch.testing.assert_close(exported(x), expected, rtol=1e-5, atol=1e-5)
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    uses_ops = any(op.startswith("epdo.") for op in ops)
+    assert uses_ops == (backend == "auto" and name not in ("escnn", "plain CNN", "static PDOs")) or (
+        name in ("escnn", "static PDOs") and backend == "auto" and uses_ops  # their max pooling
+    )
+    modules = {type(m).__module__.split(".")[0] for m in exported.modules()}
+    assert modules <= {"torch"}, modules  # nothing of escnn or epdo is left in the module tree
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in exported.modules())  # folded into the maps
+
+
+def test_the_exported_network_runs_without_escnn_and_epdo(tmp_path):
+    model = trained(TINY)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+    torch.save(dict(model=model.export("pytorch"), x=x, expected=expected), tmp_path / "exported.pt")
+    code = (
+        "import importlib.abc, sys\n"
+        "class Blocked(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('escnn', 'epdo'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Blocked())\n"
+        "import torch\n"
+        f"saved = torch.load({str(tmp_path / 'exported.pt')!r}, weights_only=False)\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(saved['model'](saved['x']), saved['expected'], rtol=1e-5, atol=1e-5)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('escnn', 'epdo')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("backend", ["auto", "pytorch"])
+def test_the_exported_network_goes_through_torch_export(backend):
+    model = trained(TINY)
+    exported = model.export(backend)
+    x = torch.rand(2, 1, 28, 28)
+    program = torch.export.export(exported, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), exported(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_users_network_of_escnn_and_epdo_layers():
+    gs = gspaces.rot2dOnR2(4)
+    image = nn.FieldType(gs, [gs.trivial_repr])
+    fields = nn.FieldType(gs, [gs.regular_repr] * 3)
+    network = nn.SequentialModule(
+        nn.R2Conv(image, fields, 5, padding=2),
+        nn.InnerBatchNorm(fields),
+        nn.ReLU(fields),
+        NeuralePDO(fields, fields),
+        FieldBatchNorm(fields),
+        FieldMaxPool(fields),
+        nn.ReLU(fields),
+        PDOConv(fields, fields, bias=True),
+        nn.PointwiseMaxPool2D(fields, 2),
+        nn.GroupPooling(fields),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(3):
+            network(nn.GeometricTensor(torch.rand(8, 1, 16, 16), image))
+    network.eval()
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        expected = network(nn.GeometricTensor(x, image)).tensor
+        plain = export_network(network)
+        torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
+    assert not network.training  # the network stays as it was
+    network.train()
+    export_network(network)
+    assert network.training
+    with pytest.raises(ValueError, match="backend must be one of"):
+        export_network(network, backend="fast")
