@@ -120,3 +120,14 @@ def test_a_users_network_of_escnn_and_epdo_layers():
     assert network.training
     with pytest.raises(ValueError, match="backend must be one of"):
         export_network(network, backend="fast")
+
+
+class _Branching(torch.nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x  # control flow on values: fx cannot trace it
+
+
+def test_a_module_that_cannot_be_traced_is_named():
+    network = torch.nn.Sequential(torch.nn.ReLU(), _Branching())
+    with pytest.raises(TypeError, match=r"export: cannot trace _Branching \(test_export\) into plain PyTorch"):
+        export_network(network)

@@ -170,6 +170,32 @@ def test_the_classifier_width():
         ModelConfig(head=-1)
 
 
+def test_inference_runs_the_exported_network_and_follows_the_weights(monkeypatch):
+    import epdo.models.mnist_rot as mnist_rot
+
+    model = build_model(ModelConfig(**TINY))
+    with torch.no_grad():
+        model(torch.rand(16, 1, 28, 28))
+    model.eval()
+    x = torch.rand(50, 1, 28, 28)
+    with torch.no_grad():
+        fast = model(x)
+    torch.testing.assert_close(fast, model(x).detach(), rtol=1e-5, atol=1e-5)  # gradients on: module by module
+    monkeypatch.setattr(mnist_rot, "INFERENCE_CHUNK_BYTES", 1)  # one image at a time
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fast, rtol=1e-5, atol=1e-5)
+        model.classifier[-1].bias.add_(1.0)  # the exported form follows the weights
+        torch.testing.assert_close(model(x), fast + 1.0, rtol=1e-5, atol=1e-5)
+        norm = batch_norms(model)[0]
+        norm.train()  # a batch norm collecting statistics: module by module
+        before = norm.running_mean.clone()
+        model(x)
+        assert not torch.equal(norm.running_mean, before)
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\), got \(2, 3, 28, 28\)"):
+        with torch.no_grad():
+            model.eval()(torch.rand(2, 3, 28, 28))
+
+
 def test_config_round_trips_through_a_dictionary():
     for config in [*PRESETS.values(), ModelConfig(layer="reference", basis=PDOBasis("gauss"))]:
         assert ModelConfig.from_dict(config.as_dict()) == config

@@ -9,7 +9,7 @@ commute, values and gradients alike, and the ReLU then runs on a quarter of the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 import torch
 from escnn import group, gspaces, nn
@@ -24,6 +24,7 @@ from epdo.nn import (
     PDOConv,
     RestrictToRotations,
 )
+from epdo.nn.cached_weight import CachedWeight
 from epdo.nn.export import exported_layers, trace
 from epdo.records import checked_fields
 
@@ -149,29 +150,68 @@ def preset(name: str, **changes: Any) -> ModelConfig:
     return replace(PRESETS[name], **changes)
 
 
-class EquivariantClassifier(torch.nn.Module):
-    """Plain tensors ``(B, 1, H, W)`` in, logits ``(B, 10)`` out; an escnn network inside."""
+INFERENCE_CHUNK_BYTES = 16 * 2**20
+"""On the CPU, inference runs on chunks of images whose widest activation stays below this many bytes: larger
+tensors come from fresh pages of memory on every call (glibc maps allocations above 32 MiB anew), whose page faults
+cost as much as the arithmetic in the wide layers of these networks."""
+
+
+class EquivariantClassifier(CachedWeight, torch.nn.Module):
+    """Plain tensors ``(B, 1, H, W)`` in, logits ``(B, 10)`` out; an escnn network inside.
+
+    Inference (every module in eval mode, gradients off, not under ``torch.compile``) runs the network's exported
+    form (:meth:`export`: batch norms folded, one traced graph), kept until a parameter or buffer changes, on the CPU
+    in chunks of images (:data:`INFERENCE_CHUNK_BYTES`): the same logits to rounding, faster.  Forward hooks on the
+    inner modules do not run there; with gradients on, the modules run one by one.
+    """
 
     def __init__(self, body: nn.SequentialModule, classifier: torch.nn.Module) -> None:
         super().__init__()
         self.in_type = body.in_type
         self.body = body
         self.classifier = classifier
+        self._widest = max(_channels(m) for m in body.modules())
+        self._module_list = list(self.modules())  # a plain list: escnn's modules hash slowly in named_modules()
+        norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+        self._batch_norms = [m for m in self._module_list if isinstance(m, norms)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Invariant features ``(B, C)`` before the classifier."""
-        if x.dim() != 4 or x.shape[1] != 1:
-            raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+        _check_images(x)
         y = self.body(nn.GeometricTensor(x, self.in_type)).tensor
         return torch.amax(y, dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(m.training for m in self._module_list):
+            return self.classifier(self.features(x))
+        _check_images(x)
+        (plain,) = self.cached(lambda: (self.export(),))  # in a tuple: not registered as a submodule
+        if x.device.type != "cpu":
+            return plain(x)
+        chunk = max(1, INFERENCE_CHUNK_BYTES // (self._widest * x.shape[2] * x.shape[3] * x.element_size()))
+        return plain(x) if len(x) <= chunk else torch.cat([plain(part) for part in torch.split(x, chunk)])
+
+    def cache_inputs(self) -> Iterable[torch.Tensor]:
+        """What the exported form is a function of: the parameters and the batch norms' running statistics (not the
+        filters escnn's ``R2Conv`` keeps as buffers in eval mode, made anew by every export)."""
+        parameters = [p for m in self._module_list for p in m._parameters.values() if p is not None]
+        return parameters + [s for m in self._batch_norms for s in (m.running_mean, m.running_var) if s is not None]
 
     def export(self, backend: str = "auto") -> torch.fx.GraphModule:
         """The network in plain PyTorch (:func:`epdo.nn.export_network`): the same eval-mode logits for images
         ``(B, 1, H, W)``, batch norms folded, traced by ``torch.fx``; ``backend`` as there."""
         return _exported_classifier(self.body, self.classifier, backend)
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+
+
+def _channels(module: torch.nn.Module) -> int:
+    """The most channels of a tensor ``module`` makes (its output, and a Neural ePDO's coefficients), or 1."""
+    sizes = [getattr(getattr(module, name, None), "size", 1) for name in ("out_type", "coefficient_type")]
+    return max(s for s in sizes if isinstance(s, int))
 
 
 def _classifier(channels: int, hidden: int = 64, classes: int = 10) -> torch.nn.Module:

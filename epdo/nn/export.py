@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import torch
 from escnn.nn import EquivariantModule, MaxPoolChannels, SequentialModule
 
+from epdo.nn.basis_conv import Pointwise
 from epdo.nn.field_norm import FieldView
 from epdo.nn.functional import BACKENDS
 from epdo.nn.group_pooling import FieldMax
@@ -18,7 +19,7 @@ from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
 
 _DROPOUT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
 _BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-_LINEAR = (torch.nn.Conv2d, torch.nn.Linear, ExportedNeuralePDO)
+_LINEAR = (torch.nn.Conv2d, torch.nn.Linear, Pointwise, ExportedNeuralePDO)
 _FRESH = (*_LINEAR, torch.nn.MaxPool2d, NativeMaxPool2x2)  # modules whose output is a new tensor
 
 
@@ -53,7 +54,8 @@ def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
     try:
         traced = torch.fx.symbolic_trace(module.eval())
     except Exception as error:  # noqa: BLE001 - fx raises several types; the message says which module
-        culprit = next((m for m in module.modules() if m is not module and not _traceable(m)), module)
+        failing = [m for m in module.modules() if not _traceable(m)]
+        culprit = failing[-1] if failing else module  # the last in pre-order: none of its descendants fails
         raise TypeError(
             f"export: cannot trace {type(culprit).__name__} ({type(culprit).__module__}) into plain PyTorch: {error}"
         ) from error
@@ -98,9 +100,9 @@ def exported_layers(
 
 
 def fold_sequence(modules: List[torch.nn.Module]) -> List[torch.nn.Module]:
-    """``modules`` (run in order, eval mode) with each batch norm folded into a ``Conv2d``, ``Linear`` or exported
-    Neural ePDO right before it, dropout and identities removed, and ReLUs after a module that returns a new tensor
-    made in place."""
+    """``modules`` (run in order, eval mode) with each batch norm folded into a ``Conv2d``, ``Linear``,
+    :class:`epdo.nn.basis_conv.Pointwise` or exported Neural ePDO right before it, dropout and identities removed,
+    and ReLUs after a module that returns a new tensor made in place."""
     out: List[torch.nn.Module] = []
     for module in modules:
         if isinstance(module, _DROPOUT):
