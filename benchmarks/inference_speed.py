@@ -1,7 +1,7 @@
 """Inference throughput (eval mode, no grad) of the default network and of escnn's R2Conv network at the same
 parameter count, timed in interleaved rounds in one plain process, and a profile of where the default network's time
 goes.  Each network as built (``model(x)``, which runs its exported form) and as exported (``model.export()``), and
-escnn's also as escnn runs it (its modules one by one, as without epdo).
+both module by module (escnn's own forward; the default network's inference before it ran its exported form).
 
     python benchmarks/inference_speed.py --batches 1,64,256 --threads 1,2 --repeats 15
     python benchmarks/inference_speed.py --profile-only --batches 256 --threads 2
@@ -43,7 +43,7 @@ def inference(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
 
 
 def module_by_module(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The network's modules one by one (escnn's own forward, no exported form)."""
+    """The network's modules one by one (escnn's own forward; no exported form)."""
     return lambda x: model.classifier(model.features(x))
 
 
@@ -83,6 +83,7 @@ def main(argv=None) -> None:
     built = {name: evaluated(config) for name, config in MODELS.items()}
     networks: Dict[str, torch.nn.Module] = {}
     networks["escnn R2Conv 5x5, escnn's forward"] = module_by_module(built["escnn R2Conv 5x5"])
+    networks["Neural ePDO (default), module by module"] = module_by_module(built["Neural ePDO (default)"])
     for name, model in built.items():
         networks[f"{name}, built"] = model
         networks[f"{name}, exported"] = model.export()

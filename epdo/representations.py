@@ -1,4 +1,5 @@
-"""escnn representations of finite groups from their matrices, and the spaces of maps between them.
+"""escnn representations of finite groups from their matrices, and the spaces of maps between them; SO(2) and O(2)
+through their finite subgroups.
 
 * :func:`from_matrices` decomposes a representation given by its matrices into escnn's irreps exactly and
   deterministically (isotypic projectors from characters, one copy of an irrep at a time), without escnn's numerical
@@ -6,16 +7,19 @@
 * :func:`homomorphisms` solves ``W A(g) = B(g) W`` by orbits when either side permutes its basis (regular, quotient
   and trivial fields and direct sums of them), by escnn's irreps otherwise.
 
-Matrices are passed as :data:`Matrices`, ``{g: A(g)}`` over the group's elements.
+Matrices are passed as :data:`Matrices`, ``{g: A(g)}`` over the group's elements.  A representation of SO(2) or O(2)
+is passed by its matrices on C_M or D_M (:func:`matrices_on`): when every representation involved has angular
+frequencies up to ``F < M``, a vector that C_M fixes in their products has frequency 0, so ``Hom`` over the subgroup
+is ``Hom`` over the whole group (:func:`subgroup_order`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
-from escnn.group import Group, GroupElement, Representation
+from escnn.group import Group, GroupElement, Representation, cyclic_group, dihedral_group
 
 from epdo.memo import memoize
 
@@ -30,6 +34,60 @@ def matrices_of(rho: Representation) -> Matrices:
     for m in matrices.values():
         m.setflags(write=False)
     return matrices
+
+
+def is_continuous(group: Group) -> bool:
+    """Whether ``group`` is SO(2) or O(2) (infinite), not a finite group."""
+    return group.order() <= 0
+
+
+def frequency(rho: Representation) -> int:
+    """The highest angular frequency among the irreps of ``rho`` (a representation of SO(2), O(2), C_N or D_N)."""
+    return max(int(rho.group.irrep(*i).attributes["frequency"]) for i in rho.irreps)
+
+
+def subgroup_order(*representations: Representation, extra: int = 0) -> Optional[int]:
+    """``M = F + 1`` with ``F`` the sum of the representations' frequencies plus ``extra`` (the frequencies of
+    another factor, such as the derivatives'): on C_M / D_M, maps between them are exactly the SO(2) / O(2) maps.
+    ``None`` for representations of a finite group."""
+    if not is_continuous(representations[0].group):
+        return None
+    return max(2, sum(frequency(rho) for rho in representations) + extra + 1)
+
+
+@memoize
+def finite_subgroup(group: Group, order: int) -> Group:
+    """C_order inside SO(2), or D_order inside O(2) (its reflections those of O(2)): element ``k`` (or ``(f, k)``)
+    is the rotation by ``2 pi k / order`` (after the reflection ``f``)."""
+    return cyclic_group(order) if group.name == "SO(2)" else dihedral_group(order)
+
+
+def continuous_element(group: Group, element: GroupElement) -> GroupElement:
+    """The element of SO(2) or O(2) ``group`` that an element of :func:`finite_subgroup` stands for."""
+    order = element.group.rotation_order if hasattr(element.group, "rotation_order") else element.group.order()
+    if group.name == "SO(2)":
+        return group.element(2 * np.pi * element.value / order, "radians")
+    flip, rotation = element.value
+    return group.element((flip, 2 * np.pi * rotation / order), "radians")
+
+
+@memoize
+def matrices_on(rho: Representation, order: Optional[int] = None) -> Matrices:
+    """``{g: rho(g)}`` over the elements of a finite group (``order`` ``None``), or, for SO(2) / O(2), over those of
+    its subgroup C_order / D_order (:func:`finite_subgroup`), keyed by the subgroup's elements (cached; read-only)."""
+    if order is None:
+        return matrices_of(rho)
+    subgroup = finite_subgroup(rho.group, order)
+    matrices = {g: np.array(rho(continuous_element(rho.group, g)), dtype=float) for g in subgroup.elements}
+    for m in matrices.values():
+        m.setflags(write=False)
+    return matrices
+
+
+def is_permutation_representation(rho: Representation) -> bool:
+    """Whether ``rho`` is a representation of a finite group whose matrices permute the basis (:func:`is_permutation`);
+    never for SO(2) or O(2)."""
+    return not is_continuous(rho.group) and is_permutation(matrices_of(rho))
 
 
 def kronecker(a: Matrices, b: Matrices) -> Matrices:

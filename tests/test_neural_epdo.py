@@ -267,16 +267,14 @@ def test_bad_configurations_are_refused_with_numbers():
     reg = nn.FieldType(gs, [gs.regular_repr] * 4)
     with pytest.raises(ValueError, match="g=3 must divide .* z=4"):
         NeuralePDO(reg, reg, g=3)
-    with pytest.raises(ValueError, match="s=3 must divide g=4"):
+    with pytest.raises(ValueError, match="s=3 must divide the generator's 4 output fields and its hidden width M=1"):
         NeuralePDO(reg, reg, g=4, s=3)
-    with pytest.raises(ValueError, match="s=2 must divide g=2 and the hidden width M=1"):
+    with pytest.raises(ValueError, match="s=2 must divide the generator's 2 output fields and its hidden width M=1"):
         NeuralePDO(reg, reg, g=2, s=2)
-    with pytest.raises(ValueError, match="s=2 must divide g=1"):
+    with pytest.raises(ValueError, match="s=2 must divide the generator's 1 output fields"):
         NeuralePDO(reg, reg, s=2)
-    with pytest.raises(ValueError, match="not a permutation representation"):
-        NeuralePDO(nn.FieldType(gs, [gs.irrep(1)] * 4), reg)
-    with pytest.raises(ValueError, match="one representation"):
-        NeuralePDO(nn.FieldType(gs, [gs.regular_repr, gs.trivial_repr]), reg, g=1)
+    assert NeuralePDO(reg, reg).form == "diagonal"  # other field types take the commutant form (test_field_types)
+    assert NeuralePDO(nn.FieldType(gs, [gs.irrep(1)] * 4), reg).form == "commutant"
     with pytest.raises(ValueError, match="g must be a positive integer, got 0"):
         NeuralePDO(reg, reg, g=0)
     with pytest.raises(TypeError, match="basis must be an epdo.kernels.PDOBasis, got str"):

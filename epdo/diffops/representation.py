@@ -18,7 +18,16 @@ from escnn.gspaces import GSpace2D
 
 from epdo.diffops.multiindex import check_max_order, multi_indices
 from epdo.memo import memoize
-from epdo.representations import Matrices, contragredient, from_matrices, matrices_of, tensor_product
+from epdo.representations import (
+    Matrices,
+    continuous_element,
+    contragredient,
+    finite_subgroup,
+    from_matrices,
+    is_continuous,
+    matrices_of,
+    tensor_product,
+)
 
 
 def derivative_matrix(g: np.ndarray, max_order: int = 4) -> np.ndarray:
@@ -67,22 +76,34 @@ def frequency_projector(max_order: int = 4, max_frequency: Optional[int] = None)
 
 
 def check_planar_gspace(gspace: Any, context: str = "") -> None:
-    """Raise ``ValueError`` unless ``gspace`` is escnn's ``rot2dOnR2(N)`` or ``flipRot2dOnR2(N)`` (a finite group
-    acting on the plane); ``context`` (e.g. a module name) prefixes the message."""
-    if not isinstance(gspace, GSpace2D) or gspace.fibergroup.order() <= 0:
+    """Raise ``ValueError`` unless ``gspace`` is one of escnn's gspaces on the plane: ``rot2dOnR2(N)`` or
+    ``flipRot2dOnR2(N, axis)``, N finite or -1 (SO(2), O(2)); ``context`` (e.g. a module name) prefixes the message."""
+    if (
+        not isinstance(gspace, GSpace2D)
+        or gspace.fibergroup.name not in ("SO(2)", "O(2)")
+        and gspace.fibergroup.order() <= 0
+    ):
         prefix = f"{context}: " if context else ""
         raise ValueError(
-            f"{prefix}expected a gspace of a finite group acting on the plane (rot2dOnR2(N) or flipRot2dOnR2(N)), "
-            f"got {gspace!r}"
+            f"{prefix}expected a gspace of rotations (and reflections) of the plane: escnn's rot2dOnR2(N) or "
+            f"flipRot2dOnR2(N, axis), N finite or -1 for SO(2) / O(2); got {gspace!r}"
         )
 
 
 @memoize
-def derivative_matrices(gspace: GSpace2D, max_order: int = 4) -> Matrices:
-    """``{g: D(g)}`` over the elements of ``gspace.fibergroup`` (cached)."""
+def derivative_matrices(gspace: GSpace2D, max_order: int = 4, order: Optional[int] = None) -> Matrices:
+    """``{g: D(g)}`` over the elements of ``gspace.fibergroup`` or, for SO(2) / O(2), of its subgroup of ``order``
+    rotations (:func:`epdo.representations.finite_subgroup`), keyed by the subgroup's elements (cached)."""
     check_planar_gspace(gspace)
     check_max_order(max_order)
-    matrices = {g: derivative_matrix(gspace.basespace_action(g), max_order) for g in gspace.fibergroup.elements}
+    group = gspace.fibergroup
+    if is_continuous(group):
+        if order is None:
+            raise ValueError(f"derivative_matrices: {group.name} needs the order of a finite subgroup")
+        elements = {g: continuous_element(group, g) for g in finite_subgroup(group, order).elements}
+    else:
+        elements = {g: g for g in group.elements}
+    matrices = {g: derivative_matrix(gspace.basespace_action(h), max_order) for g, h in elements.items()}
     for m in matrices.values():
         m.setflags(write=False)
     return matrices
@@ -90,19 +111,36 @@ def derivative_matrices(gspace: GSpace2D, max_order: int = 4) -> Matrices:
 
 def derivative_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
     """escnn ``Representation`` ``D`` of ``gspace.fibergroup`` on the derivative vector (cached)."""
-    matrices = derivative_matrices(gspace, max_order)
-    return from_matrices(gspace.fibergroup, f"derivatives{max_order}@{gspace.name}", matrices)
+    return _from_derivatives(gspace, max_order, f"derivatives{max_order}@{gspace.name}", dual=False)
 
 
 def coefficient_representation(
     gspace: GSpace2D, max_order: int = 4, field: Optional[Representation] = None
 ) -> Representation:
     """The contragredient ``D^-T(g) = D(g^-1)^T``: how PDO coefficients ``A`` with ``sum_a A_a d^a f`` invariant
-    transform; with ``field`` (a representation ``rho`` of the fields the PDOs act on, channel by channel) the
-    coefficients of every channel, ``rho (x) D^-T`` with index ``(c, a)`` (cached)."""
-    dual = contragredient(derivative_matrices(gspace, max_order))
-    group = gspace.fibergroup
+    transform; with ``field`` (a representation ``rho`` of a finite group, of the fields the PDOs act on, channel by
+    channel) the coefficients of every channel, ``rho (x) D^-T`` with index ``(c, a)`` (cached)."""
     name = f"dual_derivatives{max_order}@{gspace.name}"
     if field is None:
-        return from_matrices(group, name, dual)
-    return tensor_product(group, f"({field.name})x({name})", matrices_of(field), dual)
+        return _from_derivatives(gspace, max_order, name, dual=True)
+    dual = contragredient(derivative_matrices(gspace, max_order))
+    return tensor_product(gspace.fibergroup, f"({field.name})x({name})", matrices_of(field), dual)
+
+
+def _from_derivatives(gspace: GSpace2D, max_order: int, name: str, dual: bool) -> Representation:
+    """``D`` (or ``D^-T``) as an escnn representation; for SO(2) / O(2) decomposed on the subgroup of ``2 max_order +
+    1`` rotations, whose irreps of frequencies ``<= max_order`` are the whole group's, restricted."""
+    group = gspace.fibergroup
+    order = 2 * max_order + 1 if is_continuous(group) else None
+    matrices = derivative_matrices(gspace, max_order, order)
+    matrices = contragredient(matrices) if dual else matrices
+    if order is None:
+        return from_matrices(group, name, matrices)
+    if name in group.representations:
+        return group.representations[name]
+    finite = from_matrices(finite_subgroup(group, order), name, matrices)
+    rho = Representation(
+        group, name, list(finite.irreps), finite.change_of_basis, change_of_basis_inv=finite.change_of_basis_inv
+    )
+    group.representations[name] = rho
+    return rho

@@ -28,7 +28,15 @@ from epdo.diffops import (
 )
 from epdo.kernels.spans import DenseSpan, OrbitSpan, Rows, lowdin
 from epdo.memo import memoize
-from epdo.representations import Matrices, contragredient, homomorphisms, is_permutation, kronecker, matrices_of
+from epdo.representations import (
+    Matrices,
+    contragredient,
+    homomorphisms,
+    is_permutation,
+    kronecker,
+    matrices_on,
+    subgroup_order,
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ def _span(permutation: Matrices, field: Matrices, operators: Matrices) -> Union[
         return OrbitSpan.of(permutation, field, operators)
     raw = homomorphisms(permutation, kronecker(field, operators))  # (K, (c, a), p)
     d_field, n = next(iter(field.values())).shape[0], next(iter(operators.values())).shape[0]
-    return DenseSpan(raw.reshape(len(raw), d_field, n, -1))
+    return DenseSpan(raw.reshape(len(raw), d_field, n, next(iter(permutation.values())).shape[0]))
 
 
 @memoize
@@ -152,9 +160,10 @@ def pdo_filter_basis(gspace: GSpace2D, rho_in: Representation, rho_out: Represen
     regular and ``15 N`` for regular -> regular with every PDO of order <= 4; 11 and ``11 N`` at ``max_frequency=2``.
     Orthonormal in ``basis``'s metric (mean squared norm 1 with a band limit).  float64, read-only, cached.
     """
-    dual = contragredient(derivative_matrices(gspace, basis.max_order))
+    order = subgroup_order(rho_in, rho_out, extra=basis.max_order)
+    dual = contragredient(derivative_matrices(gspace, basis.max_order, order))
     # W (rho_in (x) D)(g) = rho_out(g) W  <=>  W^T intertwines rho_out^-T with rho_in^-T (x) D^-T
-    span = _span(contragredient(matrices_of(rho_out)), contragredient(matrices_of(rho_in)), dual)
+    span = _span(contragredient(matrices_on(rho_out, order)), contragredient(matrices_on(rho_in, order)), dual)
     stencil = stencils_numpy(basis.discretization, basis.max_order, basis.size)
     if not len(span):
         return _read_only(np.zeros((0, rho_out.size, rho_in.size, basis.size, basis.size)))
@@ -174,8 +183,9 @@ def pdo_coefficient_basis(
 
     Shape ``(n_basis, d n_ops, d_in)``; float64, read-only, cached.
     """
-    dual = contragredient(derivative_matrices(gspace, basis.max_order))
-    span = _span(matrices_of(rho_in), matrices_of(field), dual)
+    order = subgroup_order(rho_in, field, extra=basis.max_order)
+    dual = contragredient(derivative_matrices(gspace, basis.max_order, order))
+    span = _span(matrices_on(rho_in, order), matrices_on(field, order), dual)
     if not len(span):
         return _read_only(np.zeros((0, field.size * basis.num_operators, rho_in.size)))
     rows = _pdo_rows(Rows.of(span).canonical("cap"), basis, "cpa")

@@ -116,19 +116,19 @@ class Pointwise(torch.nn.Module):
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
-    """``conv2d`` with a ``1 x 1`` filter as a batched matrix product (faster than ``conv2d`` on CPU), the bias added
-    by the product itself (``baddbmm``): ``x (B, C_in, H, W)``, ``weight (C_out, C_in / groups, ...)`` (1x1, or
-    without the filter's axes) -> ``(B, C_out, H, W)``."""
+    """``conv2d`` with a ``1 x 1`` filter as a batched matrix product (faster than ``conv2d`` on CPU), a bias added
+    by the product itself (``baddbmm``) when ``groups`` is 1: ``x (B, C_in, H, W)``, ``weight (C_out, C_in / groups,
+    ...)`` (1x1, or without the filter's axes) -> ``(B, C_out, H, W)``."""
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
     w = weight.reshape(groups, out_channels // groups, channels // groups)
     inputs = x.reshape(batch, groups, channels // groups, height * width)
     if bias is None:
         out = torch.matmul(w, inputs)
+    elif groups == 1:  # the weight broadcast over the batch as a view: no copy
+        out = torch.baddbmm(bias[:, None], w[0].expand(batch, -1, -1), inputs[:, 0])
     else:
-        shape = (batch * groups, out_channels // groups, channels // groups)
-        products = w.expand(batch, -1, -1, -1).reshape(shape)
-        out = torch.baddbmm(bias.reshape(groups, -1, 1).repeat(batch, 1, 1), products, inputs.flatten(0, 1))
+        out = torch.matmul(w, inputs).add_(bias.reshape(groups, -1, 1))
     return out.reshape(batch, out_channels, height, width)
 
 

@@ -1,15 +1,19 @@
-"""Per-field normalization of permutation fields: per sample (``FieldNorm``) and per batch (``FieldBatchNorm``)."""
+"""Per-field normalization: per sample (``FieldNorm``, any fields of one representation) and per batch
+(``FieldBatchNorm``, permutation fields)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
+from epdo.kernels import intertwiner_basis
 from epdo.nn.checks import check_input
-from epdo.representations import is_permutation, matrices_of
+from epdo.representations import is_permutation_representation
 
 
 def _field_size(module: str, in_type: FieldType) -> int:
@@ -17,29 +21,38 @@ def _field_size(module: str, in_type: FieldType) -> int:
     if not isinstance(in_type, FieldType):
         raise TypeError(f"{module}: in_type must be an escnn FieldType, got {type(in_type).__name__}")
     sizes = {rho.size for rho in in_type.representations}
-    if len(sizes) != 1 or not all(is_permutation(matrices_of(rho)) for rho in set(in_type.representations)):
+    if len(sizes) != 1 or not all(is_permutation_representation(rho) for rho in set(in_type.representations)):
         raise ValueError(f"{module}: expected fields of one permutation representation, got {in_type}")
     return sizes.pop()
 
 
 class FieldNorm(EquivariantModule):
-    """``y = (f - mean) / sqrt(var + eps) * w + b`` per sample and field; statistics over the field's channels
-    and all pixels, ``w``, ``b`` one scalar each per field.
+    """``y = (f - mean) / sqrt(var + eps) * w + b u`` per sample and field: ``mean`` the average over pixels of the
+    field's invariant part, ``var`` the mean square over its channels and pixels after that, ``w``, ``b`` one scalar
+    each per field, ``u`` the field's unit invariant vector (no bias for fields without one).
 
-    Equivariant for fields of permutation representations (regular, quotient), whose channel mean and variance
-    are invariant.  Shapes: ``(B, C, H, W)`` in and out.
+    Equivariant for fields of any one representation (``rho`` orthogonal: the invariant part and the norm are
+    invariant).  For permutation representations (regular, quotient) the invariant part is the channels' mean and
+    ``b u`` adds ``b`` to every channel: a ``group_norm``.  Shapes: ``(B, C, H, W)`` in and out.
     """
 
     def __init__(self, in_type: FieldType, eps: float = 1e-5) -> None:
         super().__init__()
-        self.field_size = _field_size("FieldNorm", in_type)
+        if not isinstance(in_type, FieldType):
+            raise TypeError(f"FieldNorm: in_type must be an escnn FieldType, got {type(in_type).__name__}")
+        if len({rho.name for rho in in_type.representations}) != 1:
+            raise ValueError(f"FieldNorm: expected fields of one representation, got {in_type}")
+        rho = in_type.representations[0]
         self.in_type = self.out_type = in_type
-        self.eps = eps
+        self.eps, self.field_size = eps, rho.size
         self.weight = torch.nn.Parameter(torch.ones(len(in_type)))
         self.bias = torch.nn.Parameter(torch.zeros(len(in_type)))
+        self.norm = None if is_permutation_representation(rho) else InvariantNorm(rho, len(in_type), eps)
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input("FieldNorm", x, self.in_type)
+        if self.norm is not None:
+            return GeometricTensor(self.norm(x.tensor, self.weight, self.bias), self.out_type)
         weight = self.weight.repeat_interleave(self.field_size)
         bias = self.bias.repeat_interleave(self.field_size)
         out = F.group_norm(x.tensor, len(self.in_type), weight, bias, self.eps)
@@ -48,12 +61,52 @@ class FieldNorm(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return tuple(input_shape)
 
-    def export(self) -> torch.nn.GroupNorm:
+    def export(self) -> torch.nn.Module:
+        if self.norm is not None:
+            return _AffineInvariantNorm(
+                copy.deepcopy(self.norm), self.weight.detach().clone(), self.bias.detach().clone()
+            )
         norm = torch.nn.GroupNorm(len(self.in_type), self.in_type.size, self.eps)
         with torch.no_grad():
             norm.weight.copy_(self.weight.repeat_interleave(self.field_size))
             norm.bias.copy_(self.bias.repeat_interleave(self.field_size))
         return norm.to(self.weight.device, self.weight.dtype)
+
+
+class InvariantNorm(torch.nn.Module):
+    """:class:`FieldNorm`'s computation for ``fields`` fields of a representation ``rho`` that does not permute
+    channels, on plain tensors ``(B, fields * d, H, W)`` with the weights and biases ``(fields,)`` given."""
+
+    def __init__(self, rho: Representation, fields: int, eps: float) -> None:
+        super().__init__()
+        invariant = intertwiner_basis(rho.group.trivial_representation, rho)[:, :, 0]  # (t, d), orthonormal rows
+        self.fields, self.d, self.eps = fields, rho.size, eps
+        self.register_buffer("invariant", torch.tensor(invariant, dtype=torch.get_default_dtype()))
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        fields = x.reshape(batch, self.fields, self.d, height, width)
+        if len(self.invariant):
+            mean = fields.mean(dim=(3, 4)) @ self.invariant.t() @ self.invariant  # (B, fields, d)
+            fields = fields - mean[..., None, None]
+        scale = weight * torch.rsqrt(fields.square().mean(dim=(2, 3, 4)) + self.eps)  # (B, fields)
+        out = fields * scale[:, :, None, None, None]
+        if len(self.invariant):
+            out = out + (bias[:, None] * self.invariant[0])[None, :, :, None, None]
+        return out.reshape(batch, channels, height, width)
+
+
+class _AffineInvariantNorm(torch.nn.Module):
+    """The exported form of a :class:`FieldNorm` of non-permutation fields: its norm with fixed weights."""
+
+    def __init__(self, norm: InvariantNorm, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x, self.weight, self.bias)
 
 
 class FieldBatchNorm(EquivariantModule):

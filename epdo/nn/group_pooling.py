@@ -8,7 +8,7 @@ import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.nn.checks import check_input
-from epdo.representations import is_permutation, matrices_of
+from epdo.representations import is_permutation_representation
 
 
 class GroupMaxPool(EquivariantModule):
@@ -23,7 +23,7 @@ class GroupMaxPool(EquivariantModule):
         if not isinstance(in_type, FieldType):
             raise TypeError(f"GroupMaxPool: in_type must be an escnn FieldType, got {type(in_type).__name__}")
         sizes = {rho.size for rho in in_type.representations}
-        if len(sizes) != 1 or not all(is_permutation(matrices_of(rho)) for rho in set(in_type.representations)):
+        if len(sizes) != 1 or not all(is_permutation_representation(rho) for rho in set(in_type.representations)):
             raise ValueError(f"GroupMaxPool: expected fields of one permutation representation, got {in_type}")
         gspace = in_type.gspace
         self.in_type = in_type

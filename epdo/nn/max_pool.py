@@ -11,7 +11,7 @@ from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 from epdo.nn import native
 from epdo.nn.checks import check_input
 from epdo.nn.native import max_pool as op
-from epdo.representations import is_permutation, matrices_of
+from epdo.representations import is_permutation_representation
 
 
 def native_max_pool(device: torch.device, dtype: torch.dtype) -> bool:
@@ -51,7 +51,7 @@ class FieldMaxPool(EquivariantModule):
         if not isinstance(in_type, FieldType):
             raise TypeError(f"FieldMaxPool: in_type must be an escnn FieldType, got {type(in_type).__name__}")
         for rho in set(in_type.representations):
-            if not is_permutation(matrices_of(rho)):
+            if not is_permutation_representation(rho):
                 raise ValueError(
                     f"FieldMaxPool: representation {rho.name!r} does not permute channels, so a channel-wise maximum "
                     "is not equivariant; pool regular, quotient or trivial fields (escnn.nn.NormMaxPool pools others)"

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+import copy
+from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from escnn.group import Representation
-from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+from escnn.nn import EquivariantModule, FieldType, FourierPointwise, GeometricTensor
 
 from epdo.diffops import coefficient_representation
-from epdo.kernels import PDOBasis, pdo_coefficient_basis
+from epdo.kernels import PDOBasis, intertwiner_basis, pdo_coefficient_basis
 from epdo.nn.basis_conv import BasisConv
 from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.field_norm import FieldNorm
 from epdo.nn.functional import COEFFICIENT_SCALE, adaptive_pdo, pixelwise_pdo, stencil_key, uses_native
-from epdo.representations import is_permutation, matrices_of
+from epdo.nn.sampled import SampledPointwise
+from epdo.representations import is_continuous, is_permutation_representation
 
 MIX_GAIN = 4.0
 """Parametrization gain of the output mix: a 1x1 map's weights start ~4x larger than a 5x5 PDO filter's (its fan-in
@@ -26,26 +28,37 @@ lacks the ~15 operators), so with this gain Adam's relative steps ``lr / |theta|
 class NeuralePDO(EquivariantModule):
     r"""Neural ePDO: ``out = Mix( sum_a A_a(f(x)) d^a f(x) )``, a PDO whose coefficients depend on the local feature.
 
-    1. Generator (an equivariant MLP of 1x1 maps): ``z`` rho-fields -> ``M`` regular fields -> per-field
-       normalization -> ReLU -> ``g`` fields of the coefficient representation ``rho (x) D^-T`` (a grouped 1x1 map,
-       ``s`` groups), ``M = max(1, floor(z d / (reduction |G|)))``.
-    2. Each coefficient field's per-pixel PDOs are composed into ``d x k x k`` taps, scaled by 1/5 and divided by
-       their norm + 0.01 (the root mean square of the channels' L2 norms: a white input keeps its variance).
-    3. The ``q = z / g`` partitions of ``g`` input fields share these PDOs: channel ``(p, j, c)`` gets
-       ``sum_a A[j, c, a] (S_a * f_(p, j, c))`` (:func:`epdo.nn.functional.adaptive_pdo`).
-    4. An equivariant 1x1 map (the mix) ``z`` rho-fields -> ``out_type``.
+    1. Generator (an equivariant MLP of 1x1 maps): ``in_type`` -> ``M`` hidden fields -> per-field normalization ->
+       nonlinearity -> the PDO coefficients (a grouped 1x1 map, ``s`` groups).  Hidden fields: regular fields and a
+       ReLU for a finite group, ``M = max(1, floor(in_type.size / (reduction |G|)))``; for SO(2) / O(2) band-limited
+       regular fields (frequencies up to the PDOs' highest) and escnn's ``FourierPointwise`` ReLU.
+    2. Each coefficient field's per-pixel PDOs are composed into ``k x k`` taps, scaled by 1/5 and divided by their
+       norm + 0.01 (the root mean square of the field's PDOs' L2 norms: a white input keeps its variance).
+    3. The coefficients take one of two forms (``form``):
+
+       * ``"diagonal"`` (``in_type`` of one permutation representation ``rho``: regular, quotient, their sums): ``g``
+         fields of ``rho (x) D^-T``, one PDO per channel; the ``q = z / g`` partitions of ``g`` input fields share
+         them: channel ``(p, j, c)`` gets ``sum_a A[j, c, a] (S_a * f_(p, j, c))``
+         (:func:`epdo.nn.functional.adaptive_pdo`).
+       * ``"commutant"`` (any other field type: irreps, SO(2) / O(2) fields, mixed types): ``g`` sets of ``K``
+         scalar PDOs (``D^-T`` fields); field ``i`` of representation ``rho`` gets ``sum_e E_e P_(i mod g, e) f_i``
+         with ``E_e`` a basis of the maps that commute with ``rho`` (``K`` = the most of them over ``in_type``'s
+         representations: 1 for a trivial field, 2 for an SO(2) irrep, ``|G|`` for a regular field).
+
+    4. An equivariant 1x1 map (the mix) ``in_type`` -> ``out_type``.
 
     The generator starts static (its per-field affine at weight 0, bias 1: the same PDO at every pixel) and learns to
-    adapt.  Shapes: input ``(B, z d, H, W)``, output ``(B, out_type.size, H, W)``.
+    adapt.  Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
 
     Args:
-        in_type: ``z`` fields of one permutation representation (regular, quotient, or a direct sum of them).
+        in_type: any field type of a gspace on the plane (``rot2dOnR2(N)``, ``flipRot2dOnR2(N, axis)``, N finite or
+            -1).
         out_type: any field type of the same gspace.
-        g: fields per partition, a divisor of ``z``: the generator makes PDOs for ``g`` fields, which all ``z / g``
-            partitions share.
-        s: groups of the generator's output map, a divisor of ``g`` and ``M``.
-        reduction: how much narrower the generator's hidden layer is than its input: ``M = max(1, z d // (reduction
-            |G|))`` regular fields, at least one, so every valid input type has a generator.
+        g: the generator makes PDOs for ``g`` fields (sets), which all partitions of ``g`` fields share: a divisor of
+            the number of fields (of each representation, in the commutant form).
+        s: groups of the generator's output map, a divisor of its output fields and of ``M``.
+        reduction: how much narrower the generator's hidden layer is than its input (at least one hidden field, so
+            every valid input type has a generator).
         basis: which PDOs and the metric of the generator's output basis (:class:`epdo.kernels.PDOBasis`).
 
     The defaults are the configuration measured best at a fixed parameter budget; the paper's layers differ in
@@ -106,23 +119,42 @@ class NeuralePDO(EquivariantModule):
         check_field_types("NeuralePDO", in_type, out_type)
         if not isinstance(basis, PDOBasis):
             raise TypeError(f"NeuralePDO: basis must be an epdo.kernels.PDOBasis, got {type(basis).__name__}")
-        rho = _single_permutation_representation(in_type)
-        gspace = in_type.gspace
-        z, d, order = len(in_type), rho.size, gspace.fibergroup.order()
         for name, value in (("g", g), ("s", s), ("reduction", reduction)):
             check_positive_int("NeuralePDO", name, value)
-        hidden = max(1, z * d // (reduction * order))
-        if z % g:
-            raise ValueError(f"NeuralePDO: g={g} must divide the number of input fields z={z}")
-        if g % s or hidden % s:
-            raise ValueError(f"NeuralePDO: s={s} must divide g={g} and the hidden width M={hidden}")
+        gspace, group = in_type.gspace, in_type.gspace.fibergroup
+        names = {rho.name for rho in in_type.representations}
+        rho = in_type.representations[0]
+        diagonal = len(names) == 1 and is_permutation_representation(rho)
+        if diagonal and len(in_type) % g:
+            raise ValueError(f"NeuralePDO: g={g} must divide the number of input fields z={len(in_type)}")
+        self.layout = None if diagonal else CommutantLayout(in_type, g)
+        self.form = "diagonal" if diagonal else "commutant"
+        if is_continuous(group):
+            top = basis.max_order if basis.max_frequency is None else min(basis.max_frequency, basis.max_order)
+            irreps = group.bl_irreps(max(top, 1))
+            rho_hidden = group.spectral_regular_representation(*irreps)
+            hidden = max(1, in_type.size // (reduction * rho_hidden.size))
+            grid = 4 * (len(irreps) // 2 + 1)  # >= 2 top + 1 samples of the rotations, a multiple of 4
+            self.generator_activation = FourierPointwise(gspace, hidden, irreps, type="regular", N=grid)
+            hidden_type = self.generator_activation.in_type
+        else:
+            hidden = max(1, in_type.size // (reduction * group.order()))
+            self.generator_activation = None
+            hidden_type = FieldType(gspace, [gspace.regular_repr] * hidden)
+        if diagonal:
+            coefficient_rep, field = coefficient_representation(gspace, basis.max_order, rho), rho
+            self.coefficient_type = FieldType(gspace, [coefficient_rep] * g)
+        else:
+            coefficient_rep, field = coefficient_representation(gspace, basis.max_order), group.trivial_representation
+            self.coefficient_type = FieldType(gspace, [coefficient_rep] * (g * self.layout.operators))
+        if len(self.coefficient_type) % s or hidden % s:
+            raise ValueError(
+                f"NeuralePDO: s={s} must divide the generator's {len(self.coefficient_type)} output fields and its "
+                f"hidden width M={hidden}"
+            )
         self.in_type, self.out_type, self.gspace = in_type, out_type, gspace
         self.g, self.s, self.reduction, self.hidden, self.basis = g, s, reduction, hidden, basis
         self.normalization = "l1" if reference else "rms"
-
-        hidden_type = FieldType(gspace, [gspace.regular_repr] * hidden)
-        coefficient_rep = coefficient_representation(gspace, basis.max_order, rho)
-        self.coefficient_type = FieldType(gspace, [coefficient_rep] * g)
         self.generator_in = Conv1x1(in_type, hidden_type)
         self.generator_norm = FieldNorm(hidden_type)
         if not reference:  # a static PDO at initialization
@@ -132,7 +164,7 @@ class NeuralePDO(EquivariantModule):
         self.generator_out = BasisConv(
             hidden_type,
             self.coefficient_type,
-            lambda rho_in, _: pdo_coefficient_basis(gspace, rho_in, rho, basis),
+            lambda rho_in, _: pdo_coefficient_basis(gspace, rho_in, field, basis),
             1,
             groups=s,
         )
@@ -141,16 +173,27 @@ class NeuralePDO(EquivariantModule):
         _key(self)
 
     def coefficients(self, x: GeometricTensor) -> GeometricTensor:
-        """The generator's output: ``g`` fields of ``rho (x) D^-T``, shape ``(B, g d n_ops, H, W)``."""
-        hidden = self.generator_norm(self.generator_in(x))  # a fresh tensor that group_norm's backward does not read
-        return self.generator_out(GeometricTensor(F.relu(hidden.tensor, inplace=True), hidden.type))
+        """The generator's output, :attr:`coefficient_type`: ``g`` fields of ``rho (x) D^-T`` (diagonal form) or
+        ``g K`` fields of ``D^-T`` (commutant form), shape ``(B, coefficient_type.size, H, W)``."""
+        hidden = self.generator_norm(self.generator_in(x))  # a fresh tensor that the norm's backward does not read
+        if self.generator_activation is not None:
+            hidden = self.generator_activation(hidden)
+        else:
+            hidden = GeometricTensor(F.relu(hidden.tensor, inplace=True), hidden.type)
+        return self.generator_out(hidden)
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input("NeuralePDO", x, self.in_type)
         coefficients = self.coefficients(x).tensor
-        y = adaptive_pdo(
-            x.tensor, coefficients, self.stencils, self.g, normalization=self.normalization, key=_key(self)
-        )
+        key = _key(self)
+
+        def pdo(inputs: torch.Tensor, operators: torch.Tensor, channels: int) -> torch.Tensor:
+            return adaptive_pdo(inputs, operators, self.stencils, self.g, normalization=self.normalization, key=key)
+
+        if self.layout is None:
+            y = pdo(x.tensor, coefficients, 0)
+        else:
+            y = self.layout(x.tensor, coefficients, pdo)
         return self.mix(GeometricTensor(y, self.in_type))
 
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -160,36 +203,44 @@ class NeuralePDO(EquivariantModule):
 
     @torch.no_grad()
     def export(self, backend: str = "auto") -> ExportedNeuralePDO:
-        """Plain torch modules (``Conv2d``, ``GroupNorm``) computing the same map on the ``.tensor`` of the input, with
-        the adaptive PDO of ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where
-        the layer's parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
+        """Plain torch modules computing the same map on the ``.tensor`` of the input, with the adaptive PDO of
+        ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where the layer's
+        parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
         like = next(self.parameters()).new_empty(0)
         native = uses_native(like, self.stencils, _key(self), backend)
-        generator = torch.nn.Sequential(
-            self.generator_in.export(), self.generator_norm.export(), torch.nn.ReLU(), self.generator_out.export()
+        activation = (
+            torch.nn.ReLU() if self.generator_activation is None else SampledPointwise.of(self.generator_activation)
         )
+        generator = torch.nn.Sequential(
+            self.generator_in.export(), self.generator_norm.export(), activation, self.generator_out.export()
+        )
+        layout = None if self.layout is None else copy.deepcopy(self.layout)
         d = self.in_type.representations[0].size
-        return ExportedNeuralePDO(generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native)
+        return ExportedNeuralePDO(
+            generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native, layout
+        )
 
     def extra_repr(self) -> str:
-        return f"g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, basis={self.basis}" + (
-            ", reference" if self.normalization == "l1" else ""
+        return (
+            f"{self.form}, g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, basis={self.basis}"
+            + (", reference" if self.normalization == "l1" else "")
         )
 
 
 class ExportedNeuralePDO(torch.nn.Module):
     """The exported form of :class:`NeuralePDO` on plain tensors ``(B, C, H, W)``: ``mix(adaptive PDO(x,
     generator(x)))``, the adaptive PDO as the compiled operator ``torch.ops.epdo.adaptive_pdo`` (``native``) or as
-    PyTorch operations (:func:`epdo.nn.functional.pixelwise_pdo`).  Every size is a Python integer fixed here, so
-    ``torch.fx`` and ``torch.export`` trace it.
+    PyTorch operations (:func:`epdo.nn.functional.pixelwise_pdo`), through ``layout`` in the commutant form.  Every
+    size is a Python integer fixed here, so ``torch.fx`` and ``torch.export`` trace it.
 
     Args:
         generator: the coefficients ``(B, fields * d * n_ops, H, W)`` of ``x``.
-        mix: the map applied last (``Conv2d``, 1x1).
+        mix: the map applied last (1x1).
         stencils: the derivative stencils ``(n_ops, k, k)``.
-        fields: coefficient fields (the layer's ``g``); d: channels of a field.
+        fields: coefficient fields (the layer's ``g``); d: channels of a field (diagonal form).
         normalization: one of :data:`epdo.nn.functional.NORMALIZATIONS`.
         native: the compiled operator (CPU, float32/float64) instead of PyTorch's operations.
+        layout: the commutant form's :class:`CommutantLayout` (``None``: the diagonal form).
     """
 
     def __init__(
@@ -201,9 +252,10 @@ class ExportedNeuralePDO(torch.nn.Module):
         d: int,
         normalization: str,
         native: bool,
+        layout: Optional[CommutantLayout] = None,
     ) -> None:
         super().__init__()
-        self.generator, self.mix = generator, mix
+        self.generator, self.mix, self.layout = generator, mix, layout
         self.fields, self.channels, self.size = fields, fields * d, stencils.shape[-1]
         self.normalization, self.native = normalization, native
         self.key = stencil_key(stencils)
@@ -212,15 +264,80 @@ class ExportedNeuralePDO(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coefficients = self.generator(x)
+        if self.layout is None:
+            return self.mix(self._pdo(x, coefficients, self.channels))
+        return self.mix(self.layout(x, coefficients, self._pdo))
+
+    def _pdo(self, x: torch.Tensor, coefficients: torch.Tensor, channels: int) -> torch.Tensor:
+        """The adaptive PDO of ``self.fields`` coefficient fields of ``channels / fields`` channels each."""
         if self.native:
-            y = torch.ops.epdo.adaptive_pdo(x, coefficients, self.key, self.fields, self.normalization == "l1")[0]
-            return self.mix(y)
-        batch, channels, height, width = x.shape
-        operators = coefficients.reshape(batch, self.channels, -1, height * width)
-        taps = torch.matmul(self.taps, operators).reshape(batch, self.channels, -1, height, width)
-        parts = x.reshape(batch, -1, self.channels, height, width)
+            return torch.ops.epdo.adaptive_pdo(x, coefficients, self.key, self.fields, self.normalization == "l1")[0]
+        batch, total, height, width = x.shape
+        operators = coefficients.reshape(batch, channels, -1, height * width)
+        taps = torch.matmul(self.taps, operators).reshape(batch, channels, -1, height, width)
+        parts = x.reshape(batch, -1, channels, height, width)
         y = pixelwise_pdo(parts, taps, self.fields, self.normalization, self.size)[0]
-        return self.mix(y.reshape(batch, channels, height, width))
+        return y.reshape(batch, total, height, width)
+
+
+class CommutantLayout(torch.nn.Module):
+    """How the commutant form applies ``g`` sets of ``K`` scalar PDOs to the fields of a field type: the fields
+    grouped by representation (a channel permutation, when they are not already), and each group's commutant basis
+    ``E`` ``(n_e, d, d)`` (an orthonormal basis of ``{E : E rho(g) = rho(g) E}``).
+
+    Field ``i`` of a group (``m`` fields of ``rho``, ``q = m / g`` partitions) gets ``sum_e E_e P_(i mod g, e) f_i``:
+    the field is repeated ``n_e`` times, the PDOs applied channel by channel (one PDO for all ``d`` channels of a
+    repeat) and normalized over the set's PDOs, then mixed by ``E``.
+    """
+
+    def __init__(self, in_type: FieldType, g: int) -> None:
+        super().__init__()
+        by_name: Dict[str, List[int]] = {}
+        for index, rho in enumerate(in_type.representations):
+            by_name.setdefault(rho.name, []).append(index)
+        starts = np.cumsum([0] + [rho.size for rho in in_type.representations])
+        order, self.blocks = [], []
+        for fields in by_name.values():
+            rho = in_type.representations[fields[0]]
+            if len(fields) % g:
+                raise ValueError(
+                    f"NeuralePDO: g={g} must divide the number of fields of each representation; {rho.name!r} has "
+                    f"{len(fields)}"
+                )
+            commutant = intertwiner_basis(rho, rho)
+            self.register_buffer(
+                f"commutant_{len(self.blocks)}", torch.tensor(commutant, dtype=torch.get_default_dtype())
+            )
+            self.blocks.append((len(fields), rho.size, len(commutant)))
+            order += [c for f in fields for c in range(starts[f], starts[f + 1])]
+        self.g, self.operators = g, max(n for _, _, n in self.blocks)
+        identity = order == list(range(in_type.size))
+        self.register_buffer("order", None if identity else torch.tensor(order))
+        self.register_buffer("inverse", None if identity else torch.argsort(torch.tensor(order)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        coefficients: torch.Tensor,
+        pdo: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)``, ``coefficients`` ``(B, g K n_ops, H, W)``; ``pdo(inputs, operators, channels)`` the
+        adaptive PDO of ``g`` coefficient fields of ``channels / g`` channels."""
+        batch, _, height, width = x.shape
+        if self.order is not None:
+            x = x[:, self.order]
+        operators = coefficients.reshape(batch, self.g, self.operators, -1, height, width)
+        outputs, start = [], 0
+        for index, (fields, d, n) in enumerate(self.blocks):
+            block = x[:, start : start + fields * d].reshape(batch, fields // self.g, self.g, 1, d, height, width)
+            block = block.expand(-1, -1, -1, n, -1, -1, -1).reshape(batch, -1, height, width)
+            shared = operators[:, :, :n, None].expand(-1, -1, -1, d, -1, -1, -1).reshape(batch, -1, height, width)
+            y = pdo(block, shared, self.g * n * d).reshape(batch, fields // self.g, self.g, n, d, height, width)
+            commutant = getattr(self, f"commutant_{index}")
+            outputs.append(torch.einsum("ecd,bqgedhw->bqgchw", commutant, y).reshape(batch, -1, height, width))
+            start += fields * d
+        y = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        return y if self.inverse is None else y[:, self.inverse]
 
 
 def _key(module: torch.nn.Module) -> str:
@@ -232,19 +349,3 @@ def _key(module: torch.nn.Module) -> str:
     if getattr(module, "_stencil_state", None) != state:
         module._stencil_key, module._stencil_state = stencil_key(module.stencils), state
     return module._stencil_key
-
-
-def _single_permutation_representation(in_type: FieldType) -> Representation:
-    names = {rho.name for rho in in_type.representations}
-    if len(names) != 1:
-        raise ValueError(
-            f"NeuralePDO: in_type must hold fields of one representation, got {sorted(names)}; the per-channel "
-            "coefficient form needs all fields alike"
-        )
-    rho = in_type.representations[0]
-    if not is_permutation(matrices_of(rho)):
-        raise ValueError(
-            f"NeuralePDO: in_type's representation {rho.name!r} is not a permutation representation (regular, "
-            "quotient or a direct sum of them); the per-channel coefficient form needs one"
-        )
-    return rho

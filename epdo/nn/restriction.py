@@ -10,7 +10,7 @@ from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor, RestrictionModule
 
 from epdo.nn.checks import check_input
-from epdo.representations import is_permutation, matrices_of
+from epdo.representations import is_permutation_representation
 
 
 class RestrictToRotations(EquivariantModule):
@@ -33,7 +33,7 @@ class RestrictToRotations(EquivariantModule):
         permutation: List[int] = []
         offset = 0
         for rho in self.restriction.out_type.representations:
-            if not is_permutation(matrices_of(rho)):
+            if not is_permutation_representation(rho):
                 raise ValueError(f"RestrictToRotations: field representation {rho.name!r} is not a permutation")
             for target, channels in _rotation_orbits(gspace, rho):
                 representations.append(target)
