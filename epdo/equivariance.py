@@ -75,6 +75,22 @@ def escnn_field_types() -> Dict[str, Tuple[FieldType, FieldType]]:
     return {name: (FieldType(spaces[name], a), FieldType(spaces[name], b)) for name, (a, b) in types.items()}
 
 
+def redraw_weights(layer: torch.nn.Module) -> torch.nn.Module:
+    """Draw ``layer``'s weights anew as its initialization does (epdo's layers and escnn's ``R2Conv``), to average an
+    error over initializations; returns ``layer``."""
+    from escnn.nn import R2Conv
+    from escnn.nn.init import generalized_he_init
+
+    from epdo.nn.basis_expansion import BlockBasisExpansion
+
+    if isinstance(layer, R2Conv):
+        generalized_he_init(layer.weights.data, layer.basisexpansion)
+    for module in layer.modules():
+        if isinstance(module, BlockBasisExpansion):
+            module.reset_parameters()
+    return layer
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||``."""
     return float((a - b).norm() / b.norm().clamp_min(1e-30))

@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 from escnn import gspaces, nn
-from escnn.nn.init import generalized_he_init
 
-from epdo.equivariance import equivariance_errors, escnn_field_types, grid_elements, off_grid_elements, smooth_field
+from epdo.equivariance import (
+    equivariance_errors,
+    escnn_field_types,
+    grid_elements,
+    off_grid_elements,
+    redraw_weights,
+    smooth_field,
+)
 from epdo.kernels import PDOBasis, intertwiner_basis, pdo_filter_basis
 from epdo.nn import FieldNorm, NeuralePDO, PDOConv
-from epdo.nn.basis_expansion import BlockBasisExpansion
 from epdo.representations import finite_subgroup, matrices_on
 
 TOL = 2e-5
@@ -181,15 +186,6 @@ def test_the_commutant_form_exports(case, backend):
         torch.testing.assert_close(layer.export(backend)(x), layer(nn.GeometricTensor(x, in_type)).tensor)
 
 
-def redraw(layer):
-    """Draw ``layer``'s weights anew, as its initialization does."""
-    if isinstance(layer, nn.R2Conv):
-        generalized_he_init(layer.weights.data, layer.basisexpansion)
-    for module in layer.modules():
-        if isinstance(module, BlockBasisExpansion):
-            module.reset_parameters()
-
-
 OFF_GRID_CASES = ["C8, irrep(1) x4", "SO(2), bl_irreps(3)", "D8, axis pi/3, all representations"]
 
 
@@ -213,7 +209,7 @@ def test_off_the_grid_within_one_and_a_half_times_r2convs_error(case):
         draws = []
         for seed in range(4):
             torch.manual_seed(seed)
-            redraw(layer)
+            redraw_weights(layer)
             draws += list(equivariance_errors(layer.train(), x, elements, margin=4).values())
         errors[name] = float(np.mean(draws))
     assert errors["PDOConv"] < 1.5 * errors["escnn"] and errors["NeuralePDO"] < 1.5 * errors["escnn"], errors

@@ -161,7 +161,7 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
 
     Inference (every module in eval mode, gradients off, not under ``torch.compile``) runs the network's exported
     form (:meth:`export`: batch norms folded, one traced graph), kept until a parameter or buffer changes, on the CPU
-    in chunks of images (:data:`INFERENCE_CHUNK_BYTES`): the same logits to rounding, faster.  Forward hooks on the
+    in chunks of images (``INFERENCE_CHUNK_BYTES``): the same logits to rounding, faster.  Forward hooks on the
     inner modules do not run there; with gradients on, the modules run one by one.
     """
 

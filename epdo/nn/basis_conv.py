@@ -82,7 +82,7 @@ class BasisConv(CachedWeight, EquivariantModule):
     @torch.no_grad()
     def export(self) -> torch.nn.Module:
         """A plain module computing the same map on the input's ``.tensor``: ``torch.nn.Conv2d``, or for 1x1 filters
-        :class:`Pointwise` (a batched matrix product, faster than ``conv2d`` on CPU)."""
+        :class:`epdo.nn.basis_conv.Pointwise` (a batched matrix product, faster than ``conv2d`` on CPU)."""
         weight, bias = self.filter_and_bias()
         if self.size == 1:
             return Pointwise(weight[:, :, 0, 0], bias, self.groups)

@@ -173,7 +173,7 @@ class NeuralePDO(EquivariantModule):
         _key(self)
 
     def coefficients(self, x: GeometricTensor) -> GeometricTensor:
-        """The generator's output, :attr:`coefficient_type`: ``g`` fields of ``rho (x) D^-T`` (diagonal form) or
+        """The generator's output, of type ``coefficient_type``: ``g`` fields of ``rho (x) D^-T`` (diagonal form) or
         ``g K`` fields of ``D^-T`` (commutant form), shape ``(B, coefficient_type.size, H, W)``."""
         hidden = self.generator_norm(self.generator_in(x))  # a fresh tensor that the norm's backward does not read
         if self.generator_activation is not None:
@@ -240,7 +240,7 @@ class ExportedNeuralePDO(torch.nn.Module):
         fields: coefficient fields (the layer's ``g``); d: channels of a field (diagonal form).
         normalization: one of :data:`epdo.nn.functional.NORMALIZATIONS`.
         native: the compiled operator (CPU, float32/float64) instead of PyTorch's operations.
-        layout: the commutant form's :class:`CommutantLayout` (``None``: the diagonal form).
+        layout: the commutant form's :class:`epdo.nn.neural_epdo.CommutantLayout` (``None``: the diagonal form).
     """
 
     def __init__(

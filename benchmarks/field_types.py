@@ -1,0 +1,110 @@
+"""Both PDO layers on the field types escnn's own convolution tests use: construction time (a fresh process each),
+the equivariance error on the grid, and off it against escnn's R2Conv 5x5 on the same types and inputs.
+
+Grid: the largest relative error over the grid's rotations and reflections, training mode, random input, the Neural
+ePDO's generator drawn at random (adapting to its input).  Off the grid: the mean relative error at 45 and 22.5
+degrees (D8 with an axis off the grid: its reflections), on smooth fields inside a disk, at initialization, over four
+draws of the weights; the Neural ePDO also with its generator drawn at random (a harness-only figure: a trained
+generator lies somewhere between).
+
+    python benchmarks/field_types.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from common import markdown_table, record
+from escnn import nn
+
+from epdo.equivariance import (
+    equivariance_errors,
+    escnn_field_types,
+    off_grid_elements,
+    redraw_weights,
+    smooth_field,
+)
+from epdo.kernels import PDOBasis
+from epdo.nn import NeuralePDO, PDOConv
+
+LAYERS = {
+    "R2Conv": lambda a, b: nn.R2Conv(a, b, 5, padding=2),
+    "PDOConv": lambda a, b: PDOConv(a, b),
+    "PDOConv, bandwidth 0.15": lambda a, b: PDOConv(a, b, basis=PDOBasis(bandwidth=0.15)),
+    "NeuralePDO": lambda a, b: NeuralePDO(a, b),
+}
+
+
+def redraw(layer: torch.nn.Module, adaptive: bool = False) -> torch.nn.Module:
+    """``layer``'s weights drawn anew as at its initialization (with ``adaptive``, a Neural ePDO's generator affine
+    drawn from N(0, 1): its PDOs then depend on the input); training mode."""
+    redraw_weights(layer)
+    if adaptive and isinstance(layer, NeuralePDO):
+        with torch.no_grad():
+            layer.generator_norm.weight.normal_()
+            layer.generator_norm.bias.normal_()
+    return layer.train()
+
+
+def construction_seconds(case: str, layer: str) -> float:
+    """Seconds to build one layer in a fresh process (bases solved from nothing)."""
+    code = (
+        "import time, sys; sys.path.insert(0, 'benchmarks'); from field_types import LAYERS; "
+        "from epdo.equivariance import escnn_field_types; a, b = escnn_field_types()[sys.argv[1]]; "
+        "start = time.perf_counter(); LAYERS[sys.argv[2]](a, b); print(time.perf_counter() - start)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, case, layer], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument("--size", type=int, default=25, help="side of the smooth test fields (off the grid)")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args(argv)
+    rows = {}
+    for case, (in_type, out_type) in escnn_field_types().items():
+        torch.manual_seed(0)
+        x = smooth_field(in_type, 2, args.size)
+        noise = nn.GeometricTensor(torch.randn(2, in_type.size, 12, 12), in_type)
+        elements = off_grid_elements(in_type.gspace)
+        row = {}
+        off = {}
+        for name, make in LAYERS.items():
+            layer = make(in_type, out_type)
+            draws = []
+            for seed in range(args.draws):
+                torch.manual_seed(seed)
+                draws += list(equivariance_errors(redraw(layer), x, elements, margin=4).values())
+            off[name] = float(np.mean(draws))
+            if name != "R2Conv" and "bandwidth" not in name:
+                torch.manual_seed(0)
+                row[f"{name}: build (s)"] = f"{construction_seconds(case, name):.2f}"
+                row[f"{name}: grid"] = f"{max(equivariance_errors(redraw(layer, True), noise).values()):.1e}"
+            if name == "NeuralePDO":
+                draws = []
+                for seed in range(args.draws):
+                    torch.manual_seed(seed)
+                    draws += list(equivariance_errors(redraw(layer, True), x, elements, margin=4).values())
+                off["NeuralePDO, generator drawn"] = float(np.mean(draws))
+        reference = off["R2Conv"]
+        row["R2Conv: off grid"] = f"{reference:.4f}"
+        for name, value in off.items():
+            if name != "R2Conv":
+                row[f"{name}: off grid (x R2Conv)"] = f"{value:.4f} ({value / reference:.2f})"
+        rows[case] = row
+        print(case, row, flush=True)
+    table = markdown_table(rows)
+    print(table)
+    if args.record:
+        command = "python benchmarks/field_types.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        record("Field types of escnn's convolution tests", command, torch.device("cpu"), table)
+
+
+if __name__ == "__main__":
+    main()
