@@ -65,6 +65,7 @@ MODEL_FLAGS = {
     "layer": "--layer", "fields": "--model", "group_order": "--group-order", "flip": "--flip", "widths": "--widths",
     "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
     "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
+    "field_frequency": "--field-frequency",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--dropout", type=float, help="field dropout of layers 3-6")
     model.add_argument("--head", type=non_negative_int, help="hidden units of the classifier (0: one linear map)")
+    model.add_argument("--field-frequency", type=positive_int, help="highest frequency of SO(2) fields (preset so2)")
     default = TrainingConfig()
     data = p.add_argument_group("data (with --resume: the run's)", argument_default=argparse.SUPPRESS)
     data.add_argument("--dataset", choices=DATASETS, help=f"default: {default.dataset}")
@@ -158,7 +160,7 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
             )
     config = preset(name) if name else base or preset("default")
     basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
-    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head")
+    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head", "field_frequency")
     changes = {k: given[k] for k in names if k in given}
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]
@@ -376,7 +378,12 @@ def _write_metrics(rows: List[Dict[str, float]], path: Path) -> None:
 
 
 def _describe(config: ModelConfig) -> str:
-    group = f"{'D' if config.flip else 'C'}{config.group_order}{'|5C' + str(config.group_order) if config.flip else ''}"
+    if config.group_order == -1:
+        group = "O(2)" if config.flip else "SO(2)"
+    else:
+        group = (
+            f"{'D' if config.flip else 'C'}{config.group_order}{'|5C' + str(config.group_order) if config.flip else ''}"
+        )
     widths = ",".join(map(str, config.widths))
     if config.layer in ("escnn", "cnn", "pdo"):
         return f"{config.layer} baseline on {group}, widths {widths}"

@@ -22,6 +22,10 @@ NETWORKS = {
     "escnn": replace(TINY, layer="escnn"),
     "plain CNN": replace(TINY, layer="cnn"),
     "linear classifier": replace(TINY, head=0),
+    "SO(2) fourier fields": ModelConfig(group_order=-1, fields="fourier", widths=(2, 2, 2, 2, 2, 2)),
+    "O(2) fourier fields, escnn": ModelConfig(
+        group_order=-1, fields="fourier", flip=True, layer="escnn", widths=(1, 1, 1, 1, 1, 1)
+    ),
 }
 
 
@@ -46,9 +50,9 @@ def test_every_network_exports_to_its_eval_outputs(name, backend):
         torch.testing.assert_close(exported(x), expected, rtol=1e-5, atol=1e-5)
     ops = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     uses_ops = any(op.startswith("epdo.") for op in ops)
-    assert uses_ops == (backend == "auto" and name not in ("escnn", "plain CNN", "static PDOs")) or (
-        name in ("escnn", "static PDOs") and backend == "auto" and uses_ops  # their max pooling
-    )
+    pdo = name not in ("escnn", "plain CNN", "static PDOs", "O(2) fourier fields, escnn")
+    pooling = name in ("escnn", "static PDOs")  # their max pooling is the compiled operator too
+    assert uses_ops == (backend == "auto" and (pdo or pooling))
     modules = {type(m).__module__.split(".")[0] for m in exported.modules()}
     assert modules <= {"torch"}, modules  # nothing of escnn or epdo is left in the module tree
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in exported.modules())  # folded into the maps

@@ -83,8 +83,10 @@ def populate_batch_norm(model, images):
         ModelConfig(**TINY, layer="escnn"),
         ModelConfig(**TINY, layer="reference", g=2),
         ModelConfig(**TINY, basis=PDOBasis("fd", max_order=3)),
+        ModelConfig(group_order=-1, fields="fourier", widths=(2, 2, 2, 2, 2, 2)),
+        ModelConfig(group_order=-1, fields="fourier", flip=True, widths=(2, 2, 2, 2, 2, 2)),
     ],
-    ids=["default", "Q", "D4|5C4-rbffd", "pdo", "escnn", "reference", "order3"],
+    ids=["default", "Q", "D4|5C4-rbffd", "pdo", "escnn", "reference", "order3", "SO(2)", "O(2)"],
 )
 def test_models_are_invariant_to_quarter_turns(config):
     torch.manual_seed(0)
@@ -201,6 +203,14 @@ def test_config_round_trips_through_a_dictionary():
         assert ModelConfig.from_dict(config.as_dict()) == config
 
 
+def test_the_so2_preset_matches_escnns_count_within_three_percent():
+    ours = count_parameters(build_model("so2"))
+    escnn = count_parameters(build_model(preset("so2", layer="escnn", widths=(7, 7, 11, 11, 14, 14))))
+    assert abs(ours - escnn) / escnn < 0.03, (ours, escnn)
+    with pytest.raises(ValueError, match="or -1 .SO.2. / O.2.. with fourier fields; got -1 with 'regular' fields"):
+        ModelConfig(group_order=-1)
+
+
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="fields must be one of"):
         ModelConfig(fields="R")
@@ -208,7 +218,7 @@ def test_bad_model_arguments():
         ModelConfig(layer="none")
     with pytest.raises(ValueError, match="six positive integers"):
         ModelConfig(widths=(4, 4))
-    with pytest.raises(ValueError, match="unknown preset 'R-fd'; valid ones are default, paper-R-fd"):
+    with pytest.raises(ValueError, match="unknown preset 'R-fd'; valid ones are default, so2, paper-R-fd"):
         preset("R-fd")
     with pytest.raises(ValueError, match="g=3 must divide"):
         build_model(ModelConfig(**TINY, g=3))

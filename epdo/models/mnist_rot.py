@@ -28,7 +28,7 @@ from epdo.nn.cached_weight import CachedWeight
 from epdo.nn.export import exported_layers, trace
 from epdo.records import checked_fields
 
-FIELDS = ("regular", "quotient")
+FIELDS = ("regular", "quotient", "fourier")
 """The field kinds of :class:`ModelConfig` (``fields``)."""
 LAYERS = ("epdo", "reference", "pdo", "escnn", "cnn")
 """The layer kinds of :class:`ModelConfig` (``layer``)."""
@@ -50,8 +50,11 @@ class ModelConfig:
             :meth:`epdo.kernels.PDOBasis.reference`), ``"pdo"`` (static :class:`epdo.nn.PDOConv`), ``"escnn"``
             (``R2Conv`` 5x5, layer 1 too) or ``"cnn"`` (a plain CNN with the parameter count of the ``"epdo"``
             network).
-        fields: ``"regular"`` or ``"quotient"`` (a regular plus a quotient-by-C_4 field, ``d = |G| + |G| / 4``).
-        group_order: N of C_N (or D_N with ``flip``).
+        fields: ``"regular"``, ``"quotient"`` (a regular plus a quotient-by-C_4 field, ``d = |G| + |G| / 4``) or
+            ``"fourier"`` (SO(2) / O(2), ``group_order`` -1: band-limited regular fields of frequencies up to
+            ``field_frequency``, with escnn's ``FourierPointwise`` ReLU on 4 (field_frequency + 1) rotations,
+            ``IIDBatchNorm2d``, 2x2 average pooling, and the maximum over 16 rotations as invariant features).
+        group_order: N of C_N (or D_N with ``flip``); -1 for SO(2) (O(2) with ``flip``).
         flip: D_N for layers 1-5, restricted to C_N before layer 6 (the paper's D16|5C16 model); layer 6 then has
             twice ``widths[5]`` C_N fields, as each restricted D_N field becomes two.
         widths: fields of layers 1-6.
@@ -59,6 +62,7 @@ class ModelConfig:
         g, s, reduction: of every :class:`epdo.nn.NeuralePDO`.
         dropout: field dropout of layers 3-6.
         head: hidden units of the two-layer classifier on the invariant features (0: one linear map).
+        field_frequency: the highest frequency of ``"fourier"`` fields.
     """
 
     layer: str = "epdo"
@@ -72,6 +76,7 @@ class ModelConfig:
     reduction: int = 4
     dropout: float = 0.1
     head: int = 64
+    field_frequency: int = 2
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -81,8 +86,13 @@ class ModelConfig:
         widths = tuple(self.widths)
         if len(widths) != 6 or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be six positive integers, got {self.widths}")
-        if self.group_order < 1:
-            raise ValueError(f"group_order must be a positive integer, got {self.group_order}")
+        if (self.group_order == -1) != (self.fields == "fourier") or self.group_order == 0 or self.group_order < -1:
+            raise ValueError(
+                f"group_order must be a positive integer with regular or quotient fields, or -1 (SO(2) / O(2)) with "
+                f"fourier fields; got {self.group_order} with {self.fields!r} fields"
+            )
+        if self.field_frequency < 1:
+            raise ValueError(f"field_frequency must be a positive integer, got {self.field_frequency}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.head < 0:
@@ -107,12 +117,13 @@ class ModelConfig:
 
 
 _MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
-                    reduction=int, dropout=float, head=int)  # fmt: skip
+                    reduction=int, dropout=float, head=int, field_frequency=int)  # fmt: skip
 _BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int)
 
 
 PRESETS: Dict[str, ModelConfig] = {
     "default": ModelConfig(),
+    "so2": ModelConfig(group_order=-1, fields="fourier", widths=(18, 18, 27, 27, 35, 35)),
     "paper-R-fd": ModelConfig(
         group_order=16, widths=PAPER_WIDTHS["regular"], basis=PDOBasis("fd", max_frequency=None), g=4, s=4, reduction=1
     ),
@@ -138,8 +149,10 @@ PRESETS: Dict[str, ModelConfig] = {
         reduction=1,
     ),
 }
-"""Named configurations: ``"default"`` (the library's default network, C8, ~27k parameters) and the paper's four
-MNIST-rot models (C16; D16|5C16), whose parameter counts are within 1% of the reference implementation's.
+"""Named configurations: ``"default"`` (the library's default network, C8, ~27k parameters), ``"so2"`` (the same
+skeleton on SO(2) band-limited regular fields of frequencies up to 2, 27,481 parameters; escnn's R2Conv on it at
+27,614: ``layer="escnn", widths=(7, 7, 11, 11, 14, 14)``) and the paper's four MNIST-rot models (C16; D16|5C16), whose
+parameter counts are within 1% of the reference implementation's.
 ``replace(PRESETS[name], layer="reference")`` gives a paper model with the reference implementation's layers."""
 
 
@@ -244,9 +257,18 @@ def build_model(config: Union[ModelConfig, str] = "default") -> torch.nn.Module:
 
 
 def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
-    gspace = gspaces.flipRot2dOnR2(config.group_order) if config.flip else gspaces.rot2dOnR2(config.group_order)
+    fourier = config.fields == "fourier"
+    make_space = gspaces.flipRot2dOnR2 if config.flip else gspaces.rot2dOnR2
+    if fourier:
+        gspace = make_space(-1, maximum_frequency=max(config.field_frequency, config.basis.max_order) + 1)
+        irreps = gspace.fibergroup.bl_irreps(config.field_frequency)
+        samples = 4 * (config.field_frequency + 1)  # >= 2 L + 1 rotations, a multiple of 4: exact on the grid
+    else:
+        gspace = make_space(config.group_order)
 
     def field(gs) -> group.Representation:
+        if fourier:
+            return gs.fibergroup.spectral_regular_representation(*irreps)
         if config.fields == "regular":
             return gs.regular_repr
         quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
@@ -262,27 +284,38 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             return NeuralePDO.reference(in_type, out_type, discretization=config.basis.discretization, **options)
         return NeuralePDO(in_type, out_type, basis=config.basis, **options)
 
+    def norm(ftype: nn.FieldType) -> nn.EquivariantModule:
+        return nn.IIDBatchNorm2d(ftype) if fourier else FieldBatchNorm(ftype)
+
+    def pool(ftype: nn.FieldType) -> nn.EquivariantModule:
+        return nn.PointwiseAvgPool2D(ftype, 2) if fourier else FieldMaxPool(ftype)
+
+    def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
+        if fourier:
+            return nn.FourierPointwise(ftype.gspace, len(ftype), irreps, type="regular", N=samples)
+        return _relu(ftype)
+
     types = [nn.FieldType(gspace, [field(gspace)] * w) for w in config.widths]
     image = nn.FieldType(gspace, [gspace.trivial_repr])
     if config.layer == "escnn":
         lift: nn.EquivariantModule = nn.R2Conv(image, types[0], 5, padding=2, bias=False)
     else:
         lift = PDOConv(image, types[0], basis=config.basis)
-    modules: List[nn.EquivariantModule] = [lift, FieldBatchNorm(types[0]), _relu(types[0])]
+    modules: List[nn.EquivariantModule] = [lift, norm(types[0]), nonlinearity(types[0])]
     for index in range(1, 6):
         in_type = types[index - 1]
-        if index == 5 and config.flip:
+        if index == 5 and config.flip and not fourier:
             restrict = RestrictToRotations(in_type)
             modules.append(restrict)
             in_type = restrict.out_type
             types[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
-        modules += [layer(in_type, types[index]), FieldBatchNorm(types[index])]
+        modules += [layer(in_type, types[index]), norm(types[index])]
         if index in (1, 3):
-            modules.append(FieldMaxPool(types[index]))
-        modules.append(_relu(types[index]))
+            modules.append(pool(types[index]))
+        modules.append(nonlinearity(types[index]))
         if index >= 2 and config.dropout > 0:
             modules.append(FieldDropout(types[index], config.dropout))
-    modules.append(GroupMaxPool(types[5]))
+    modules.append(GroupMaxPool(types[5], samples=16) if fourier else GroupMaxPool(types[5]))
     body = nn.SequentialModule(*modules)
     return EquivariantClassifier(body, _classifier(body.out_type.size, config.head))
 

@@ -8,7 +8,7 @@ import copy
 from typing import List, Optional, Tuple
 
 import torch
-from escnn.nn import EquivariantModule, MaxPoolChannels, SequentialModule
+from escnn.nn import EquivariantModule, FourierPointwise, MaxPoolChannels, PointwiseAvgPool2D, SequentialModule
 
 from epdo.nn.basis_conv import Pointwise
 from epdo.nn.field_norm import FieldView
@@ -16,11 +16,12 @@ from epdo.nn.functional import BACKENDS
 from epdo.nn.group_pooling import FieldMax
 from epdo.nn.max_pool import FieldMaxPool, NativeMaxPool2x2
 from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
+from epdo.nn.sampled import SampledPointwise
 
 _DROPOUT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
 _BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 _LINEAR = (torch.nn.Conv2d, torch.nn.Linear, Pointwise, ExportedNeuralePDO)
-_FRESH = (*_LINEAR, torch.nn.MaxPool2d, NativeMaxPool2x2)  # modules whose output is a new tensor
+_FRESH = (*_LINEAR, torch.nn.MaxPool2d, torch.nn.AvgPool2d, NativeMaxPool2x2)  # modules whose output is a new tensor
 
 
 def export_network(network: torch.nn.Module, backend: str = "auto") -> torch.fx.GraphModule:
@@ -89,6 +90,10 @@ def exported_layers(
         return module.export(backend)
     if isinstance(module, FieldMaxPool):
         return module.export(backend, like)
+    if isinstance(module, FourierPointwise):  # escnn has no export() for it
+        return SampledPointwise.of(module)
+    if isinstance(module, PointwiseAvgPool2D):  # nor for this one
+        return torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
     if isinstance(module, EquivariantModule):
         training = module.training
         exported = module.export()  # escnn's export() leaves the module in eval mode

@@ -286,8 +286,9 @@ class CommutantLayout(torch.nn.Module):
     ``E`` ``(n_e, d, d)`` (an orthonormal basis of ``{E : E rho(g) = rho(g) E}``).
 
     Field ``i`` of a group (``m`` fields of ``rho``, ``q = m / g`` partitions) gets ``sum_e E_e P_(i mod g, e) f_i``:
-    the field is repeated ``n_e`` times, the PDOs applied channel by channel (one PDO for all ``d`` channels of a
-    repeat) and normalized over the set's PDOs, then mixed by ``E``.
+    each of its ``d`` channels, repeated ``n_e`` times, is a partition of the adaptive PDO (which shares coefficients
+    across partitions), so PDO ``e`` of set ``j`` applies to every channel of repeat ``e`` and is normalized over the
+    set's PDOs; then ``E`` mixes the repeats.
     """
 
     def __init__(self, in_type: FieldType, g: int) -> None:
@@ -329,12 +330,20 @@ class CommutantLayout(torch.nn.Module):
         operators = coefficients.reshape(batch, self.g, self.operators, -1, height, width)
         outputs, start = [], 0
         for index, (fields, d, n) in enumerate(self.blocks):
-            block = x[:, start : start + fields * d].reshape(batch, fields // self.g, self.g, 1, d, height, width)
-            block = block.expand(-1, -1, -1, n, -1, -1, -1).reshape(batch, -1, height, width)
-            shared = operators[:, :, :n, None].expand(-1, -1, -1, d, -1, -1, -1).reshape(batch, -1, height, width)
-            y = pdo(block, shared, self.g * n * d).reshape(batch, fields // self.g, self.g, n, d, height, width)
-            commutant = getattr(self, f"commutant_{index}")
-            outputs.append(torch.einsum("ecd,bqgedhw->bqgchw", commutant, y).reshape(batch, -1, height, width))
+            # partitions (p, c): every channel c of a field is a partition of its own, so that the g * n PDOs of
+            # the coefficients apply to all d channels without copying them d times; the field repeated n times
+            parts = fields // self.g
+            block = x[:, start : start + fields * d].reshape(batch, parts, self.g, d, 1, height, width)
+            block = block.permute(0, 1, 3, 2, 4, 5, 6).expand(-1, -1, -1, -1, n, -1, -1)
+            own = operators[:, :, :n].reshape(batch, -1, height, width)
+            y = pdo(block.reshape(batch, -1, height, width), own, self.g * n)
+            commutant = getattr(self, f"commutant_{index}")  # (n, d, d): E_e[c, c']
+            if self.g == 1:  # y is (B, q, (c', e), H W): one matrix product, no copy
+                mixing = commutant.permute(1, 2, 0).reshape(d, d * n)  # [c, (c', e)]
+                y = torch.matmul(mixing, y.reshape(batch, parts, d * n, height * width))
+            else:
+                y = torch.einsum("ecd,bqdgehw->bqgchw", commutant, y.reshape(batch, parts, d, self.g, n, height, width))
+            outputs.append(y.reshape(batch, -1, height, width))
             start += fields * d
         y = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         return y if self.inverse is None else y[:, self.inverse]
