@@ -30,7 +30,8 @@ from common import markdown_table, record
 
 from epdo.checkpoint import load_checkpoint
 from epdo.data import random_rotation
-from epdo.training import batch_norms, evaluate, reestimate_batch_norm
+from epdo.evaluate import parse_angles
+from epdo.training import batch_norms, evaluate, reestimate_batch_norm, rotation_errors
 
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
@@ -39,6 +40,21 @@ MODELS: Dict[str, List[str]] = {
     "early-6-late-35": ["--widths", "6,6,18,18,35,35"],  # 27,076
     "early-6-late-32": ["--widths", "6,6,21,21,32,32"],  # 27,208
     "escnn": ["--layer", "escnn", "--widths", "5,5,7,7,10,11"],  # escnn R2Conv 5x5, 27,123 parameters
+    # the half-parameter study (13,561 ± 3%): generator and classifier variants at widths that fill the budget
+    "half-nodrop": ["--widths", "9,10,14,14,19,19", "--dropout", "0"],  # 13,595
+    "half-r8": ["--reduction", "8", "--widths", "10,11,15,15,21,21"],  # 13,814
+    "half-r8-nodrop": ["--reduction", "8", "--dropout", "0", "--widths", "10,11,15,15,21,21"],  # 13,814
+    "half-r16-nodrop": ["--reduction", "16", "--dropout", "0", "--widths", "10,11,15,15,21,21"],  # 13,556
+    "half-r8-nodrop-early": ["--reduction", "8", "--dropout", "0", "--widths", "12,12,15,15,19,19"],  # 13,210
+    "half-head32": ["--head", "32", "--widths", "10,10,15,15,20,20"],  # 13,946
+    "half-head0": ["--head", "0", "--widths", "10,11,15,15,21,21"],  # 13,810
+    "half-head0-late": ["--head", "0", "--widths", "10,10,14,14,22,22"],  # 13,570
+    "half-head0-r8": ["--head", "0", "--reduction", "8", "--widths", "11,12,16,16,22,22"],  # 13,645
+    "half-r8-head128": ["--reduction", "8", "--head", "128", "--widths", "10,10,14,14,18,18"],  # 13,564
+    "half-r8-nodrop-head128": ["--reduction", "8", "--dropout", "0", "--head", "128", "--widths", "10,10,14,14,18,18"],
+    # SO(2): the so2 preset (27,481) and escnn's R2Conv on the same skeleton (27,614)
+    "so2": ["--preset", "so2"],
+    "so2-escnn": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14"],
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count
@@ -76,17 +92,19 @@ def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
         params=int(re.search(r"([\d,]+) parameters", done.stdout).group(1).replace(",", "")),
         final_error=float(final.group(1)),
         seconds_per_epoch=statistics.mean(seconds),
-        **diagnostics(out / "checkpoint.pt"),
+        **diagnostics(out / "checkpoint.pt", args.rotations),
     )
     print(json.dumps(result), flush=True)
     return result
 
 
-def diagnostics(checkpoint: Path) -> dict:
-    """The harness-only errors (%) of a checkpoint's final weights: with batch statistics, and in eval mode with
-    BatchNorm re-estimated on augmented training batches."""
+def diagnostics(checkpoint: Path, rotations: List[float]) -> dict:
+    """The test error (%) at each of ``rotations`` (degrees), as ``epdo-evaluate`` prints it, and the harness-only
+    errors (%) of a checkpoint's final weights: with batch statistics, and in eval mode with BatchNorm re-estimated on
+    augmented training batches."""
     model, state = load_checkpoint(checkpoint)
     train, test = state.run_data()
+    rotated = {f"error_at_{a:g}": 100 * e for a, e in rotation_errors(model, test, rotations)}
     seed = state.training.seed
     generator = torch.Generator().manual_seed(seed)
     augmented = torch.cat([random_rotation(train.images[i : i + 256], generator) for i in range(0, 30 * 64, 256)])
@@ -98,7 +116,9 @@ def diagnostics(checkpoint: Path) -> dict:
     with torch.no_grad():
         wrong = sum(int((model(test.images[i : i + 500]).argmax(1) != test.labels[i : i + 500]).sum())
                     for i in range(0, len(test), 500))  # fmt: skip
-    return dict(batch_statistics_error=100 * wrong / len(test), augmented_reestimation_error=100 * augmented_error)
+    return dict(
+        batch_statistics_error=100 * wrong / len(test), augmented_reestimation_error=100 * augmented_error, **rotated
+    )
 
 
 def summarize(results: List[dict]) -> str:
@@ -113,6 +133,8 @@ def summarize(results: List[dict]) -> str:
             "harness: BN on augmented images (%)": _mean_std([r["augmented_reestimation_error"] for r in runs]),
             "s / epoch": f"{statistics.mean(r['seconds_per_epoch'] for r in runs):.0f}",
         }
+        for key in (k for k in runs[0] if k.startswith("error_at_")):
+            rows[name][f"epdo-evaluate at {key[9:]} deg (%)"] = _mean_std([r[key] for r in runs if key in r])
     return markdown_table(rows)
 
 
@@ -132,6 +154,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="append every run's figures here (JSON lines)")
     parser.add_argument("--from-results", type=Path, default=None, help="summarize the JSON lines of earlier runs")
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/LOG.md")
+    parser.add_argument("--rotations", type=parse_angles, default=[], help="also the test error at these angles")
     args = parser.parse_args(argv)
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]

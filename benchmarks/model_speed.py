@@ -30,6 +30,7 @@ SIZES = {
     "equal": {
         "Neural ePDO (default)": ModelConfig(),
         "Neural ePDO, half the parameters": ModelConfig(widths=(9, 10, 14, 14, 19, 19)),
+        "Neural ePDO, preset half": PRESETS["half"],
         "escnn R2Conv 5x5": ModelConfig(layer="escnn", widths=(5, 5, 7, 7, 10, 11)),
     },
     "paper": {

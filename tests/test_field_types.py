@@ -213,3 +213,14 @@ def test_off_the_grid_within_one_and_a_half_times_r2convs_error(case):
             draws += list(equivariance_errors(layer.train(), x, elements, margin=4).values())
         errors[name] = float(np.mean(draws))
     assert errors["PDOConv"] < 1.5 * errors["escnn"] and errors["NeuralePDO"] < 1.5 * errors["escnn"], errors
+
+
+@pytest.mark.parametrize("g", [2, 4])
+def test_the_commutant_form_with_several_sets_of_pdos(g):
+    in_type, out_type = CASES["C8, irrep(1) x4"]
+    layer = active(NeuralePDO(in_type, out_type, g=g))
+    assert len(layer.coefficient_type) == g * 2  # g sets of K = 2 PDOs (an irrep of C8 of complex type: I, J)
+    x = nn.GeometricTensor(torch.randn(2, in_type.size, 12, 12), in_type)
+    assert max(equivariance_errors(layer, x).values()) < TOL
+    with torch.no_grad():
+        torch.testing.assert_close(layer.eval().export("pytorch")(x.tensor), layer(x).tensor)

@@ -218,7 +218,7 @@ def test_bad_model_arguments():
         ModelConfig(layer="none")
     with pytest.raises(ValueError, match="six positive integers"):
         ModelConfig(widths=(4, 4))
-    with pytest.raises(ValueError, match="unknown preset 'R-fd'; valid ones are default, so2, paper-R-fd"):
+    with pytest.raises(ValueError, match="unknown preset 'R-fd'; valid ones are default, half, so2, paper-R-fd"):
         preset("R-fd")
     with pytest.raises(ValueError, match="g=3 must divide"):
         build_model(ModelConfig(**TINY, g=3))
