@@ -3,7 +3,9 @@ evaluation of the same layer (the reference implementation's formulation), measu
 rounds (every model runs one step per round).
 
 Default: the paper's layer (C16, 16 regular fields in and out, g=4, s=4, reduction=1, fd stencils, every PDO of order
-<= 4), 28x28, batch 8 on CPU (64 on CUDA).
+<= 4), 28x28, batch 8 on CPU (64 on CUDA).  ``--so2``: instead, ``--fields`` copies of SO(2)'s ``bl_irreps(3)``
+(frequencies 0-3, 7 channels each) in and out, the Neural ePDO with its defaults (the commutant form) against
+R2Conv 5x5.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--so2", action="store_true", help="SO(2) bl_irreps(3) fields, the layer's defaults")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/LOG.md")
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # internal: see below
     args = parser.parse_args(argv)
@@ -73,19 +76,24 @@ def main(argv=None) -> None:
     batch = args.batch or (64 if device.type == "cuda" else 8)
     torch.manual_seed(0)
 
-    gs = gspaces.rot2dOnR2(args.group_order)
-    ftype = nn.FieldType(gs, [gs.regular_repr] * args.fields)
-    basis = PDOBasis("fd", max_frequency=None)
-    layer = NeuralePDO(ftype, ftype, g=4, s=4, reduction=1, basis=basis).to(device).train()
-    default = "native kernel" if device.type == "cpu" else "PyTorch path"
-    models = {
-        f"NeuralePDO (epdo, {default})": layer,
-        "escnn R2Conv 5x5": nn.R2Conv(ftype, ftype, 5, padding=2, bias=False).to(device).train(),
-        "NeuralePDO via unfold (reference formulation)": Reformulated(layer, unfold_adaptive_pdo),
-    }
-    if device.type == "cpu":
-        pytorch_path = functools.partial(adaptive_pdo, backend="pytorch")
-        models["NeuralePDO (epdo, PyTorch path)"] = Reformulated(layer, pytorch_path)
+    if args.so2:
+        gs = gspaces.rot2dOnR2(-1, 6)
+        ftype = nn.FieldType(gs, [gs.irrep(k) for k in range(4)] * args.fields)
+        layer = NeuralePDO(ftype, ftype).to(device).train()
+        models = {"NeuralePDO (epdo, commutant form)": layer}
+    else:
+        gs = gspaces.rot2dOnR2(args.group_order)
+        ftype = nn.FieldType(gs, [gs.regular_repr] * args.fields)
+        basis = PDOBasis("fd", max_frequency=None)
+        layer = NeuralePDO(ftype, ftype, g=4, s=4, reduction=1, basis=basis).to(device).train()
+        models = {f"NeuralePDO (epdo, {'native kernel' if device.type == 'cpu' else 'PyTorch path'})": layer}
+    models["escnn R2Conv 5x5"] = nn.R2Conv(ftype, ftype, 5, padding=2, bias=False).to(device).train()
+    if not args.so2:
+        models["NeuralePDO via unfold (reference formulation)"] = Reformulated(layer, unfold_adaptive_pdo)
+        if device.type == "cpu":
+            models["NeuralePDO (epdo, PyTorch path)"] = Reformulated(
+                layer, functools.partial(adaptive_pdo, backend="pytorch")
+            )
     x = torch.randn(batch, ftype.size, args.size, args.size, device=device)
 
     def step(model: torch.nn.Module, inputs: torch.Tensor = x) -> Callable[[], None]:
@@ -98,10 +106,11 @@ def main(argv=None) -> None:
             memory = peak_bytes(step(models[name], inputs), device)
         print(memory)
         return
-    with torch.no_grad():
-        coefficients = layer.coefficients(nn.GeometricTensor(x, ftype)).tensor
-        fast = adaptive_pdo(x, coefficients, layer.stencils, layer.g)
-        slow = unfold_adaptive_pdo(x, coefficients, layer.stencils, layer.g)
+    if not args.so2:  # the reformulations compute the same map
+        with torch.no_grad():
+            coefficients = layer.coefficients(nn.GeometricTensor(x, ftype)).tensor
+            fast = adaptive_pdo(x, coefficients, layer.stencils, layer.g)
+            slow = unfold_adaptive_pdo(x, coefficients, layer.stencils, layer.g)
         assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5), (fast - slow).abs().max()
 
     seconds = interleaved_median_seconds({name: step(model) for name, model in models.items()}, device, args.repeats)
@@ -114,7 +123,7 @@ def main(argv=None) -> None:
         results[name] = (seconds[name], memory)
         print(f"{name:>48}: {seconds[name] * 1e3:8.1f} ms  peak {memory / 2**20:8.1f} MiB", flush=True)
 
-    ours, r2conv, unfold = (results[n] for n in list(models)[:3])
+    ours, r2conv = (results[n] for n in list(models)[:2])
     rows = {
         name: {
             "fwd+bwd (ms)": f"{t * 1e3:.1f}",
@@ -123,17 +132,17 @@ def main(argv=None) -> None:
         }
         for name, (t, m) in results.items()
     }
-    summary = (
-        f"epdo / R2Conv time {ours[0] / r2conv[0]:.3f}; epdo / unfold time {ours[0] / unfold[0]:.3f}; "
-        f"epdo peak memory {ours[1] / 2**20:.0f} MiB"
-    )
+    summary = f"epdo / R2Conv time {ours[0] / r2conv[0]:.3f}; epdo peak memory {ours[1] / 2**20:.0f} MiB"
+    if not args.so2:
+        summary += f"; epdo / unfold time {ours[0] / results[list(models)[2]][0]:.3f}"
     print(summary)
     if args.record:
-        config = (
-            f"C{args.group_order}, {args.fields} regular fields in/out, g=4, s=4, reduction=1, "
-            f"fd, {args.size}x{args.size}, batch {batch}, {device.type}, "
-            f"median of {args.repeats} interleaved rounds"
+        fields = (
+            f"SO(2), {args.fields} x bl_irreps(3) in/out, defaults"
+            if args.so2
+            else f"C{args.group_order}, {args.fields} regular fields in/out, g=4, s=4, reduction=1, fd"
         )
+        config = f"{fields}, {args.size}x{args.size}, batch {batch}, {device.type}, median of {args.repeats} rounds"
         command = "python benchmarks/layer_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
         record("Layer speed: " + config, command, device, markdown_table(rows) + "\n\n" + summary)
 
