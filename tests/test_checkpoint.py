@@ -248,11 +248,21 @@ sys.exit(epdo.train.main(sys.argv[3:]))
 """
 
 
+KILLED_RUN = [*TINY, "--epochs", "3", "--dropout", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The checkpoint of the run :func:`test_a_killed_run_resumes_to_the_same_weights_bit_for_bit` kills, straight."""
+    out = tmp_path_factory.mktemp("straight")
+    assert train_main([*KILLED_RUN, "--out", str(out)]) == 0
+    return read_checkpoint(out / "checkpoint.pt")
+
+
 @pytest.mark.parametrize("when, at", [("step", 6), ("write", 2)])  # 4 steps an epoch: during epoch 2, or its write
-def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, when, at):
-    run = [*TINY, "--epochs", "3", "--dropout", "0.3"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert train_main([*run, "--out", str(straight)]) == 0
+def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, uninterrupted, when, at):
+    run = KILLED_RUN
+    killed = tmp_path / "killed"
     done = subprocess.run(
         [sys.executable, "-c", KILLER, when, str(at), *run, "--out", str(killed)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -261,7 +271,7 @@ def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, when, at
     survivor = read_checkpoint(killed / "checkpoint.pt")  # the previous checkpoint, whole
     assert survivor.epoch == 1
     assert train_main(["--out", str(killed), "--resume", "--no-progress", "--threads", "1"]) == 0
-    expected, resumed = read_checkpoint(straight / "checkpoint.pt"), read_checkpoint(killed / "checkpoint.pt")
+    expected, resumed = uninterrupted, read_checkpoint(killed / "checkpoint.pt")
     assert resumed.epoch == 3 and expected.model.keys() == resumed.model.keys()
     assert all(torch.equal(expected.model[k], resumed.model[k]) for k in expected.model)
     for a, b in zip(expected.optimizer["state"].values(), resumed.optimizer["state"].values()):
