@@ -109,7 +109,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{path}: refused: it holds Python objects{what} beside tensors and plain data, which could run code "
-                "when loaded; epdo checkpoints never do, so it was not written by epdo-train (nothing in it ran)"
+                f"when loaded (nothing in it ran); checkpoints of format {FORMAT} never do: this is an older epdo's "
+                "checkpoint or another program's file"
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or damaged ({_reason(error)})") from None
     if not isinstance(content, dict) or "format" not in content:
