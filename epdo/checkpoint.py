@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -112,7 +113,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
                 f"when loaded (nothing in it ran); checkpoints of format {FORMAT} never do: this is an older epdo's "
                 "checkpoint or another program's file"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or damaged ({_reason(error)})") from None
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint: not the zip archive torch.save writes (truncated, damaged, or "
+                "another kind of file)"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint, damaged ({_reason(error)})") from None
     if not isinstance(content, dict) or "format" not in content:
         found = sorted(map(str, content))[:8] if isinstance(content, dict) else type(content).__name__
         raise CheckpointError(f"{path}: not an epdo-train checkpoint of format {FORMAT} (found {found})")

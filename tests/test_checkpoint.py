@@ -176,9 +176,9 @@ def test_every_bad_checkpoint_is_one_clear_line(trained, tmp_path, capsys, case)
 @pytest.mark.parametrize(
     "case, data, message",
     [
-        ("truncated", lambda good: good[:5000], "not a readable checkpoint, truncated or damaged"),
+        ("truncated", lambda good: good[:5000], "not the zip archive torch.save writes (truncated, damaged, or"),
         ("empty", lambda good: b"", "the file is empty"),
-        ("text", lambda good: b"hello\n", "not a readable checkpoint"),
+        ("text", lambda good: b"hello\n", "not the zip archive torch.save writes"),
         ("one byte flipped", lambda good: good[:4000] + bytes([good[4000] ^ 0xFF]) + good[4001:], "checkpoint"),
     ],
 )
