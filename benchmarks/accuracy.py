@@ -35,7 +35,8 @@ from epdo.training import batch_norms, evaluate, reestimate_batch_norm, rotation
 
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
-    "half": ["--widths", "9,10,14,14,19,19"],  # the default at half escnn's parameter count (13,595)
+    "half": ["--preset", "half"],  # the half preset: 13,814 parameters, half escnn's count
+    "half-widths": ["--widths", "9,10,14,14,19,19"],  # the default at half widths (13,595)
     # the default's parameters moved from the 28x28 layers to the 7x7 ones (a step at or below escnn's)
     "early-6-late-35": ["--widths", "6,6,18,18,35,35"],  # 27,076
     "early-6-late-32": ["--widths", "6,6,21,21,32,32"],  # 27,208
