@@ -198,6 +198,38 @@ def test_inference_runs_the_exported_network_and_follows_the_weights(monkeypatch
             model.eval()(torch.rand(2, 3, 28, 28))
 
 
+def test_inference_in_several_threads_at_once():
+    """Threads that evaluate models while others build their exported form (a harness evaluating two runs at once)."""
+    import threading
+
+    models = [build_model(ModelConfig(**TINY)).eval() for _ in range(2)]
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = [m.classifier(m.features(x)) for m in models]
+    barrier, failures, results = threading.Barrier(4), [], {}
+
+    def work(index):
+        model = models[index % 2]
+        barrier.wait()
+        try:
+            for step in range(3):
+                with torch.no_grad():
+                    if index < 2:
+                        model.classifier[-1].bias.add_(0.0)  # a changed parameter: the exported form is rebuilt
+                    results[index, step] = model(x)
+        except Exception as error:  # noqa: BLE001
+            failures.append(repr(error))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    for (index, _), logits in results.items():
+        torch.testing.assert_close(logits, expected[index % 2], rtol=1e-5, atol=1e-5)
+
+
 def test_config_round_trips_through_a_dictionary():
     for config in [*PRESETS.values(), ModelConfig(layer="reference", basis=PDOBasis("gauss"))]:
         assert ModelConfig.from_dict(config.as_dict()) == config

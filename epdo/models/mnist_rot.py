@@ -175,8 +175,9 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
     """Plain tensors ``(B, 1, H, W)`` in, logits ``(B, 10)`` out; an escnn network inside.
 
     Inference (every module in eval mode, gradients off, not under ``torch.compile``) runs the network's exported
-    form (:meth:`export`: batch norms folded, one traced graph), kept until a parameter or buffer changes, on the CPU
-    in chunks of images (``INFERENCE_CHUNK_BYTES``): the same logits to rounding, faster.  Forward hooks on the
+    modules (those :meth:`export` traces: batch norms folded, no escnn wrappers), kept until a parameter or running
+    statistic changes, on the CPU in chunks of images (``INFERENCE_CHUNK_BYTES``): the same logits to rounding,
+    faster.  Forward hooks on the
     inner modules do not run there; with gradients on, the modules run one by one.
     """
 
@@ -200,7 +201,9 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(m.training for m in self._module_list):
             return self.classifier(self.features(x))
         _check_images(x)
-        (plain,) = self.cached(lambda: (self.export(),))  # in a tuple: not registered as a submodule
+        # the plain modules untraced: torch.fx patches every module's __call__ while it traces, which breaks modules
+        # that other threads run meanwhile; in a tuple, not registered as a submodule
+        (plain,) = self.cached(lambda: (_plain_classifier(self.body, self.classifier, "auto"),))
         if x.device.type != "cpu":
             return plain(x)
         chunk = max(1, INFERENCE_CHUNK_BYTES // (self._widest * x.shape[2] * x.shape[3] * x.element_size()))
@@ -367,9 +370,14 @@ class _Classifier(torch.nn.Module):
         return self.classifier(torch.amax(self.body(x), dim=(2, 3)))
 
 
-def _exported_classifier(body: torch.nn.Module, classifier: torch.nn.Module, backend: str) -> torch.fx.GraphModule:
+def _plain_classifier(body: torch.nn.Module, classifier: torch.nn.Module, backend: str) -> torch.nn.Module:
+    """``classifier(max over pixels of body(x))`` from the plain-PyTorch forms of both (untraced)."""
     like = next(body.parameters()).detach().new_empty(0)
-    return trace(_Classifier(exported_layers(body, backend, like), exported_layers(classifier, backend, like)))
+    return _Classifier(exported_layers(body, backend, like), exported_layers(classifier, backend, like))
+
+
+def _exported_classifier(body: torch.nn.Module, classifier: torch.nn.Module, backend: str) -> torch.fx.GraphModule:
+    return trace(_plain_classifier(body, classifier, backend))
 
 
 def plain_cnn(target_params: int, dropout: float = 0.1, base: Sequence[int] = (16, 24, 32, 32, 48, 64)) -> PlainCNN:

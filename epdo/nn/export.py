@@ -51,7 +51,10 @@ def export_network(network: torch.nn.Module, backend: str = "auto") -> torch.fx.
 
 def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace(module)``, in eval mode, without type annotations (postponed ones are strings, which
-    a saved ``GraphModule`` cannot import); a module whose forward cannot be traced gets an error that names it."""
+    a saved ``GraphModule`` cannot import); a module whose forward cannot be traced gets an error that names it.
+
+    While it traces, torch.fx replaces ``torch.nn.Module.__call__`` for the whole process: do not run modules in
+    other threads meanwhile."""
     try:
         traced = torch.fx.symbolic_trace(module.eval())
     except Exception as error:  # noqa: BLE001 - fx raises several types; the message says which module
