@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -75,12 +77,18 @@ PROTOCOLS: Dict[str, List[str]] = {
 """Data and budget of each protocol (``epdo-train`` flags)."""
 
 
-def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
-    """One ``epdo-train`` process (1 torch thread); its printed figures and the harness-only metric."""
+def command(name: str, seed: int, args: argparse.Namespace) -> str:
+    """The ``epdo-train`` command line of one run, as the JSON lines record it."""
     out = args.runs / args.protocol / f"{name}-seed{seed}"
-    command = [sys.executable, "-m", "epdo.train", *PROTOCOLS[args.protocol], *MODELS[name], "--seed", str(seed)]
-    command += ["--out", str(out), "--threads", str(args.threads), "--no-progress"]
-    done = subprocess.run(command, capture_output=True, text=True)
+    flags = [*PROTOCOLS[args.protocol], *MODELS[name], "--seed", str(seed), "--out", str(out)]
+    return shlex.join(["epdo-train", *flags, "--threads", str(args.threads), "--no-progress"])
+
+
+def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
+    """One ``epdo-train`` process (``--threads`` torch threads); its printed figures and the harness-only metrics,
+    appended to ``--out`` as soon as it ends."""
+    line = command(name, seed, args)
+    done = subprocess.run([sys.executable, "-m", "epdo.train", *shlex.split(line)[1:]], capture_output=True, text=True)
     final = re.search(r"final test error: ([\d.]+)%", done.stdout)
     if done.returncode or final is None:
         print(f"{name} seed {seed} failed (exit {done.returncode}): {done.stderr[-500:]}", file=sys.stderr, flush=True)
@@ -89,14 +97,27 @@ def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
     result = dict(
         model=name,
         seed=seed,
-        command=" ".join(["epdo-train", *command[3:]]),
+        command=line,
         params=int(re.search(r"([\d,]+) parameters", done.stdout).group(1).replace(",", "")),
         final_error=float(final.group(1)),
         seconds_per_epoch=statistics.mean(seconds),
-        **diagnostics(out / "checkpoint.pt", args.rotations),
+        **diagnostics(args.runs / args.protocol / f"{name}-seed{seed}" / "checkpoint.pt", args.rotations),
     )
     print(json.dumps(result), flush=True)
+    if args.out:
+        with _OUT_LOCK, args.out.open("a") as f:
+            f.write(json.dumps(result) + "\n")
     return result
+
+
+_OUT_LOCK = threading.Lock()
+
+
+def _recorded(path: Optional[Path]) -> Dict[str, dict]:
+    """The runs already in the JSON lines at ``path``, by command line: a rerun of a batch skips them."""
+    if path is None or not path.exists():
+        return {}
+    return {r["command"]: r for r in map(json.loads, filter(None, path.read_text().splitlines()))}
 
 
 def diagnostics(checkpoint: Path, rotations: List[float]) -> dict:
@@ -152,7 +173,12 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--runs", type=Path, default=Path("runs/accuracy"), help="where the runs write their outputs")
-    parser.add_argument("--out", type=Path, default=None, help="append every run's figures here (JSON lines)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="append each run's figures here (JSON lines); runs already there are not rerun",
+    )
     parser.add_argument("--from-results", type=Path, default=None, help="summarize the JSON lines of earlier runs")
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/LOG.md")
     parser.add_argument("--rotations", type=parse_angles, default=[], help="also the test error at these angles")
@@ -165,12 +191,10 @@ def main(argv=None) -> None:
         lines = args.from_results.read_text().splitlines()
         results = [r for r in map(json.loads, filter(None, lines)) if r["model"] in names]
     else:
+        done = _recorded(args.out)
         jobs = [(name, seed) for seed in range(args.seeds) for name in names]
         with ThreadPoolExecutor(args.workers) as pool:
-            results = [r for r in pool.map(lambda job: run(*job, args), jobs) if r is not None]
-        if args.out:
-            with args.out.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in results)
+            results = [r for r in pool.map(lambda job: done.get(command(*job, args)) or run(*job, args), jobs) if r]
     table = summarize(results)
     print(table)
     if args.record:
