@@ -77,7 +77,7 @@ PROTOCOLS: Dict[str, List[str]] = {
 """Data and budget of each protocol (``epdo-train`` flags)."""
 
 
-def command(name: str, seed: int, args: argparse.Namespace) -> str:
+def train_command(name: str, seed: int, args: argparse.Namespace) -> str:
     """The ``epdo-train`` command line of one run, as the JSON lines record it."""
     out = args.runs / args.protocol / f"{name}-seed{seed}"
     flags = [*PROTOCOLS[args.protocol], *MODELS[name], "--seed", str(seed), "--out", str(out)]
@@ -87,7 +87,7 @@ def command(name: str, seed: int, args: argparse.Namespace) -> str:
 def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
     """One ``epdo-train`` process (``--threads`` torch threads); its printed figures and the harness-only metrics,
     appended to ``--out`` as soon as it ends."""
-    line = command(name, seed, args)
+    line = train_command(name, seed, args)
     done = subprocess.run([sys.executable, "-m", "epdo.train", *shlex.split(line)[1:]], capture_output=True, text=True)
     final = re.search(r"final test error: ([\d.]+)%", done.stdout)
     if done.returncode or final is None:
@@ -194,7 +194,8 @@ def main(argv=None) -> None:
         done = _recorded(args.out)
         jobs = [(name, seed) for seed in range(args.seeds) for name in names]
         with ThreadPoolExecutor(args.workers) as pool:
-            results = [r for r in pool.map(lambda job: done.get(command(*job, args)) or run(*job, args), jobs) if r]
+            runs = pool.map(lambda job: done.get(train_command(*job, args)) or run(*job, args), jobs)
+            results = [r for r in runs if r is not None]
     table = summarize(results)
     print(table)
     if args.record:
