@@ -33,7 +33,8 @@ from common import markdown_table, record
 from epdo.checkpoint import load_checkpoint
 from epdo.data import random_rotation
 from epdo.evaluate import parse_angles
-from epdo.training import batch_norms, evaluate, reestimate_batch_norm, rotation_errors
+from epdo.nn import batch_norms
+from epdo.training import evaluate, reestimate_batch_norm, rotation_errors
 
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters

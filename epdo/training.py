@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from epdo.data import DATASETS, ImageSet, random_rotation, rotate_batch
+from epdo.nn import batch_norms
 from epdo.records import checked_fields
 
 SCHEDULE: Sequence[Tuple[int, float]] = ((0, 2e-3), (60, 2e-4), (120, 1e-4), (150, 5e-5), (180, 2.5e-5))
@@ -228,12 +229,6 @@ def evaluate(
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def batch_norms(model: torch.nn.Module) -> List[torch.nn.Module]:
-    """Every ``BatchNorm1d/2d/3d`` of ``model`` (escnn's ``InnerBatchNorm`` holds a ``BatchNorm3d``)."""
-    types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-    return [m for m in model.modules() if isinstance(m, types)]
 
 
 def reestimate_batch_norm(

@@ -9,8 +9,7 @@ from escnn import nn
 from epdo.equivariance import equivariance_errors
 from epdo.kernels import PDOBasis
 from epdo.models import PRESETS, ModelConfig, build_model, count_parameters, preset
-from epdo.nn import FieldMaxPool, NeuralePDO, PDOConv, RestrictToRotations
-from epdo.training import batch_norms
+from epdo.nn import FieldMaxPool, NeuralePDO, PDOConv, RestrictToRotations, batch_norms
 
 REFERENCE = {"paper-R-fd": 234186, "paper-R-gauss": 234186, "paper-Q-gauss": 229374, "paper-D16-5C16": 525190}
 TINY = dict(group_order=4, widths=(4, 4, 4, 4, 4, 4))
@@ -196,6 +195,21 @@ def test_inference_runs_the_exported_network_and_follows_the_weights(monkeypatch
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\), got \(2, 3, 28, 28\)"):
         with torch.no_grad():
             model.eval()(torch.rand(2, 3, 28, 28))
+
+
+def test_inference_follows_the_running_statistics_of_escnns_batch_norms():
+    """The exported form is cached until a parameter or a running statistic changes, escnn's IIDBatchNorm2d too."""
+    model = build_model(ModelConfig(group_order=-1, fields="fourier", widths=(2,) * 6))
+    with torch.no_grad():
+        model(torch.rand(8, 1, 28, 28))
+        model.eval()
+        x = torch.rand(4, 1, 28, 28)
+        before = model(x)
+        norm = next(m for m in batch_norms(model) if isinstance(m, nn.IIDBatchNorm2d))
+        next(b for name, b in norm.named_buffers() if name.endswith("_running_var")).mul_(4.0)
+        after = model(x)
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(after, model.classifier(model.features(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_inference_in_several_threads_at_once():

@@ -13,9 +13,10 @@ from epdo.evaluate import main as evaluate_main
 from epdo.evaluate import parse_angles
 from epdo.kernels import PDOBasis
 from epdo.models import ModelConfig, build_model
+from epdo.nn import batch_norms
 from epdo.train import build_parser, model_config, training_config
 from epdo.train import main as train_main
-from epdo.training import TrainingConfig, batch_norms, learning_rate, reestimate_batch_norm
+from epdo.training import TrainingConfig, learning_rate, reestimate_batch_norm
 
 TINY = [
     "--dataset", "synthetic", "--group-order", "4", "--widths", "4,4,4,4,4,4",
@@ -177,11 +178,19 @@ def test_two_process_ddp(tmp_path):
     assert len(metrics(out)) == 1
 
 
-def test_reestimated_batch_norm_uses_the_exact_statistics_with_dropout_off():
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(group_order=4, widths=(4,) * 6, dropout=0.5),
+        ModelConfig(group_order=-1, fields="fourier", widths=(2,) * 6, dropout=0.5),  # escnn's IIDBatchNorm2d
+    ],
+    ids=["C4", "SO(2)"],
+)
+def test_reestimated_batch_norm_uses_the_exact_statistics_with_dropout_off(config):
     """After re-estimation over one batch, eval mode on that batch equals the batch-statistics forward with dropout
     off (up to BN's unbiased running variance); a momentum average, or statistics taken with dropout on, differ."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(group_order=4, widths=(4,) * 6, dropout=0.5))
+    model = build_model(config)
     images = torch.rand(32, 1, 28, 28)
     model.train()
     with torch.no_grad():

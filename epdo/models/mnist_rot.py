@@ -16,6 +16,7 @@ from escnn import group, gspaces, nn
 
 from epdo.kernels import PDOBasis
 from epdo.nn import (
+    BATCH_NORMS,
     FieldBatchNorm,
     FieldDropout,
     FieldMaxPool,
@@ -188,8 +189,7 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
         self.classifier = classifier
         self._widest = max(_channels(m) for m in body.modules())
         self._module_list = list(self.modules())  # a plain list: escnn's modules hash slowly in named_modules()
-        norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-        self._batch_norms = [m for m in self._module_list if isinstance(m, norms)]
+        self._batch_norms = [m for m in self._module_list if isinstance(m, BATCH_NORMS)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Invariant features ``(B, C)`` before the classifier."""
@@ -213,7 +213,7 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
         """What the exported form is a function of: the parameters and the batch norms' running statistics (not the
         filters escnn's ``R2Conv`` keeps as buffers in eval mode, made anew by every export)."""
         parameters = [p for m in self._module_list for p in m._parameters.values() if p is not None]
-        return parameters + [s for m in self._batch_norms for s in (m.running_mean, m.running_var) if s is not None]
+        return parameters + [b for m in self._batch_norms for n, b in m.named_buffers(recurse=False) if "running_" in n]
 
     def export(self, backend: str = "auto") -> torch.fx.GraphModule:
         """The network in plain PyTorch (:func:`epdo.nn.export_network`): the same eval-mode logits for images

@@ -5,7 +5,7 @@ from epdo.kernels import PDOBasis
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.export import export_network
 from epdo.nn.field_dropout import FieldDropout
-from epdo.nn.field_norm import FieldBatchNorm, FieldNorm
+from epdo.nn.field_norm import BATCH_NORMS, FieldBatchNorm, FieldNorm, batch_norms
 from epdo.nn.functional import adaptive_pdo
 from epdo.nn.group_pooling import GroupMaxPool
 from epdo.nn.max_pool import FieldMaxPool, max_pool2x2
@@ -14,6 +14,7 @@ from epdo.nn.pdo_conv import PDOConv
 from epdo.nn.restriction import RestrictToRotations
 
 __all__ = [
+    "BATCH_NORMS",
     "Conv1x1",
     "ExportedNeuralePDO",
     "FieldBatchNorm",
@@ -26,6 +27,7 @@ __all__ = [
     "PDOConv",
     "RestrictToRotations",
     "adaptive_pdo",
+    "batch_norms",
     "export_network",
     "max_pool2x2",
 ]

@@ -1,19 +1,40 @@
 """Per-field normalization: per sample (``FieldNorm``, any fields of one representation) and per batch
-(``FieldBatchNorm``, permutation fields)."""
+(``FieldBatchNorm``, permutation fields); which modules of a network are batch norms (``batch_norms``)."""
 
 from __future__ import annotations
 
 import copy
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from escnn import nn
 from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.kernels import intertwiner_basis
 from epdo.nn.checks import check_input
 from epdo.representations import is_permutation_representation
+
+BATCH_NORMS = (
+    torch.nn.BatchNorm1d,
+    torch.nn.BatchNorm2d,
+    torch.nn.BatchNorm3d,
+    nn.IIDBatchNorm1d,
+    nn.IIDBatchNorm2d,
+    nn.IIDBatchNorm3d,
+    nn.GNormBatchNorm,
+    nn.NormBatchNorm,
+    nn.InducedNormBatchNorm,
+)
+"""Modules that normalize with batch statistics in training mode and running statistics in eval mode: buffers named
+``running_mean`` / ``running_var`` (escnn: ``<representation>_running_var``), ``momentum`` (``None``: a cumulative
+average), ``reset_running_stats()``.  escnn's ``InnerBatchNorm`` and :class:`FieldBatchNorm` hold a ``BatchNorm3d``."""
+
+
+def batch_norms(module: torch.nn.Module) -> List[torch.nn.Module]:
+    """Every batch norm (:data:`BATCH_NORMS`) in ``module``, in ``modules()`` order."""
+    return [m for m in module.modules() if isinstance(m, BATCH_NORMS)]
 
 
 def _field_size(module: str, in_type: FieldType) -> int:
