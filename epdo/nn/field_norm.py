@@ -33,7 +33,7 @@ average), ``reset_running_stats()``.  escnn's ``InnerBatchNorm`` and :class:`Fie
 
 
 def batch_norms(module: torch.nn.Module) -> List[torch.nn.Module]:
-    """Every batch norm (:data:`BATCH_NORMS`) in ``module``, in ``modules()`` order."""
+    """Every batch norm (``BATCH_NORMS``: torch's and escnn's) in ``module``, in ``modules()`` order."""
     return [m for m in module.modules() if isinstance(m, BATCH_NORMS)]
 
 
