@@ -43,7 +43,7 @@ demo: setup
 	$(PY) -m epdo.evaluate --checkpoint $(DEMO_RUN)/checkpoint.pt --rotations 0:360:45
 
 test: setup
-	$(PY) -m pytest -q -n auto --maxprocesses=4 tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal tests
 
 lint: setup
 	$(VENV)/bin/ruff check epdo tests benchmarks notebooks
