@@ -78,10 +78,21 @@ PROTOCOLS: Dict[str, List[str]] = {
 """Data and budget of each protocol (``epdo-train`` flags)."""
 
 
+def run_directory(name: str, seed: int, args: argparse.Namespace) -> Path:
+    """Where one run writes its checkpoint and metrics (``epdo-train --out``)."""
+    return args.runs / args.protocol / f"{name}-seed{seed}"
+
+
 def train_command(name: str, seed: int, args: argparse.Namespace) -> str:
     """The ``epdo-train`` command line of one run, as the JSON lines record it."""
-    out = args.runs / args.protocol / f"{name}-seed{seed}"
-    flags = [*PROTOCOLS[args.protocol], *MODELS[name], "--seed", str(seed), "--out", str(out)]
+    flags = [
+        *PROTOCOLS[args.protocol],
+        *MODELS[name],
+        "--seed",
+        str(seed),
+        "--out",
+        str(run_directory(name, seed, args)),
+    ]
     return shlex.join(["epdo-train", *flags, "--threads", str(args.threads), "--no-progress"])
 
 
@@ -102,7 +113,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
         params=int(re.search(r"([\d,]+) parameters", done.stdout).group(1).replace(",", "")),
         final_error=float(final.group(1)),
         seconds_per_epoch=statistics.mean(seconds),
-        **diagnostics(args.runs / args.protocol / f"{name}-seed{seed}" / "checkpoint.pt", args.rotations),
+        **diagnostics(run_directory(name, seed, args) / "checkpoint.pt", args.rotations),
     )
     print(json.dumps(result), flush=True)
     if args.out:

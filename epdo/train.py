@@ -378,12 +378,11 @@ def _write_metrics(rows: List[Dict[str, float]], path: Path) -> None:
 
 
 def _describe(config: ModelConfig) -> str:
-    if config.group_order == -1:
+    n = config.group_order
+    if n == -1:
         group = "O(2)" if config.flip else "SO(2)"
     else:
-        group = (
-            f"{'D' if config.flip else 'C'}{config.group_order}{'|5C' + str(config.group_order) if config.flip else ''}"
-        )
+        group = f"D{n}|5C{n}" if config.flip else f"C{n}"
     widths = ",".join(map(str, config.widths))
     if config.layer in ("escnn", "cnn", "pdo"):
         return f"{config.layer} baseline on {group}, widths {widths}"

@@ -16,7 +16,6 @@ from escnn import group, gspaces, nn
 
 from epdo.kernels import PDOBasis
 from epdo.nn import (
-    BATCH_NORMS,
     FieldBatchNorm,
     FieldDropout,
     FieldMaxPool,
@@ -24,6 +23,7 @@ from epdo.nn import (
     NeuralePDO,
     PDOConv,
     RestrictToRotations,
+    batch_norms,
 )
 from epdo.nn.cached_weight import CachedWeight
 from epdo.nn.export import exported_layers, trace
@@ -189,7 +189,7 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
         self.classifier = classifier
         self._widest = max(_channels(m) for m in body.modules())
         self._module_list = list(self.modules())  # a plain list: escnn's modules hash slowly in named_modules()
-        self._batch_norms = [m for m in self._module_list if isinstance(m, BATCH_NORMS)]
+        self._batch_norms = batch_norms(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Invariant features ``(B, C)`` before the classifier."""
@@ -320,7 +320,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
         modules.append(nonlinearity(types[index]))
         if index >= 2 and config.dropout > 0:
             modules.append(FieldDropout(types[index], config.dropout))
-    modules.append(GroupMaxPool(types[5], samples=16) if fourier else GroupMaxPool(types[5]))
+    modules.append(GroupMaxPool(types[5]))
     body = nn.SequentialModule(*modules)
     return EquivariantClassifier(body, _classifier(body.out_type.size, config.head))
 

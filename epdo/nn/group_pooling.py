@@ -31,11 +31,7 @@ class GroupMaxPool(EquivariantModule):
         sizes = {rho.size for rho in in_type.representations}
         rho = in_type.representations[0]
         gspace = in_type.gspace
-        if (
-            is_permutation_representation(rho)
-            and all(is_permutation_representation(r) for r in in_type)
-            and len(sizes) == 1
-        ):
+        if len(sizes) == 1 and all(is_permutation_representation(r) for r in set(in_type.representations)):
             self.pool: torch.nn.Module = FieldMax(sizes.pop())
         elif len(names) == 1 and is_continuous(gspace.fibergroup):
             irreps = list(dict.fromkeys(rho.irreps))  # the band limit (repeated irreps appear once)
