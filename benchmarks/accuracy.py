@@ -59,6 +59,11 @@ MODELS: Dict[str, List[str]] = {
     # SO(2): the so2 preset (27,481) and escnn's R2Conv on the same skeleton (27,614)
     "so2": ["--preset", "so2"],
     "so2-escnn": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14"],
+    # the so2 skeleton with escnn's gated (27,504; escnn 28,163) and norm (27,655; escnn 27,824) nonlinearities
+    "so2-gated": ["--preset", "so2", "--nonlinearity", "gated", "--widths", "14,14,22,22,28,28"],
+    "so2-gated-escnn": ["--preset", "so2", "--nonlinearity", "gated", "--layer", "escnn", "--widths", "7,7,8,8,11,11"],
+    "so2-norm": ["--preset", "so2", "--nonlinearity", "norm", "--widths", "16,16,25,25,32,32"],
+    "so2-norm-escnn": ["--preset", "so2", "--nonlinearity", "norm", "--layer", "escnn", "--widths", "7,7,11,11,13,13"],
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count

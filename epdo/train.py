@@ -45,7 +45,7 @@ from epdo.cli import (
 )
 from epdo.data import DATASETS, DatasetError, load_dataset
 from epdo.diffops import DISCRETIZATIONS
-from epdo.models import LAYERS, PRESETS, ModelConfig, build_model, count_parameters, preset
+from epdo.models import LAYERS, NONLINEARITIES, PRESETS, ModelConfig, build_model, count_parameters, preset
 from epdo.plots import plot_curves
 from epdo.training import (
     NonFiniteLoss,
@@ -65,7 +65,7 @@ MODEL_FLAGS = {
     "layer": "--layer", "fields": "--model", "group_order": "--group-order", "flip": "--flip", "widths": "--widths",
     "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
     "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
-    "field_frequency": "--field-frequency",
+    "field_frequency": "--field-frequency", "nonlinearity": "--nonlinearity",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, help="field dropout of layers 3-6")
     model.add_argument("--head", type=non_negative_int, help="hidden units of the classifier (0: one linear map)")
     model.add_argument("--field-frequency", type=positive_int, help="highest frequency of SO(2) fields (preset so2)")
+    model.add_argument(
+        "--nonlinearity", choices=NONLINEARITIES, help="pointwise (ReLU; Fourier ReLU on SO(2)), gated or norm (SO(2))"
+    )
     default = TrainingConfig()
     data = p.add_argument_group("data (with --resume: the run's)", argument_default=argparse.SUPPRESS)
     data.add_argument("--dataset", choices=DATASETS, help=f"default: {default.dataset}")
@@ -160,7 +163,8 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
             )
     config = preset(name) if name else base or preset("default")
     basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
-    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head", "field_frequency")
+    names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head", "field_frequency",
+             "nonlinearity")  # fmt: skip
     changes = {k: given[k] for k in names if k in given}
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]
@@ -384,6 +388,8 @@ def _describe(config: ModelConfig) -> str:
     else:
         group = f"D{n}|5C{n}" if config.flip else f"C{n}"
     widths = ",".join(map(str, config.widths))
+    if config.nonlinearity != "pointwise":
+        widths += f", {config.nonlinearity} nonlinearity"
     if config.layer in ("escnn", "cnn", "pdo"):
         return f"{config.layer} baseline on {group}, widths {widths}"
     basis = config.basis

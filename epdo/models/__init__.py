@@ -3,6 +3,7 @@
 from epdo.models.mnist_rot import (
     FIELDS,
     LAYERS,
+    NONLINEARITIES,
     PAPER_WIDTHS,
     PRESETS,
     EquivariantClassifier,
@@ -17,6 +18,7 @@ from epdo.models.mnist_rot import (
 __all__ = [
     "FIELDS",
     "LAYERS",
+    "NONLINEARITIES",
     "PAPER_WIDTHS",
     "PRESETS",
     "EquivariantClassifier",

@@ -9,7 +9,7 @@ commute, values and gradients alike, and the ReLU then runs on a quarter of the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 import torch
 from escnn import group, gspaces, nn
@@ -33,6 +33,8 @@ FIELDS = ("regular", "quotient", "fourier")
 """The field kinds of :class:`ModelConfig` (``fields``)."""
 LAYERS = ("epdo", "reference", "pdo", "escnn", "cnn")
 """The layer kinds of :class:`ModelConfig` (``layer``)."""
+NONLINEARITIES = ("pointwise", "gated", "norm")
+"""The nonlinearities of :class:`ModelConfig` (``nonlinearity``)."""
 PAPER_WIDTHS = {
     "regular": (16, 24, 32, 32, 48, 64),
     "quotient": (12, 16, 24, 24, 32, 64),
@@ -64,6 +66,12 @@ class ModelConfig:
         dropout: field dropout of layers 3-6.
         head: hidden units of the two-layer classifier on the invariant features (0: one linear map).
         field_frequency: the highest frequency of ``"fourier"`` fields.
+        nonlinearity: ``"pointwise"`` (ReLU; on ``"fourier"`` fields escnn's ``FourierPointwise``), or, with
+            ``"fourier"`` fields only, ``"gated"`` or ``"norm"``: each field is then split into its irreps (the same
+            representation in another basis), ReLU on the frequency-0 part and, on the others, escnn's
+            ``GatedNonLinearity1`` (one extra scalar gate field per irrep, made by the layer before) or
+            ``NormNonLinearity`` (``n_relu``); the invariant features are then the irreps' norms (escnn's
+            ``NormPool``).
     """
 
     layer: str = "epdo"
@@ -78,6 +86,7 @@ class ModelConfig:
     dropout: float = 0.1
     head: int = 64
     field_frequency: int = 2
+    nonlinearity: str = "pointwise"
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -91,6 +100,12 @@ class ModelConfig:
             raise ValueError(
                 f"group_order must be a positive integer with regular or quotient fields, or -1 (SO(2) / O(2)) with "
                 f"fourier fields; got {self.group_order} with {self.fields!r} fields"
+            )
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {self.nonlinearity!r}")
+        if self.nonlinearity != "pointwise" and self.fields != "fourier":
+            raise ValueError(
+                f"nonlinearity {self.nonlinearity!r} needs fourier fields (SO(2) / O(2)), got {self.fields!r} fields"
             )
         if self.field_frequency < 1:
             raise ValueError(f"field_frequency must be a positive integer, got {self.field_frequency}")
@@ -111,14 +126,17 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
         """The inverse of :meth:`as_dict`; every field checked (:func:`epdo.records.checked_fields`): raises
-        ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses."""
+        ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses.  A dictionary
+        without ``nonlinearity`` (written before it existed) has the one there was then, ``"pointwise"``."""
+        if isinstance(values, dict) and "nonlinearity" not in values:
+            values = {**values, "nonlinearity": "pointwise"}
         values = checked_fields("model configuration", values, _MODEL_KINDS)
         values["basis"] = PDOBasis(**checked_fields("model configuration: basis", values["basis"], _BASIS_KINDS))
         return cls(**values)
 
 
 _MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
-                    reduction=int, dropout=float, head=int, field_frequency=int)  # fmt: skip
+                    reduction=int, dropout=float, head=int, field_frequency=int, nonlinearity=str)  # fmt: skip
 _BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int)
 
 
@@ -295,34 +313,71 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
     def pool(ftype: nn.FieldType) -> nn.EquivariantModule:
         return nn.PointwiseAvgPool2D(ftype, 2) if fourier else FieldMaxPool(ftype)
 
-    def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
-        if fourier:
-            return nn.FourierPointwise(ftype.gspace, len(ftype), irreps, type="regular", N=samples)
-        return _relu(ftype)
+    split = fourier and config.nonlinearity != "pointwise"
+    if split:
+        nonlinearity, outputs = _irrep_nonlinearities(gspace, field(gspace), config.nonlinearity, config.widths)
+    else:
+        outputs = [nn.FieldType(gspace, [field(gspace)] * w) for w in config.widths]
 
-    types = [nn.FieldType(gspace, [field(gspace)] * w) for w in config.widths]
+        def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
+            if fourier:
+                return nn.FourierPointwise(ftype.gspace, len(ftype), irreps, type="regular", N=samples)
+            return _relu(ftype)
+
     image = nn.FieldType(gspace, [gspace.trivial_repr])
     if config.layer == "escnn":
-        lift: nn.EquivariantModule = nn.R2Conv(image, types[0], 5, padding=2, bias=False)
+        lift: nn.EquivariantModule = nn.R2Conv(image, outputs[0], 5, padding=2, bias=False)
     else:
-        lift = PDOConv(image, types[0], basis=config.basis)
-    modules: List[nn.EquivariantModule] = [lift, norm(types[0]), nonlinearity(types[0])]
+        lift = PDOConv(image, outputs[0], basis=config.basis)
+    modules: List[nn.EquivariantModule] = [lift, norm(outputs[0]), nonlinearity(outputs[0])]
     for index in range(1, 6):
-        in_type = types[index - 1]
+        in_type = modules[-1].out_type
         if index == 5 and config.flip and not fourier:
             restrict = RestrictToRotations(in_type)
             modules.append(restrict)
             in_type = restrict.out_type
-            types[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
-        modules += [layer(in_type, types[index]), norm(types[index])]
+            outputs[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
+        modules += [layer(in_type, outputs[index]), norm(outputs[index])]
         if index in (1, 3):
-            modules.append(pool(types[index]))
-        modules.append(nonlinearity(types[index]))
+            modules.append(pool(outputs[index]))
+        modules.append(nonlinearity(outputs[index]))
         if index >= 2 and config.dropout > 0:
-            modules.append(FieldDropout(types[index], config.dropout))
-    modules.append(GroupMaxPool(types[5]))
+            modules.append(FieldDropout(modules[-1].out_type, config.dropout))
+    modules.append(nn.NormPool(modules[-1].out_type) if split else GroupMaxPool(modules[-1].out_type))
     body = nn.SequentialModule(*modules)
     return EquivariantClassifier(body, _classifier(body.out_type.size, config.head))
+
+
+def _irrep_nonlinearities(
+    gspace: gspaces.GSpace2D, field: group.Representation, kind: str, widths: Sequence[int]
+) -> Tuple[Callable[[nn.FieldType], nn.EquivariantModule], List[nn.FieldType]]:
+    """The ``"gated"`` / ``"norm"`` nonlinearity of :class:`ModelConfig` and the layers' output types for
+    ``widths`` fields of the representation ``field`` (a sum of irreps), each field split into its irreps and the
+    fields grouped by irrep (each representation's fields contiguous, as escnn's batch norm export needs them):
+    ``[trivial] * w + [gate] * (n w) + [psi_1] * w + ... + [psi_n] * w`` (no gates for ``"norm"``); the
+    nonlinearity keeps all but the gates."""
+    fibergroup = gspace.fibergroup
+    parts = [fibergroup.irrep(*name) for name in field.irreps]
+    scalars = [rho for rho in parts if rho.is_trivial()]
+    others = [rho for rho in parts if not rho.is_trivial()]
+    gates = [gspace.trivial_repr] * len(others) if kind == "gated" else []
+    outputs = [
+        nn.FieldType(gspace, scalars * w + gates * w + [rho for rho in others for _ in range(w)]) for w in widths
+    ]
+
+    def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
+        w = len(ftype) // (len(scalars) + len(gates) + len(others))
+        first = len(scalars) * w
+        rest = ftype.index_select(list(range(first, len(ftype))))
+        if kind == "gated":
+            labels = ["gate"] * (len(gates) * w) + ["gated"] * (len(others) * w)
+            branch: nn.EquivariantModule = nn.GatedNonLinearity1(rest, gates=labels)
+        else:
+            branch = nn.NormNonLinearity(rest, "n_relu")
+        relu = _relu(ftype.index_select(list(range(first))))
+        return nn.MultipleModule(ftype, ["scalar"] * first + ["rest"] * len(rest), [(relu, "scalar"), (branch, "rest")])
+
+    return nonlinearity, outputs
 
 
 def _relu(ftype: nn.FieldType) -> nn.ReLU:

@@ -8,9 +8,26 @@ import copy
 from typing import List, Optional, Tuple
 
 import torch
-from escnn.nn import EquivariantModule, FourierPointwise, MaxPoolChannels, PointwiseAvgPool2D, SequentialModule
+from escnn.nn import (
+    EquivariantModule,
+    FourierPointwise,
+    GatedNonLinearity1,
+    MaxPoolChannels,
+    MultipleModule,
+    NormNonLinearity,
+    NormPool,
+    PointwiseAvgPool2D,
+    SequentialModule,
+)
 
 from epdo.nn.basis_conv import Pointwise
+from epdo.nn.escnn_exports import (
+    ExportedBranches,
+    ExportedGate,
+    ExportedNormNonlinearity,
+    ExportedNormPool,
+    branch_channels,
+)
 from epdo.nn.field_norm import FieldView
 from epdo.nn.functional import BACKENDS
 from epdo.nn.group_pooling import FieldMax
@@ -97,6 +114,16 @@ def exported_layers(
         return SampledPointwise.of(module)
     if isinstance(module, PointwiseAvgPool2D):  # nor for this one
         return torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
+    if isinstance(module, NormNonLinearity):  # nor for these
+        return ExportedNormNonlinearity(module).to(like)
+    if isinstance(module, GatedNonLinearity1):
+        return ExportedGate(module).to(like)
+    if isinstance(module, NormPool):
+        return ExportedNormPool(module).to(like)
+    if isinstance(module, MultipleModule):
+        branches = [exported_layers(getattr(module.merging, f"submodule_{i}"), backend, like)
+                    for i in range(len(module.merging._labels))]  # fmt: skip
+        return ExportedBranches(branch_channels(module), branches).to(like)
     if isinstance(module, EquivariantModule):
         training = module.training
         exported = module.export()  # escnn's export() leaves the module in eval mode
