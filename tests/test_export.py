@@ -26,6 +26,8 @@ NETWORKS = {
     "O(2) fourier fields, escnn": ModelConfig(
         group_order=-1, fields="fourier", flip=True, layer="escnn", widths=(1, 1, 1, 1, 1, 1)
     ),
+    "SO(2) gated": ModelConfig(group_order=-1, fields="fourier", nonlinearity="gated", widths=(1, 1, 1, 1, 1, 1)),
+    "O(2) norm": ModelConfig(group_order=-1, fields="fourier", flip=True, nonlinearity="norm", widths=(1,) * 6),
 }
 
 
@@ -124,6 +126,32 @@ def test_a_users_network_of_escnn_and_epdo_layers():
     assert network.training
     with pytest.raises(ValueError, match="backend must be one of"):
         export_network(network, backend="fast")
+
+
+def test_escnns_norm_and_gated_modules_on_unsorted_fields():
+    """Fields of several sizes out of size order, a label's fields apart: each bias and gate stays with its field."""
+    gs = gspaces.rot2dOnR2(-1, maximum_frequency=3)
+    psi = gs.fibergroup.irrep
+    gated = nn.FieldType(gs, [psi(2), psi(0), psi(0), psi(0), psi(1), psi(0)])
+    gates = ["gated", "gate", "gated", "gate", "gated", "gate"]
+    normed = nn.FieldType(gs, [psi(2), psi(0), psi(1), psi(3)])
+    torch.manual_seed(0)
+    norm = nn.NormNonLinearity(normed, "n_relu")
+    with torch.no_grad():
+        norm.log_bias.normal_()
+    mixed = nn.FieldType(gs, gated.representations[:3] + normed.representations + gated.representations[3:])
+    labels = ["a"] * 3 + ["b"] * 4 + ["a"] * 3
+    modules = [
+        nn.GatedNonLinearity1(gated, gates=gates),
+        norm,
+        nn.NormPool(normed),
+        nn.MultipleModule(mixed, labels, [(nn.GatedNonLinearity1(gated, gates=gates), "a"), (norm, "b")]),
+    ]
+    for module in modules:
+        x = torch.randn(2, module.in_type.size, 5, 5)
+        with torch.no_grad():
+            expected = module(nn.GeometricTensor(x, module.in_type)).tensor
+            torch.testing.assert_close(export_network(module)(x), expected, rtol=1e-6, atol=1e-6)
 
 
 class _Branching(torch.nn.Module):

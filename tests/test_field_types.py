@@ -14,7 +14,7 @@ from epdo.equivariance import (
     smooth_field,
 )
 from epdo.kernels import PDOBasis, intertwiner_basis, pdo_filter_basis
-from epdo.nn import FieldNorm, NeuralePDO, PDOConv
+from epdo.nn import FieldDropout, FieldNorm, NeuralePDO, PDOConv
 from epdo.representations import finite_subgroup, matrices_on
 
 TOL = 2e-5
@@ -224,3 +224,23 @@ def test_the_commutant_form_with_several_sets_of_pdos(g):
     assert max(equivariance_errors(layer, x).values()) < TOL
     with torch.no_grad():
         torch.testing.assert_close(layer.eval().export("pytorch")(x.tensor), layer(x).tensor)
+
+
+@pytest.mark.parametrize("frequencies", [(1, 1, 1), (0, 1, 0, 2)], ids=["one size", "two sizes"])
+def test_field_dropout_drops_whole_fields(frequencies):
+    gs = gspaces.rot2dOnR2(-1, maximum_frequency=2)
+    ftype = nn.FieldType(gs, [gs.fibergroup.irrep(k) for k in frequencies])
+    dropout = FieldDropout(ftype, p=0.5)
+    torch.manual_seed(0)
+    x = torch.rand(4, ftype.size, 6, 6) + 1.0
+    out = dropout(nn.GeometricTensor(x, ftype)).tensor
+    start = 0
+    kept = []
+    for rho in ftype.representations:
+        part, inputs = out[:, start : start + rho.size], x[:, start : start + rho.size]
+        field_kept = part[:, :1] != 0
+        torch.testing.assert_close(part, torch.where(field_kept, 2 * inputs, torch.zeros_like(inputs)))
+        kept.append(field_kept.float().mean())
+        start += rho.size
+    assert 0.3 < float(torch.stack(kept).mean()) < 0.7
+    assert dropout.eval()(nn.GeometricTensor(x, ftype)).tensor is x

@@ -84,8 +84,10 @@ def populate_batch_norm(model, images):
         ModelConfig(**TINY, basis=PDOBasis("fd", max_order=3)),
         ModelConfig(group_order=-1, fields="fourier", widths=(2, 2, 2, 2, 2, 2)),
         ModelConfig(group_order=-1, fields="fourier", flip=True, widths=(2, 2, 2, 2, 2, 2)),
+        ModelConfig(group_order=-1, fields="fourier", nonlinearity="gated", widths=(1,) * 6),
+        ModelConfig(group_order=-1, fields="fourier", nonlinearity="norm", layer="escnn", widths=(1,) * 6),
     ],
-    ids=["default", "Q", "D4|5C4-rbffd", "pdo", "escnn", "reference", "order3", "SO(2)", "O(2)"],
+    ids=["default", "Q", "D4|5C4-rbffd", "pdo", "escnn", "reference", "order3", "SO(2)", "O(2)", "gated", "norm"],
 )
 def test_models_are_invariant_to_quarter_turns(config):
     torch.manual_seed(0)
@@ -245,8 +247,11 @@ def test_inference_in_several_threads_at_once():
 
 
 def test_config_round_trips_through_a_dictionary():
-    for config in [*PRESETS.values(), ModelConfig(layer="reference", basis=PDOBasis("gauss"))]:
+    gated = preset("so2", nonlinearity="gated")
+    for config in [*PRESETS.values(), ModelConfig(layer="reference", basis=PDOBasis("gauss")), gated]:
         assert ModelConfig.from_dict(config.as_dict()) == config
+    older = {k: v for k, v in gated.as_dict().items() if k != "nonlinearity"}  # stored before the field existed
+    assert ModelConfig.from_dict(older) == preset("so2")
 
 
 def test_the_so2_preset_matches_escnns_count_within_three_percent():
@@ -264,6 +269,10 @@ def test_bad_model_arguments():
         ModelConfig(layer="none")
     with pytest.raises(ValueError, match="six positive integers"):
         ModelConfig(widths=(4, 4))
+    with pytest.raises(ValueError, match="nonlinearity must be one of .'pointwise', 'gated', 'norm'., got 'elu'"):
+        ModelConfig(nonlinearity="elu")
+    with pytest.raises(ValueError, match="nonlinearity 'gated' needs fourier fields .SO.2. / O.2.., got 'regular'"):
+        ModelConfig(nonlinearity="gated")
     with pytest.raises(ValueError, match="unknown preset 'R-fd'; valid ones are default, half, so2, paper-R-fd"):
         preset("R-fd")
     with pytest.raises(ValueError, match="g=3 must divide"):
