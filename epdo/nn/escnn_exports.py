@@ -10,16 +10,16 @@ from __future__ import annotations
 from typing import Callable, List, Sequence
 
 import torch
-from escnn.nn import FieldType, GatedNonLinearity1, MultipleModule, NormNonLinearity, NormPool
+from escnn import nn
 
 
-def field_of_channel(ftype: FieldType) -> torch.Tensor:
+def field_of_channel(ftype: nn.FieldType) -> torch.Tensor:
     """``(C,)`` long: the field each channel of ``ftype`` belongs to."""
     sizes = torch.tensor([rho.size for rho in ftype.representations])
     return torch.repeat_interleave(torch.arange(len(ftype)), sizes)
 
 
-def _by_size(fields: Sequence[int], ftype: FieldType) -> List[int]:
+def _by_size(fields: Sequence[int], ftype: nn.FieldType) -> List[int]:
     """``fields`` (indices into ``ftype``) in escnn's visiting order: by size, then by position."""
     return sorted(fields, key=lambda f: ftype.representations[f].size)
 
@@ -36,7 +36,7 @@ class ExportedNormNonlinearity(torch.nn.Module):
 
     Shapes: ``(B, C, H, W)`` in and out."""
 
-    def __init__(self, module: NormNonLinearity) -> None:
+    def __init__(self, module: nn.NormNonLinearity) -> None:
         super().__init__()
         ftype = module.in_type
         self.register_buffer("fields", field_of_channel(ftype))
@@ -59,7 +59,7 @@ class ExportedGate(torch.nn.Module):
 
     Shapes: ``(B, C_in, H, W)`` in (gates and gated fields), ``(B, C_out, H, W)`` out (the gated fields, in order)."""
 
-    def __init__(self, module: GatedNonLinearity1) -> None:
+    def __init__(self, module: nn.GatedNonLinearity1) -> None:
         super().__init__()
         if not module.drop_gates:
             raise TypeError("export: GatedNonLinearity1 with drop_gates=False is not supported; use drop_gates=True")
@@ -87,7 +87,7 @@ class ExportedGate(torch.nn.Module):
 class ExportedNormPool(torch.nn.Module):
     """escnn's ``NormPool``: the norm of each field.  Shapes: ``(B, C, H, W)`` in, ``(B, fields, H, W)`` out."""
 
-    def __init__(self, module: NormPool) -> None:
+    def __init__(self, module: nn.NormPool) -> None:
         super().__init__()
         self.register_buffer("fields", field_of_channel(module.in_type))
         self.count = len(module.in_type)
@@ -111,7 +111,7 @@ class ExportedBranches(torch.nn.Module):
         return torch.cat(parts, dim=1)
 
 
-def branch_channels(module: MultipleModule) -> List[torch.Tensor]:
+def branch_channels(module: nn.MultipleModule) -> List[torch.Tensor]:
     """The input channels of each of ``module``'s branches, in order; raises ``TypeError`` for a branch of several
     labels or a reshuffled input."""
     branching = module.branching

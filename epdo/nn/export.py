@@ -98,7 +98,9 @@ def exported_layers(
     module: torch.nn.Module, backend: str = "auto", like: Optional[torch.Tensor] = None
 ) -> torch.nn.Module:
     """The plain-PyTorch form of ``module``, untraced: escnn/epdo modules by their ``export()`` (epdo's with
-    ``backend``), sequences with :func:`fold_sequence` applied, other modules copied in eval mode.  ``like``: a
+    ``backend``; escnn's ``FourierPointwise``, ``PointwiseAvgPool2D``, ``NormNonLinearity``, ``GatedNonLinearity1``,
+    ``NormPool`` and ``MultipleModule``, which have none, by their forms here and in :mod:`epdo.nn.escnn_exports`),
+    sequences with :func:`fold_sequence` applied, other modules copied in eval mode.  ``like``: a
     tensor of the network's dtype and device (default: ``module``'s first parameter)."""
     if backend not in BACKENDS:
         raise ValueError(f"export: backend must be one of {BACKENDS}, got {backend!r}")
