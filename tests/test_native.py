@@ -157,6 +157,16 @@ def test_the_build_key_covers_the_headers_the_sources_include(tmp_path, monkeypa
     assert keys[0] != keys[1]
 
 
+def test_the_build_key_is_the_same_for_a_copy_of_the_package_elsewhere(tmp_path):
+    """A clone or reinstall at another path loads the libraries built for the same sources."""
+    copy = tmp_path / native.MAX_POOL_SOURCE.name
+    copy.write_bytes(native.MAX_POOL_SOURCE.read_bytes())
+    keys = [native._build_key(source, ["cc", "-O3", str(source), "-lm"]) for source in (native.MAX_POOL_SOURCE, copy)]
+    assert keys[0] == keys[1]
+    copy.write_text(copy.read_text() + "/* edited */")
+    assert native._build_key(copy, ["cc", "-O3", str(copy), "-lm"]) != keys[0]
+
+
 def test_native_kernel_is_faster_than_the_pytorch_path():
     """Not a benchmark (those are in benchmarks/): a guard that the compiled path is not silently the slow one."""
     x, a, s, g = _inputs((4, 4, 4, 8, 28, 28, "fd", 4, 5), torch.float32)

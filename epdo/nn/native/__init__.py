@@ -168,12 +168,12 @@ def _stencil_definitions(scalar: str, shape: Tuple[int, ...], values: bytes) -> 
 
 
 def _build_key(source: Path, command: list) -> str:
-    """Hash of what the binary depends on: source, headers, command, compiler version and the CPU
-    (``-march=native``)."""
+    """Hash of what the binary depends on: source, headers, command (the source by its name: the same library for a
+    copy of the package elsewhere), compiler version and the CPU (``-march=native``)."""
     digest = hashlib.sha256(source.read_bytes())
     for header in HEADERS:
         digest.update(header.read_bytes())
-    digest.update(" ".join(command).encode())
+    digest.update(" ".join(source.name if part == str(source) else part for part in command).encode())
     digest.update(_compiler_version(command[0]).encode())
     digest.update(_cpu_description().encode())
     return digest.hexdigest()[:16]
