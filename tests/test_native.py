@@ -12,7 +12,7 @@ import torch
 from epdo.diffops import stencils
 from epdo.nn import adaptive_pdo, native
 from epdo.nn.functional import NORMALIZATIONS, stencil_key
-from epdo.nn.native import GRAIN_SIZE
+from epdo.nn.native import GRAIN_SIZE, op
 
 # (batch, partitions q, fields g, field size d, height, width, discretization, max_order, stencil size)
 SHAPES = [
@@ -132,17 +132,23 @@ def test_without_a_compiler_the_pytorch_path_runs_with_one_warning(tmp_path):
     assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
 
 
-def test_the_build_is_cached_and_atomic(tmp_path):
-    env = dict(os.environ, EPDO_CACHE_DIR=str(tmp_path))
-    stamps = []
-    for _ in range(2):
-        out = _run(FALLBACK, env)
-        assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
-        built = sorted((tmp_path / "native").iterdir())
-        stamps.append([p.stat().st_mtime_ns for p in built])
+def test_the_build_is_cached_and_atomic(tmp_path, monkeypatch):
+    """A fresh process builds into an empty cache, one finished file; this process then loads that library from the
+    cache, without a build."""
+    out = _run(FALLBACK, dict(os.environ, EPDO_CACHE_DIR=str(tmp_path)))
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+    built = sorted((tmp_path / "native").iterdir())
     names = [p.name for p in built]
     assert len(names) == 1 and names[0].startswith("adaptive_pdo_float_") and names[0].endswith(".so"), names
-    assert stamps[0] == stamps[1], "the second process rebuilt the cached library"
+    monkeypatch.setenv("EPDO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_build", lambda *args: pytest.fail("the cached library was built again"))
+    native._adaptive_pdo_library.cache_clear()  # forget the libraries this process loaded
+    try:
+        values = op.key_stencils(stencil_key(stencils("fd"))).float()
+        assert native.load(torch.float32, values, required=True) is not None
+    finally:
+        native._adaptive_pdo_library.cache_clear()  # loaded from tmp_path: not kept for later tests
+    assert sorted((tmp_path / "native").iterdir()) == built
 
 
 def test_the_build_key_covers_the_headers_the_sources_include(tmp_path, monkeypatch):
