@@ -128,8 +128,18 @@ def test_without_a_compiler_the_pytorch_path_runs_with_one_warning(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     warned = [line for line in out.stderr.splitlines() if "RuntimeWarning" in line]
     assert len(warned) == 1 and "no C compiler: 'no-such-compiler'" in warned[0], out.stderr
-    out = _run(FALLBACK, dict(env, EPDO_NATIVE="0"))  # disabled on purpose: silent
-    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+
+
+def test_disabled_on_purpose_the_pytorch_path_runs_silently(monkeypatch):
+    monkeypatch.setenv("EPDO_NATIVE", "0")
+    x, a = torch.randn(1, 4, 6, 6), torch.randn(1, 60, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.load(torch.float32, op.key_stencils(stencil_key(stencils("fd"))).float()) is None
+        got = adaptive_pdo(x, a, stencils("fd"), 1)
+    torch.testing.assert_close(got, adaptive_pdo(x, a, stencils("fd"), 1, backend="pytorch"), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="EPDO_NATIVE=0"):
+        adaptive_pdo(x, a, stencils("fd"), 1, backend="native")
 
 
 def test_the_build_is_cached_and_atomic(tmp_path, monkeypatch):
