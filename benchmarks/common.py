@@ -143,18 +143,23 @@ def record(title: str, command: str, device: torch.device, table: str, machine: 
         f.write(f"Command: `{command}`  \nMachine: {machine or machine_description(device)}\n\n{table}\n")
 
 
-def report_figure(fig, plot: Path, rows: Dict[str, Dict[str, str]], title: str, script: str, argv, log: bool) -> None:
-    """Save a benchmark's matplotlib figure to ``plot``, print ``rows`` as a table and, with ``log``, record both in
-    benchmarks/LOG.md under ``title`` with the command line (the ``script`` file, ``argv`` or the process's)."""
-    save_figure(fig, plot)
+def report_table(rows: Dict[str, Dict[str, str]], title: str, script: str, argv, log: bool, note: str = "") -> None:
+    """Print ``rows`` as a table and, with ``log``, record it (and ``note`` after it) in benchmarks/LOG.md under
+    ``title`` with the command line (the ``script`` file, ``argv`` or the process's)."""
     table = markdown_table(rows)
     print(table)
     if log:
         command = f"python benchmarks/{Path(script).name} " + " ".join(sys.argv[1:] if argv is None else argv)
-        shown = plot.resolve()
-        if shown.is_relative_to(LOG.parent.parent):
-            shown = shown.relative_to(LOG.parent.parent)
-        record(title, command, torch.device("cpu"), table + f"\n\nPlot: `{shown}`.")
+        record(title, command, torch.device("cpu"), table + note)
+
+
+def report_figure(fig, plot: Path, rows: Dict[str, Dict[str, str]], title: str, script: str, argv, log: bool) -> None:
+    """Save a benchmark's matplotlib figure to ``plot`` and report ``rows`` (:func:`report_table`), the plot named."""
+    save_figure(fig, plot)
+    shown = plot.resolve()
+    if shown.is_relative_to(LOG.parent.parent):
+        shown = shown.relative_to(LOG.parent.parent)
+    report_table(rows, title, script, argv, log, note=f"\n\nPlot: `{shown}`.")
 
 
 def markdown_table(rows: Dict[str, Dict[str, str]]) -> str:

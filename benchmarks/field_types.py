@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import torch
-from common import markdown_table, record
+from common import report_table
 from escnn import nn
 
 from epdo.equivariance import (
@@ -99,11 +99,7 @@ def main(argv=None) -> None:
                 row[f"{name}: off grid (x R2Conv)"] = f"{value:.4f} ({value / reference:.2f})"
         rows[case] = row
         print(case, row, flush=True)
-    table = markdown_table(rows)
-    print(table)
-    if args.record:
-        command = "python benchmarks/field_types.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        record("Field types of escnn's convolution tests", command, torch.device("cpu"), table)
+    report_table(rows, "Field types of escnn's convolution tests", __file__, argv, args.record)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ error over them and over the runs of each group.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List
 
 import numpy as np
 import torch
-from common import markdown_table, record
+from common import report_table
 from escnn import nn
 
 from epdo.checkpoint import load_checkpoint
@@ -63,11 +62,7 @@ def main(argv=None) -> None:
         rows[f"{theirs} ({m} runs)"] = {f"layer {i + 1}": f"{v:.4f}" for i, v in enumerate(b)}
         rows[f"{ours} / {theirs}"] = {f"layer {i + 1}": f"{v:.2f}" for i, v in enumerate(a / b)}
         print(rows, flush=True)
-    table = markdown_table(rows)
-    print(table)
-    if args.record:
-        command = "python benchmarks/trained_equivariance.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        record("Off-grid equivariance of trained layers", command, torch.device("cpu"), table)
+    report_table(rows, "Off-grid equivariance of trained layers", __file__, argv, args.record)
 
 
 if __name__ == "__main__":
