@@ -247,9 +247,11 @@ def notebook(cells) -> nbformat.NotebookNode:
 
 
 def execute(nb: nbformat.NotebookNode, directory: Path) -> nbformat.NotebookNode:
-    """Run every cell in a fresh kernel (working directory ``directory``; figures inline, as PNG outputs)."""
+    """Run every cell in a fresh kernel (working directory ``directory``; figures inline, as PNG outputs), stopped
+    at once when the last cell is done (a graceful shutdown waits seconds for nothing)."""
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(directory)}}).execute()
+    resources = {"metadata": {"path": str(directory)}}
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources, shutdown_kernel="immediate").execute()
     return nb
 
 
