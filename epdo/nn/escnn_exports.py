@@ -67,8 +67,9 @@ class ExportedGate(torch.nn.Module):
         indices = module.gates_indices
         gate_channels = range(*indices.tolist()) if module._contiguous["gate"] else indices.tolist()
         starts = torch.cumsum(torch.tensor([0] + [rho.size for rho in ftype.representations]), 0).tolist()
-        gate_fields = [starts.index(c) for c in gate_channels]
-        gated = [f for f in range(len(ftype)) if f not in set(gate_fields)]
+        field_at = {start: f for f, start in enumerate(starts[:-1])}
+        gate_fields = {field_at[c] for c in gate_channels}
+        gated = [f for f in range(len(ftype)) if f not in gate_fields]
         gate_of = dict(zip(_by_size(gated, ftype), zip(gate_channels, module.bias.detach().flatten().tolist())))
         channels, gates, biases = [], [], []
         for f in gated:

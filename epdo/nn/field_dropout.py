@@ -30,7 +30,8 @@ class FieldDropout(EquivariantModule):
         self.p = p
         sizes = {rho.size for rho in in_type.representations}
         self.field_size = sizes.pop() if len(sizes) == 1 else None
-        self.register_buffer("fields", field_of_channel(in_type), persistent=False)
+        fields = field_of_channel(in_type) if self.field_size is None else None  # several sizes: a mask per field
+        self.register_buffer("fields", fields, persistent=False)
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input("FieldDropout", x, self.in_type)
