@@ -64,6 +64,13 @@ MODELS: Dict[str, List[str]] = {
     "so2-gated-escnn": ["--preset", "so2", "--nonlinearity", "gated", "--layer", "escnn", "--widths", "7,7,8,8,11,11"],
     "so2-norm": ["--preset", "so2", "--nonlinearity", "norm", "--widths", "16,16,25,25,32,32"],
     "so2-norm-escnn": ["--preset", "so2", "--nonlinearity", "norm", "--layer", "escnn", "--widths", "7,7,11,11,13,13"],
+    # band limit 0.15 cycles per pixel instead of 0.2 (same span and parameter counts), and static PDOs on SO(2)
+    "default-bw15": ["--bandwidth", "0.15"],  # 27,454
+    "so2-bw15": ["--preset", "so2", "--bandwidth", "0.15"],  # 27,481
+    "so2-pdo": ["--preset", "so2", "--layer", "pdo", "--widths", "7,7,11,11,14,14"],  # 27,614
+    "so2-bw30": ["--preset", "so2", "--bandwidth", "0.3"],  # 27,481
+    # every PDO up to order 4 (angular frequencies 0-4; the generator's hidden fields then have frequencies up to 4)
+    "so2-mf4": ["--preset", "so2", "--max-frequency", "none", "--widths", "19,19,28,28,37,37"],  # 27,465
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count

@@ -50,6 +50,18 @@ def redraw(layer: torch.nn.Module, adaptive: bool = False) -> torch.nn.Module:
     return layer.train()
 
 
+def off_grid_error(
+    layer: torch.nn.Module, x: nn.GeometricTensor, elements: list, draws: int, adaptive: bool = False
+) -> float:
+    """The mean relative error of ``layer`` at ``elements`` on ``x`` over ``draws`` draws of its weights
+    (:func:`redraw`)."""
+    errors = []
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        errors += list(equivariance_errors(redraw(layer, adaptive), x, elements, margin=4).values())
+    return float(np.mean(errors))
+
+
 def construction_seconds(case: str, layer: str) -> float:
     """Seconds to build one layer in a fresh process (bases solved from nothing)."""
     code = (
@@ -77,21 +89,13 @@ def main(argv=None) -> None:
         off = {}
         for name, make in LAYERS.items():
             layer = make(in_type, out_type)
-            draws = []
-            for seed in range(args.draws):
-                torch.manual_seed(seed)
-                draws += list(equivariance_errors(redraw(layer), x, elements, margin=4).values())
-            off[name] = float(np.mean(draws))
+            off[name] = off_grid_error(layer, x, elements, args.draws)
             if name != "R2Conv" and "bandwidth" not in name:
                 torch.manual_seed(0)
                 row[f"{name}: build (s)"] = f"{construction_seconds(case, name):.2f}"
                 row[f"{name}: grid"] = f"{max(equivariance_errors(redraw(layer, True), noise).values()):.1e}"
             if name == "NeuralePDO":
-                draws = []
-                for seed in range(args.draws):
-                    torch.manual_seed(seed)
-                    draws += list(equivariance_errors(redraw(layer, True), x, elements, margin=4).values())
-                off["NeuralePDO, generator drawn"] = float(np.mean(draws))
+                off["NeuralePDO, generator drawn"] = off_grid_error(layer, x, elements, args.draws, adaptive=True)
         reference = off["R2Conv"]
         row["R2Conv: off grid"] = f"{reference:.4f}"
         for name, value in off.items():

@@ -58,10 +58,13 @@ def main(argv=None) -> None:
                 parser.error(f"no runs {name}-seed*/checkpoint.pt in {args.runs}")
             means[name] = (np.mean([layer_errors(run, args.size) for run in runs], axis=0), len(runs))
         (ours, (a, n)), (theirs, (b, m)) = means.items()
-        rows[f"{ours} ({n} runs)"] = {f"layer {i + 1}": f"{v:.4f}" for i, v in enumerate(a)}
-        rows[f"{theirs} ({m} runs)"] = {f"layer {i + 1}": f"{v:.4f}" for i, v in enumerate(b)}
-        rows[f"{ours} / {theirs}"] = {f"layer {i + 1}": f"{v:.2f}" for i, v in enumerate(a / b)}
-        print(rows, flush=True)
+        pair_rows = {
+            f"{ours} ({n} runs)": {f"layer {i + 1}": f"{v:.4f}" for i, v in enumerate(a)},
+            f"{theirs} ({m} runs)": {f"layer {i + 1}": f"{v:.4f}" for i, v in enumerate(b)},
+            f"{ours} / {theirs}": {f"layer {i + 1}": f"{v:.2f}" for i, v in enumerate(a / b)},
+        }
+        print(pair_rows, flush=True)
+        rows.update(pair_rows)
     report_table(rows, "Off-grid equivariance of trained layers", __file__, argv, args.record)
 
 

@@ -1,0 +1,77 @@
+"""Off-grid equivariance error of PDOConv at initialization against the scale of the Gaussian-derivative stencils,
+as a ratio to escnn's R2Conv 5x5 on the same field types and inputs.
+
+The stencils are derivatives of ``exp(-(eps t)^2)`` sampled on the 5x5 grid (``epdo.diffops.stencils.GAUSS_EPS``,
+the library's scale); each ``eps`` is measured in a fresh process with that constant set before any basis is built.
+Field types, inputs and draws as in ``field_types.py``: smooth fields in a disk, the mean relative error at 45 and
+22.5 degrees (D8 with its axis at pi/3: its reflections), ``--draws`` draws of the weights.
+
+    python benchmarks/stencil_scale.py --scales 0.6,0.8,0.9,0.95,0.99,1.03,1.1,1.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+from common import report_table
+from escnn import nn
+from field_types import off_grid_error
+
+from epdo.equivariance import escnn_field_types, off_grid_elements, smooth_field
+from epdo.kernels import PDOBasis
+from epdo.nn import PDOConv
+
+BASES = {"default basis": PDOBasis(), "bandwidth 0.15": PDOBasis(bandwidth=0.15)}
+
+
+def ratios(draws: int, size: int) -> dict:
+    """``{field types: {basis: PDOConv's off-grid error / R2Conv's}}`` with this process's stencils."""
+    found = {}
+    for case, (in_type, out_type) in escnn_field_types().items():
+        torch.manual_seed(0)
+        x = smooth_field(in_type, 2, size)
+        elements = off_grid_elements(in_type.gspace)
+        reference = off_grid_error(nn.R2Conv(in_type, out_type, 5, padding=2), x, elements, draws)
+        found[case] = {
+            name: off_grid_error(PDOConv(in_type, out_type, basis=basis), x, elements, draws) / reference
+            for name, basis in BASES.items()
+        }
+    return found
+
+
+def measure_scale(scale: float, draws: int, size: int) -> dict:
+    """:func:`ratios` in a fresh process whose Gaussian stencils have scale ``scale``."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import epdo.diffops.stencils; "
+        "module = sys.modules['epdo.diffops.stencils']; module.GAUSS_EPS = float(sys.argv[1]); "
+        "module._stencils_float64.cache_clear(); "
+        "from stencil_scale import ratios; print(json.dumps(ratios(int(sys.argv[2]), int(sys.argv[3]))))"
+    )
+    args = [sys.executable, "-c", code, str(scale), str(draws), str(size)]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="0.8,0.99,1.1", help="values of eps, comma-separated")
+    parser.add_argument("--draws", type=int, default=2)
+    parser.add_argument("--size", type=int, default=25, help="side of the smooth test fields")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args(argv)
+    rows = {}
+    for scale in (float(s) for s in args.scales.split(",")):
+        found = measure_scale(scale, args.draws, args.size)
+        for case, values in found.items():
+            for name, value in values.items():
+                rows.setdefault(f"{case}, {name}", {})[f"eps = {scale:g}"] = f"{value:.2f}"
+        print(scale, found, flush=True)
+    report_table(rows, "PDOConv off the grid against the Gaussian stencils' scale", __file__, argv, args.record)
+
+
+if __name__ == "__main__":
+    main()
