@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+from typing import List
 
 import torch
 from common import report_table
@@ -56,15 +57,26 @@ def measure_scale(scale: float, draws: int, size: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def positive_scales(text: str) -> List[float]:
+    """A comma-separated list of positive numbers (the values of eps)."""
+    try:
+        scales = [float(v) for v in text.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or not all(0 < v < float("inf") for v in scales):
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return scales
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", default="0.8,0.99,1.1", help="values of eps, comma-separated")
+    parser.add_argument("--scales", type=positive_scales, default="0.8,0.99,1.1", help="values of eps, comma-separated")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--size", type=int, default=25, help="side of the smooth test fields")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     rows = {}
-    for scale in (float(s) for s in args.scales.split(",")):
+    for scale in args.scales:
         found = measure_scale(scale, args.draws, args.size)
         for case, values in found.items():
             for name, value in values.items():

@@ -9,6 +9,8 @@ import torch
 from escnn.group import Representation
 from escnn.nn import FieldType
 
+from epdo.nn.field_layout import channels_of, fields_by_representation
+
 BasisFn = Callable[[Representation, Representation], np.ndarray]
 
 
@@ -39,8 +41,8 @@ class BlockBasisExpansion(torch.nn.Module):
         for rho_in in in_type.representations:
             for rho_out in out_type.representations:
                 pairs[(rho_in.name, rho_out.name)] = (rho_in, rho_out)
-        in_fields = _fields_by_name(in_type)
-        out_fields = _fields_by_name(out_type)
+        in_fields = fields_by_representation(in_type)
+        out_fields = fields_by_representation(out_type)
         self._blocks: List[Tuple[str, str]] = []  # (attribute suffix, output representation name)
         fan_in: Dict[str, float] = {}
         kernel_shape: Tuple[int, ...] = ()
@@ -55,8 +57,8 @@ class BlockBasisExpansion(torch.nn.Module):
             self.register_buffer(f"basis_{suffix}", basis_tensor, persistent=False)
             weights = torch.nn.Parameter(torch.zeros(len(outs), len(ins), array.shape[0]))
             self.register_parameter(f"weights_{suffix}", weights)
-            self.register_buffer(f"out_index_{suffix}", _channels(out_type, outs), persistent=False)
-            self.register_buffer(f"in_index_{suffix}", _channels(in_type, ins), persistent=False)
+            self.register_buffer(f"out_index_{suffix}", channels_of(out_type, outs), persistent=False)
+            self.register_buffer(f"in_index_{suffix}", channels_of(in_type, ins), persistent=False)
             fan_in[name_out] = fan_in.get(name_out, 0.0) + len(ins) * array.shape[0] / rho_out.size
             self._blocks.append((suffix, name_out))
         self.kernel_shape = kernel_shape
@@ -95,17 +97,3 @@ class BlockBasisExpansion(torch.nn.Module):
             in_index = getattr(self, f"in_index_{suffix}")
             weight[out_index[:, None], in_index[None, :]] = block
         return weight
-
-
-def _fields_by_name(ftype: FieldType) -> Dict[str, List[int]]:
-    fields: Dict[str, List[int]] = {}
-    for position, rho in enumerate(ftype.representations):
-        fields.setdefault(rho.name, []).append(position)
-    return fields
-
-
-def _channels(ftype: FieldType, positions: List[int]) -> torch.Tensor:
-    starts = np.cumsum([0] + [rho.size for rho in ftype.representations])
-    return torch.tensor(
-        [c for p in positions for c in range(starts[p], starts[p] + ftype.representations[p].size)], dtype=torch.long
-    )

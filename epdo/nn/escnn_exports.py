@@ -12,11 +12,7 @@ from typing import Callable, List, Sequence
 import torch
 from escnn import nn
 
-
-def field_of_channel(ftype: nn.FieldType) -> torch.Tensor:
-    """``(C,)`` long: the field each channel of ``ftype`` belongs to."""
-    sizes = torch.tensor([rho.size for rho in ftype.representations])
-    return torch.repeat_interleave(torch.arange(len(ftype)), sizes)
+from epdo.nn.field_layout import channels_of, field_of_channel
 
 
 def _by_size(fields: Sequence[int], ftype: nn.FieldType) -> List[int]:
@@ -66,20 +62,16 @@ class ExportedGate(torch.nn.Module):
         ftype = module.in_type
         indices = module.gates_indices
         gate_channels = range(*indices.tolist()) if module._contiguous["gate"] else indices.tolist()
-        starts = torch.cumsum(torch.tensor([0] + [rho.size for rho in ftype.representations]), 0).tolist()
-        field_at = {start: f for f, start in enumerate(starts[:-1])}
+        field_at = field_of_channel(ftype).tolist()
         gate_fields = {field_at[c] for c in gate_channels}
         gated = [f for f in range(len(ftype)) if f not in gate_fields]
         gate_of = dict(zip(_by_size(gated, ftype), zip(gate_channels, module.bias.detach().flatten().tolist())))
-        channels, gates, biases = [], [], []
-        for f in gated:
-            size = ftype.representations[f].size
-            channels += range(starts[f], starts[f] + size)
-            gates += [gate_of[f][0]] * size
-            biases += [gate_of[f][1]] * size
-        self.register_buffer("channels", torch.tensor(channels))
-        self.register_buffer("gates", torch.tensor(gates))
-        self.register_buffer("bias", torch.tensor(biases).view(1, -1, 1, 1))
+        sizes = torch.tensor([ftype.representations[f].size for f in gated])
+        self.register_buffer("channels", channels_of(ftype, gated))
+        self.register_buffer("gates", torch.tensor([gate_of[f][0] for f in gated]).repeat_interleave(sizes))
+        self.register_buffer(
+            "bias", torch.tensor([gate_of[f][1] for f in gated]).repeat_interleave(sizes).view(1, -1, 1, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.index_select(1, self.channels) * torch.sigmoid(x.index_select(1, self.gates) - self.bias)

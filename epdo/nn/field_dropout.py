@@ -8,7 +8,7 @@ import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.nn.checks import check_input
-from epdo.nn.escnn_exports import field_of_channel
+from epdo.nn.field_layout import field_of_channel
 
 
 class FieldDropout(EquivariantModule):

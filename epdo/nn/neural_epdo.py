@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from escnn.nn import EquivariantModule, FieldType, FourierPointwise, GeometricTensor
@@ -15,6 +14,7 @@ from epdo.kernels import PDOBasis, intertwiner_basis, pdo_coefficient_basis
 from epdo.nn.basis_conv import BasisConv
 from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
+from epdo.nn.field_layout import channels_of, fields_by_representation
 from epdo.nn.field_norm import FieldNorm
 from epdo.nn.functional import COEFFICIENT_SCALE, adaptive_pdo, pixelwise_pdo, stencil_key, uses_native
 from epdo.nn.sampled import SampledPointwise
@@ -293,12 +293,8 @@ class CommutantLayout(torch.nn.Module):
 
     def __init__(self, in_type: FieldType, g: int) -> None:
         super().__init__()
-        by_name: Dict[str, List[int]] = {}
-        for index, rho in enumerate(in_type.representations):
-            by_name.setdefault(rho.name, []).append(index)
-        starts = np.cumsum([0] + [rho.size for rho in in_type.representations])
         order, self.blocks = [], []
-        for fields in by_name.values():
+        for fields in fields_by_representation(in_type).values():
             rho = in_type.representations[fields[0]]
             if len(fields) % g:
                 raise ValueError(
@@ -310,7 +306,7 @@ class CommutantLayout(torch.nn.Module):
                 f"commutant_{len(self.blocks)}", torch.tensor(commutant, dtype=torch.get_default_dtype())
             )
             self.blocks.append((len(fields), rho.size, len(commutant)))
-            order += [c for f in fields for c in range(starts[f], starts[f + 1])]
+            order += channels_of(in_type, fields).tolist()
         self.g, self.operators = g, max(n for _, _, n in self.blocks)
         identity = order == list(range(in_type.size))
         self.register_buffer("order", None if identity else torch.tensor(order))
