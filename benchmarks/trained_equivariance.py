@@ -49,8 +49,11 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=25, help="side of the smooth test fields")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
+    pairs = args.pairs.split(",")
+    if any(len(pair.split(":")) != 2 or "" in pair.split(":") for pair in pairs):
+        parser.error(f"--pairs: expected MODEL:BASELINE pairs separated by commas, got {args.pairs!r}")
     rows = {}
-    for pair in args.pairs.split(","):
+    for pair in pairs:
         means = {}
         for name in pair.split(":"):
             runs = sorted(args.runs.glob(f"{name}-seed*/checkpoint.pt"))
