@@ -71,6 +71,9 @@ MODELS: Dict[str, List[str]] = {
     "so2-bw30": ["--preset", "so2", "--bandwidth", "0.3"],  # 27,481
     # every PDO up to order 4 (angular frequencies 0-4; the generator's hidden fields then have frequencies up to 4)
     "so2-mf4": ["--preset", "so2", "--max-frequency", "none", "--widths", "19,19,28,28,37,37"],  # 27,465
+    # D8 (the default skeleton with --flip, D8|5C8) against escnn's R2Conv on the same skeleton
+    "d8": ["--flip", "--widths", "10,10,14,14,20,20"],  # 35,848
+    "d8-escnn": ["--flip", "--layer", "escnn", "--widths", "4,4,5,5,7,7"],  # 36,004
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count

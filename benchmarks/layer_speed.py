@@ -5,7 +5,10 @@ rounds (every model runs one step per round).
 Default: the paper's layer (C16, 16 regular fields in and out, g=4, s=4, reduction=1, fd stencils, every PDO of order
 <= 4), 28x28, batch 8 on CPU (64 on CUDA).  ``--so2``: instead, ``--fields`` copies of SO(2)'s ``bl_irreps(3)``
 (frequencies 0-3, 7 channels each) in and out, the Neural ePDO with its defaults (the commutant form) against
-R2Conv 5x5.
+R2Conv 5x5.  ``--geometry``: both layers with R2Conv's arguments for a stride-2 5x5 layer, a 3x3 layer or a
+dilation-2 5x5 layer instead of the 'same' 5x5 one.
+
+    python benchmarks/layer_speed.py --geometry stride2
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from escnn import gspaces, nn
 
 from epdo.nn import NeuralePDO, PDOBasis, adaptive_pdo
 from epdo.nn.functional import COEFFICIENT_SCALE, NORM_EPS
+
+GEOMETRIES = {
+    "same": dict(kernel_size=5, padding=2),
+    "stride2": dict(kernel_size=5, padding=2, stride=2),
+    "3x3": dict(kernel_size=3, padding=1),
+    "dilation2": dict(kernel_size=5, padding=4, dilation=2),
+}
+"""R2Conv's arguments of each ``--geometry``, given to both layers."""
 
 
 def unfold_adaptive_pdo(
@@ -67,6 +78,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--so2", action="store_true", help="SO(2) bl_irreps(3) fields, the layer's defaults")
+    parser.add_argument("--geometry", choices=list(GEOMETRIES), default="same", help="R2Conv's arguments of both")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/LOG.md")
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # internal: see below
     args = parser.parse_args(argv)
@@ -75,20 +87,22 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     batch = args.batch or (64 if device.type == "cuda" else 8)
     torch.manual_seed(0)
-
+    geometry = GEOMETRIES[args.geometry]
     if args.so2:
         gs = gspaces.rot2dOnR2(-1, 6)
         ftype = nn.FieldType(gs, [gs.irrep(k) for k in range(4)] * args.fields)
-        layer = NeuralePDO(ftype, ftype).to(device).train()
+        layer = NeuralePDO(ftype, ftype, **geometry).to(device).train()
         models = {"NeuralePDO (epdo, commutant form)": layer}
     else:
         gs = gspaces.rot2dOnR2(args.group_order)
         ftype = nn.FieldType(gs, [gs.regular_repr] * args.fields)
         basis = PDOBasis("fd", max_frequency=None)
-        layer = NeuralePDO(ftype, ftype, g=4, s=4, reduction=1, basis=basis).to(device).train()
-        models = {f"NeuralePDO (epdo, {'native kernel' if device.type == 'cpu' else 'PyTorch path'})": layer}
-    models["escnn R2Conv 5x5"] = nn.R2Conv(ftype, ftype, 5, padding=2, bias=False).to(device).train()
-    if not args.so2:
+        layer = NeuralePDO(ftype, ftype, **geometry, g=4, s=4, reduction=1, basis=basis).to(device).train()
+        native = device.type == "cpu" and layer.geometry.stride == 1
+        models = {f"NeuralePDO (epdo, {'native kernel' if native else 'PyTorch path'})": layer}
+    models[f"escnn R2Conv ({args.geometry})"] = nn.R2Conv(ftype, ftype, **geometry, bias=False).to(device).train()
+    reformulations = not args.so2 and args.geometry == "same"  # they compute the PDO at every input pixel
+    if reformulations:
         models["NeuralePDO via unfold (reference formulation)"] = Reformulated(layer, unfold_adaptive_pdo)
         if device.type == "cpu":
             models["NeuralePDO (epdo, PyTorch path)"] = Reformulated(
@@ -106,7 +120,7 @@ def main(argv=None) -> None:
             memory = peak_bytes(step(models[name], inputs), device)
         print(memory)
         return
-    if not args.so2:  # the reformulations compute the same map
+    if reformulations:  # they compute the same map
         with torch.no_grad():
             coefficients = layer.coefficients(nn.GeometricTensor(x, ftype)).tensor
             fast = adaptive_pdo(x, coefficients, layer.stencils, layer.g)
@@ -133,7 +147,7 @@ def main(argv=None) -> None:
         for name, (t, m) in results.items()
     }
     summary = f"epdo / R2Conv time {ours[0] / r2conv[0]:.3f}; epdo peak memory {ours[1] / 2**20:.0f} MiB"
-    if not args.so2:
+    if reformulations:
         summary += f"; epdo / unfold time {ours[0] / results[list(models)[2]][0]:.3f}"
     print(summary)
     if args.record:
@@ -142,7 +156,10 @@ def main(argv=None) -> None:
             if args.so2
             else f"C{args.group_order}, {args.fields} regular fields in/out, g=4, s=4, reduction=1, fd"
         )
-        config = f"{fields}, {args.size}x{args.size}, batch {batch}, {device.type}, median of {args.repeats} rounds"
+        config = (
+            f"{fields}, {args.geometry} {geometry}, {args.size}x{args.size}, batch {batch}, {device.type}, "
+            f"median of {args.repeats} rounds"
+        )
         command = "python benchmarks/layer_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
         record("Layer speed: " + config, command, device, markdown_table(rows) + "\n\n" + summary)
 

@@ -36,14 +36,28 @@ def active(layer):
     return layer
 
 
+GEOMETRIES = {
+    "same": {},
+    "3x3, stride 2": dict(kernel_size=3, padding=1, stride=2),
+    "5x5, padding 1, replicate": dict(kernel_size=5, padding=1, padding_mode="replicate"),
+    "5x5, dilation 2, reflect": dict(kernel_size=5, padding=3, dilation=2, padding_mode="reflect"),
+    "7x7, stride 2, circular": dict(kernel_size=7, padding=3, stride=2, padding_mode="circular"),
+}
+"""R2Conv's geometries, each exact on the grid on a 13 x 13 input (``H + 2p - d (k - 1) - 1`` divisible by the
+stride)."""
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("case", list(CASES))
-def test_exact_on_the_grid_forward_and_gradients(case, layer):
+def test_exact_on_the_grid_forward_and_gradients(case, layer, geometry):
     in_type, out_type = CASES[case]
-    module = active(LAYERS[layer](in_type, out_type))
+    module = active(LAYERS[layer](in_type, out_type, **GEOMETRIES[geometry]))
     if layer == "NeuralePDO":
         assert module.form == "commutant"
-    x = nn.GeometricTensor(torch.randn(2, in_type.size, 12, 12), in_type)
+    size, dtype = (12, torch.float32) if geometry == "same" else (13, torch.float64)  # float64: tolerances for rounding
+    module = module.to(dtype)
+    x = nn.GeometricTensor(torch.randn(2, in_type.size, size, size, dtype=dtype), in_type)
     errors = equivariance_errors(module, x)
     assert len(errors) >= 4 and max(errors.values()) < TOL, errors
     # gradients: d<f(g x), g v>/dx at g x is g (d<f(x), v>/dx), and the parameters' gradients are the same

@@ -280,8 +280,10 @@ def test_bad_configurations_are_refused_with_numbers():
         NeuralePDO(reg, reg, g=0)
     with pytest.raises(TypeError, match="basis must be an epdo.kernels.PDOBasis, got str"):
         NeuralePDO(reg, reg, basis="fd")
+    with pytest.raises(ValueError, match="NeuralePDO: kernel_size must be an odd integer >= 3 .*, got 2"):
+        NeuralePDO(reg, reg, 2)  # R2Conv's third argument
     with pytest.raises(TypeError, match="positional"):
-        NeuralePDO(reg, reg, 2)
+        NeuralePDO(reg, reg, 5, 2, 1, 1, "zeros", 1, False, 2)  # g and what follows it are keyword-only
     with pytest.raises(ValueError, match=r"normalization must be one of \('rms', 'l1'\), got 'l2'"):
         adaptive_pdo(torch.randn(1, 8, 4, 4), torch.randn(1, 120, 4, 4), PDOBasis().stencils(), 1, normalization="l2")
     layer = NeuralePDO(reg, reg, g=2)

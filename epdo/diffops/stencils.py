@@ -12,9 +12,9 @@ positive response to the monomial ``x^i y^j``.
 Methods:
 
 * ``"fd"``: central finite differences, separable, exact on every monomial of degree ``<= k + 1``.
-* ``"gauss"``: derivatives of ``exp(-(eps r)^2)`` (``eps = 0.99``) sampled on the grid, separable;
-  each order ``k`` is scaled once so that ``d_x^k`` is exact on ``x^k`` (a per-order scale keeps the
-  stack steerable).
+* ``"gauss"``: derivatives of ``exp(-(eps r)^2)`` sampled on the grid, separable, ``eps = 0.99 * 5 / size``
+  (the Gaussian's width grows with the stencil's: ``sigma ~ 0.71`` pixels on 5x5); each order ``k`` is scaled
+  once so that ``d_x^k`` is exact on ``x^k`` (a per-order scale keeps the stack steerable).
 * ``"rbffd"``: polyharmonic-spline (``r^5``) RBF-FD weights with polynomial augmentation of degree 4
   (degree 2 on a 3x3 grid): exact on every polynomial of that degree, not separable.
 """
@@ -31,6 +31,7 @@ import torch
 from epdo.diffops.multiindex import check_max_order, multi_indices
 
 GAUSS_EPS = 0.99
+"""``eps`` of the 5x5 Gaussian stencils; a ``size x size`` stencil has ``GAUSS_EPS * 5 / size``."""
 PHS_POWER = 5
 
 # Central differences of order 0..4 on the offsets -2..2 (the minimal symmetric support of each order).
@@ -72,7 +73,7 @@ def _fd(max_order: int, size: int) -> np.ndarray:
 
 
 def _gauss(max_order: int, size: int) -> np.ndarray:
-    eps = GAUSS_EPS
+    eps = GAUSS_EPS if size == 5 else GAUSS_EPS * 5 / size
 
     def one_d(n: int, t: np.ndarray) -> np.ndarray:
         # (-1)^n d^n/dt^n exp(-(eps t)^2) = eps^n H_n(eps t) exp(-(eps t)^2)  (physicists' Hermite H_n)

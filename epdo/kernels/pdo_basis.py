@@ -9,7 +9,7 @@ derivative representation (:mod:`epdo.diffops.representation`).  Contracting ``W
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import numpy as np
@@ -54,7 +54,8 @@ class PDOBasis:
             initialization); a number ``b`` (cycles per pixel): orthonormal for a metric that weights frequency
             ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so random filters start band-limited like escnn's.  Same span
             and parameter count either way.
-        size: stencil width (odd).
+        size: stencil width (odd), at least ``max_order + 1``; a layer's ``kernel_size`` sets it
+            (:meth:`of_width`).
 
     The default is the configuration measured best at a fixed parameter budget; :meth:`reference` is the basis of
     the public reference implementation.
@@ -77,11 +78,21 @@ class PDOBasis:
         check_bandwidth(self.bandwidth)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1 or self.size % 2 == 0:
             raise ValueError(f"PDOBasis: size must be an odd positive integer, got {self.size!r}")
+        if self.max_order > self.size - 1:
+            raise ValueError(
+                f"PDOBasis: a {self.size}x{self.size} stencil holds derivatives of order <= {self.size - 1}, got "
+                f"max_order={self.max_order}"
+            )
 
     @classmethod
     def reference(cls, discretization: str = "fd", max_order: int = 4) -> PDOBasis:
         """The reference implementation's basis: every PDO up to ``max_order``, orthonormal for the filters."""
         return cls(discretization, max_order, max_frequency=None, bandwidth=None)
+
+    def of_width(self, size: int) -> PDOBasis:
+        """This basis on ``size x size`` stencils: orders up to ``min(max_order, size - 1)``, what the width holds
+        (3: orders <= 2, 6 operators; 5 and wider: the basis's own)."""
+        return replace(self, size=size, max_order=min(self.max_order, size - 1))
 
     @property
     def num_operators(self) -> int:

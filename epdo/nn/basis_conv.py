@@ -12,18 +12,21 @@ from epdo.kernels import intertwiner_basis
 from epdo.nn.basis_expansion import BasisFn, BlockBasisExpansion
 from epdo.nn.cached_weight import CachedWeight
 from epdo.nn.checks import check_field_types, check_input
+from epdo.nn.geometry import Geometry, checked_output_size
 
 
 class BasisConv(CachedWeight, EquivariantModule):
-    """``conv2d`` (stride 1, same padding) with an equivariant filter ``sum_k theta_k B_k`` and invariant bias.
+    """``conv2d`` with an equivariant filter ``sum_k theta_k B_k`` and invariant bias, on the sampling grid of
+    ``geometry`` (:class:`epdo.nn.geometry.Geometry`; ``None``: 'same' padding, stride 1).
 
     ``basis(rho_in, rho_out)`` gives each field pair's filters ``(n, d_out, d_in, size, size)`` (or ``(n, d_out,
-    d_in)`` when ``size`` is 1).  ``gain`` (see :class:`epdo.nn.basis_expansion.BlockBasisExpansion`) changes how
-    fast the filter learns, not its initial value.  With ``groups > 1`` the fields of ``in_type`` and ``out_type``
-    are split into ``groups`` consecutive groups (all input groups of the same types) and group ``i`` of the output
-    only sees group ``i`` of the input.
+    d_in)`` when ``size`` is 1, which takes no geometry).  ``gain`` (see
+    :class:`epdo.nn.basis_expansion.BlockBasisExpansion`) changes how fast the filter learns, not its initial value.
+    With ``groups > 1`` the fields of ``in_type`` and ``out_type`` are split into ``groups`` consecutive groups (all
+    input groups of the same types) and group ``i`` of the output only sees group ``i`` of the input.
 
-    Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
+    Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H_out, W_out)``
+    (:meth:`epdo.nn.geometry.Geometry.output_size`).
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class BasisConv(CachedWeight, EquivariantModule):
         bias: bool = False,
         groups: int = 1,
         gain: float = 1.0,
+        geometry: Optional[Geometry] = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__  # error messages name the concrete layer (PDOConv, Conv1x1)
@@ -44,6 +48,7 @@ class BasisConv(CachedWeight, EquivariantModule):
         self.in_type, self.out_type = in_type, out_type
         self.gspace = in_type.gspace
         self.size, self.groups = size, groups
+        self.geometry = geometry if geometry is not None or size == 1 else Geometry(size)
         self.filter_expansion = BlockBasisExpansion(group_in_type, out_type, basis, gain)
         self.bias_expansion: Optional[BlockBasisExpansion] = None
         if bias:
@@ -67,32 +72,45 @@ class BasisConv(CachedWeight, EquivariantModule):
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input(type(self).__name__, x, self.in_type)
         weight, bias = self.filter_and_bias()
-        if self.size == 1:
+        if self.geometry is None:
             out = _pointwise(x.tensor, weight, bias, self.groups)
         else:
-            out = F.conv2d(x.tensor, weight, bias, padding=self.size // 2, groups=self.groups)
+            self._output_size(x.tensor.shape)
+            g = self.geometry
+            inputs, padding = (x.tensor, g.padding) if g.padding_mode == "zeros" else (g.pad(x.tensor), 0)
+            out = F.conv2d(inputs, weight, bias, g.stride, padding, g.dilation, self.groups)
         return GeometricTensor(out, self.out_type)
 
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         if len(input_shape) != 4 or input_shape[1] != self.in_type.size:
             expected = f"(B, {self.in_type.size}, H, W)"
             raise ValueError(f"{type(self).__name__}: expected shape {expected}, got {tuple(input_shape)}")
-        return (input_shape[0], self.out_type.size, *input_shape[2:])
+        return (input_shape[0], self.out_type.size, *self._output_size(input_shape))
+
+    def _output_size(self, input_shape: Tuple[int, ...]) -> Tuple[int, int]:
+        """``(H_out, W_out)`` of an input of ``input_shape``."""
+        if self.geometry is None:
+            return tuple(input_shape[-2:])  # type: ignore[return-value]
+        return checked_output_size(type(self).__name__, self.geometry, input_shape)
 
     @torch.no_grad()
     def export(self) -> torch.nn.Module:
         """A plain module computing the same map on the input's ``.tensor``: ``torch.nn.Conv2d``, or for 1x1 filters
         :class:`epdo.nn.basis_conv.Pointwise` (a batched matrix product, faster than ``conv2d`` on CPU)."""
         weight, bias = self.filter_and_bias()
-        if self.size == 1:
+        if self.geometry is None:
             return Pointwise(weight[:, :, 0, 0], bias, self.groups)
+        g = self.geometry
         conv = torch.nn.Conv2d(
             self.in_type.size,
             self.out_type.size,
             self.size,
-            padding=self.size // 2,
+            stride=g.stride,
+            padding=g.padding,
+            dilation=g.dilation,
             groups=self.groups,
             bias=bias is not None,
+            padding_mode=g.padding_mode,
         ).to(device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)
         if bias is not None:

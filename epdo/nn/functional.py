@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from epdo.nn import native
+from epdo.nn.geometry import Geometry
 from epdo.nn.native import op
 from epdo.nn.native.op import NORM_EPS
 
@@ -39,67 +40,77 @@ def _tap_norm(by_field: torch.Tensor, normalization: str, taps: int) -> torch.Te
     for t in range(1, taps):
         nu += reduce(by_field[:, :, :, t]).sum(2)
     if normalization == "rms":
-        nu.div_(by_field.shape[2]).sqrt_()
-    return nu.add_(NORM_EPS)
+        nu = (nu / by_field.shape[2]).sqrt()
+    return nu + NORM_EPS
+
+
+def tap_matrix(stencils: torch.Tensor) -> torch.Tensor:
+    """``(k^2, n_ops)``: the map from a PDO's coefficients to its taps, ``COEFFICIENT_SCALE sum_a A_a S_a``."""
+    return stencils.reshape(len(stencils), -1).t() * COEFFICIENT_SCALE
+
+
+def compose_taps(coefficients: torch.Tensor, taps: torch.Tensor, channels: int) -> torch.Tensor:
+    """Per-pixel taps ``(B, channels, k^2, H, W)`` of coefficients ``(B, channels * n_ops, H, W)`` (index ``(channel,
+    operator)``) through :func:`tap_matrix` ``taps`` ``(k^2, n_ops)``."""
+    batch, height, width = coefficients.shape[0], coefficients.shape[2], coefficients.shape[3]
+    operators = coefficients.reshape(batch, channels, -1, height * width)
+    return torch.matmul(taps, operators).reshape(batch, channels, -1, height, width)
 
 
 def pixelwise_pdo(
-    x: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str, size: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out, nu, padded)``: ``out[b, p, j, c] = (sum_t taps[b, j, c, t] * f[b, p, j, c](. + offset_t)) / nu[b, j]``,
-    zero padding, ``nu`` the per-pixel norm of field ``j``'s taps, ``padded`` the padded input.
+    padded: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str, geometry: Geometry
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The definition of the adaptive PDO: ``(out, nu)``, ``out[b, p, j, c](i) = (sum_t taps[b, j, c, t](i) *
+    padded[b, p, j, c](tap t of output pixel i)) / nu[b, j](i)``, the taps' positions those of ``geometry``
+    (:meth:`epdo.nn.geometry.Geometry.tap_views`), ``nu`` the per-pixel norm of field ``j``'s taps.
 
-    ``size x size`` fused multiply-adds of shifted views, the normalization folded in: no ``size^2``-fold copy of the
-    input.  Shapes: ``x (B, q, g*d, H, W)``, ``taps (B, g*d, size^2, H, W)``; every loop bound is the Python integer
-    ``size``, so ``torch.fx`` traces it.
+    Fused multiply-adds of strided views, the normalization folded in: no ``k^2``-fold copy of the input.  Shapes:
+    ``padded (B, q, g*d, H + 2p, W + 2p)`` (already padded), ``taps (B, g*d, k^2, H_out, W_out)``; out ``(B, q, g*d,
+    H_out, W_out)``, nu ``(B, g, H_out, W_out)``.  Differentiable by autograd; every loop bound is a Python integer,
+    so ``torch.fx`` traces it.
     """
-    batch, parts, channels, height, width = x.shape
-    kk, r = size * size, size // 2
+    batch, parts, channels = padded.shape[0], padded.shape[1], padded.shape[2]  # no unpacking: fx traces shapes
+    kk, height, width = geometry.kernel_size**2, taps.shape[3], taps.shape[4]
     nu = _tap_norm(taps.view(batch, fields, channels // fields, kk, height, width), normalization, kk)
-    padded = F.pad(x.reshape(batch, parts * channels, height, width), (r, r, r, r))
-    padded = padded.view(batch, parts, channels, height + 2 * r, width + 2 * r)
-    out = padded[..., :height, :width] * taps[:, None, :, 0]
-    for t in range(1, kk):
-        u, v = divmod(t, size)
-        out.addcmul_(padded[..., u : u + height, v : v + width], taps[:, None, :, t])
-    out.view(batch, parts, fields, channels // fields, height, width).div_(nu[:, None, :, None])
-    return out, nu, padded
+    views = geometry.tap_views(padded)
+    _, view = next(views)
+    out = view * taps[:, None, :, 0]
+    for t, view in views:
+        out.addcmul_(view, taps[:, None, :, t])
+    out = out.view(batch, parts, fields, channels // fields, height, width) / nu[:, None, :, None]
+    return out.view(batch, parts, channels, height, width), nu
 
 
 class _NormalizedPixelwiseConv(torch.autograd.Function):
-    """:func:`pixelwise_pdo` with its gradients, computed from shifted views too: no temporary of the taps' size
-    exists, forward or backward.  Shapes as there."""
+    """:func:`pixelwise_pdo` with a backward that keeps no temporary of the taps' size, written on the same tap
+    views.  Shapes as there."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str
+        ctx, padded: torch.Tensor, taps: torch.Tensor, fields: int, normalization: str, geometry: Geometry
     ) -> torch.Tensor:
-        out, nu, padded = pixelwise_pdo(x, taps, fields, normalization, int(round(taps.shape[2] ** 0.5)))
-        ctx.fields, ctx.normalization = fields, normalization
+        out, nu = pixelwise_pdo(padded, taps, fields, normalization, geometry)
+        ctx.fields, ctx.normalization, ctx.geometry = fields, normalization, geometry
         ctx.save_for_backward(padded, taps, nu, out)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         padded, taps, nu, out = ctx.saved_tensors
-        fields = ctx.fields
+        fields, geometry = ctx.fields, ctx.geometry
         batch, parts, channels, height, width = out.shape
         kk = taps.shape[2]
-        k = int(round(kk**0.5))
-        r = k // 2
         split = (batch, parts, fields, channels // fields, height, width)
-        grad_raw = (grad_out.view(split) / nu[:, None, :, None]).view(out.shape)  # d loss / d (unnormalized out)
-        grad_x = grad_taps = None
+        grad_raw = (grad_out.reshape(split) / nu[:, None, :, None]).view(out.shape)  # d loss / d (unnormalized out)
+        grad_padded = grad_taps = None
         if ctx.needs_input_grad[1]:
-            grad_nu = (grad_out * out).view(split).sum(dim=(1, 3)).neg_().div_(nu)  # (B, g, H, W)
+            grad_nu = (grad_out.reshape(out.shape) * out).view(split).sum(dim=(1, 3)).neg_().div_(nu)  # (B, g, H, W)
             if ctx.normalization == "rms":  # d nu / d taps = taps / (d (nu - eps))
                 grad_nu.div_((nu - NORM_EPS).clamp_min_(1e-30).mul_(channels // fields))
             grad_taps = torch.empty_like(taps)
             by_field = grad_taps.view(batch, fields, channels // fields, kk, height, width)
             taps_by_field = taps.view(by_field.shape)
-            for t in range(kk):
-                u, v = divmod(t, k)
-                shifted = padded[..., u : u + height, v : v + width]
+            for t, shifted in geometry.tap_views(padded):
                 grad_taps[:, :, t].copy_(grad_raw[:, 0] * shifted[:, 0])
                 for p in range(1, parts):  # sum over partitions without a temporary
                     grad_taps[:, :, t].addcmul_(grad_raw[:, p], shifted[:, p])
@@ -107,11 +118,9 @@ class _NormalizedPixelwiseConv(torch.autograd.Function):
                 by_field[:, :, :, t].addcmul_(tap.sign() if ctx.normalization == "l1" else tap, grad_nu[:, :, None])
         if ctx.needs_input_grad[0]:
             grad_padded = torch.zeros_like(padded)
-            for t in range(kk):
-                u, v = divmod(t, k)
-                grad_padded[..., u : u + height, v : v + width].addcmul_(grad_raw, taps[:, None, :, t])
-            grad_x = grad_padded[..., r : r + height, r : r + width]
-        return grad_x, grad_taps, None, None
+            for t, view in geometry.tap_views(grad_padded):
+                view.addcmul_(grad_raw, taps[:, None, :, t])
+        return grad_padded, grad_taps, None, None, None
 
 
 def stencil_key(stencils: torch.Tensor) -> str:
@@ -121,12 +130,14 @@ def stencil_key(stencils: torch.Tensor) -> str:
     return op.stencil_key(stencils.detach().double().reshape(n_ops, k * k) * COEFFICIENT_SCALE)
 
 
-def uses_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str) -> bool:
-    """Whether ``backend`` (one of :data:`BACKENDS`) runs the compiled kernel for ``x`` (a CPU float32/float64 tensor)
-    and ``stencils`` (whose :func:`stencil_key` is ``key``)."""
+def uses_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str, stride: int = 1) -> bool:
+    """Whether ``backend`` (one of :data:`BACKENDS`) runs the compiled kernel for ``x`` (a CPU float32/float64 tensor),
+    ``stencils`` (whose :func:`stencil_key` is ``key``) and ``stride``: ``"auto"`` takes the kernel at stride 1 only."""
     if backend not in BACKENDS:
         raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pytorch":
+        return False
+    if stride != 1 and backend == "auto":  # the kernel computes stride 1: s^2 times the output pixels' work
         return False
     if x.device.type != "cpu":
         if backend == "native":
@@ -153,51 +164,150 @@ def adaptive_pdo(
     stencils: torch.Tensor,
     fields: int,
     *,
+    padding: Optional[int] = None,
+    stride: int = 1,
+    dilation: int = 1,
+    padding_mode: str = "zeros",
     normalization: str = "rms",
     backend: str = "auto",
     key: Optional[str] = None,
 ) -> torch.Tensor:
     """Apply per-pixel PDOs whose coefficients are shared across partitions of ``fields`` fields.
 
-    The PDO of channel ``(j, c)`` is composed into per-pixel taps ``K[j, c] = sum_a A[j, c, a] S_a`` (``k x k``);
-    each coefficient field ``j`` is scaled by ``COEFFICIENT_SCALE`` and divided by ``nu_j = norm(K[j]) + NORM_EPS``.
+    The PDO of channel ``(j, c)`` at output pixel ``i`` is composed into taps ``K[j, c](i) = sum_a A[j, c, a](i)
+    S_a`` (``k x k``); each coefficient field ``j`` is scaled by ``COEFFICIENT_SCALE`` and divided by ``nu_j(i) =
+    norm(K[j](i)) + NORM_EPS``; tap ``(u, v)`` reads the input where ``torch.nn.Conv2d`` with the same ``padding``,
+    ``stride``, ``dilation`` and ``padding_mode`` would (:class:`epdo.nn.geometry.Geometry`; :func:`pixelwise_pdo`
+    is the definition).
 
     Args:
         x: input ``(B, q * fields * d, H, W)``: q partitions of ``fields`` fields of dimension d.
-        coefficients: ``(B, fields * d * n_ops, H, W)``, index ``(field j, channel c, operator a)``; the PDO
-            applied to channel ``(p, j, c)`` of every partition p is ``sum_a coefficients[j, c, a] S_a``.
+        coefficients: ``(B, fields * d * n_ops, H_out, W_out)``, index ``(field j, channel c, operator a)``, at the
+            output pixels; the PDO applied to channel ``(p, j, c)`` of every partition p is ``sum_a coefficients[j,
+            c, a] S_a``.
         stencils: ``(n_ops, k, k)`` derivative stencils.
         fields: fields per partition (the layer's ``g``).
+        padding, stride, dilation, padding_mode: as ``torch.nn.Conv2d``'s; ``padding=None`` keeps the size at stride
+            1 (``dilation (k - 1) / 2``).
         normalization: ``"rms"`` divides field ``j``'s taps by the root mean square of its channels' L2 norms, so
             that a white input keeps its variance on average; ``"l1"`` by their summed absolute values (the
             reference implementation: the output is about ``d^2`` times smaller in variance than the input).
-        backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available and the
-            stencils need no gradient (it compiles them in: one build per stencil set).
+        backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available, the
+            stencils need no gradient (it compiles them in: one build per stencil set) and the stride is 1.
         key: :func:`stencil_key` of ``stencils``, when known (it is needed for the compiled kernel, and it must be
             given under ``torch.compile``, which cannot read the stencils' values).
 
     Returns:
-        ``(B, q * fields * d, H, W)``.  Memory kept for the backward beyond the inputs: the compiled kernel keeps the
-        norms ``(B, fields, H, W)``; the PyTorch path the taps ``(B, fields * d, k^2, H, W)``, ``k^2 / q`` times the
-        input.
+        ``(B, q * fields * d, H_out, W_out)``.  Memory kept for the backward beyond the inputs: the compiled kernel
+        keeps the norms ``(B, fields, H, W)``; the PyTorch path the taps ``(B, fields * d, k^2, H_out, W_out)``.
+
+    Raises:
+        ValueError: a geometry argument out of range, or shapes that do not fit together (channels, batch, the
+            coefficients' image size against the output's), before anything is computed.
     """
-    batch, channels, height, width = x.shape
     n_ops, k, _ = stencils.shape
+    geometry = Geometry(k, padding, stride, dilation, padding_mode)
+    check_shapes(x, coefficients, n_ops, fields, geometry)
+    check_normalization(normalization)
+    if backend != "pytorch" and key is None:
+        key = stencil_key(stencils)
+    native_key = key if uses_native(x, stencils, key, backend, geometry.stride) else None
+    return apply_pdo(x, coefficients, tap_matrix(stencils.to(x.dtype)), fields, normalization, geometry, native_key)
+
+
+def check_shapes(x: torch.Tensor, coefficients: torch.Tensor, n_ops: int, fields: int, geometry: Geometry) -> None:
+    """``ValueError`` unless ``x`` ``(B, q fields d, H, W)`` and ``coefficients`` ``(B, fields d n_ops, H_out,
+    W_out)`` fit together under ``geometry``."""
+    if x.dim() != 4 or coefficients.dim() != 4:
+        raise ValueError(
+            f"adaptive_pdo: expected x (B, C, H, W) and coefficients (B, C', H_out, W_out), got shapes "
+            f"{tuple(x.shape)} and {tuple(coefficients.shape)}"
+        )
+    batch, channels, height, width = x.shape
     d = coefficients.shape[1] // (fields * n_ops)
     if coefficients.shape[1] != fields * d * n_ops or d == 0 or channels % (fields * d):
         raise ValueError(
             f"adaptive_pdo: coefficients with {coefficients.shape[1]} channels do not fit {fields} fields of "
             f"{n_ops} operators, or input channels {channels} are not a multiple of fields * d"
         )
-    check_normalization(normalization)
-    if backend != "pytorch" and key is None:
-        key = stencil_key(stencils)
-    if uses_native(x, stencils, key, backend):
-        out, _ = torch.ops.epdo.adaptive_pdo(x, coefficients.to(x.dtype), key, fields, normalization == "l1")
-        return out
-    q = channels // (fields * d)
-    scaled = stencils.reshape(n_ops, k * k).to(x.dtype) * COEFFICIENT_SCALE
-    a = coefficients.reshape(batch, fields * d, n_ops, height * width)
-    taps = torch.matmul(scaled.t(), a).reshape(batch, fields * d, k * k, height, width)  # (B, g d, k^2, H, W)
-    out = _NormalizedPixelwiseConv.apply(x.reshape(batch, q, fields * d, height, width), taps, fields, normalization)
-    return out.reshape(batch, channels, height, width)
+    out_size = geometry.output_size(height, width)
+    if coefficients.shape[0] != batch or tuple(coefficients.shape[2:]) != out_size:
+        raise ValueError(
+            f"adaptive_pdo: coefficients of shape {tuple(coefficients.shape)} do not fit an input of shape "
+            f"{tuple(x.shape)}: expected batch {batch} and the output's {out_size[0]} x {out_size[1]} pixels"
+        )
+
+
+def apply_pdo(
+    x: torch.Tensor,
+    coefficients: torch.Tensor,
+    taps: torch.Tensor,
+    fields: int,
+    normalization: str,
+    geometry: Geometry,
+    native_key: Optional[str] = None,
+    traceable: bool = False,
+) -> torch.Tensor:
+    """:func:`adaptive_pdo` on arguments already checked: ``taps`` the :func:`tap_matrix` ``(k^2, n_ops)``; the
+    compiled operator of ``native_key`` (a :func:`stencil_key`) where it is given, else PyTorch's operations: with
+    ``traceable`` :func:`pixelwise_pdo` itself (which ``torch.fx`` traces into plain torch calls), otherwise with a
+    backward that keeps no temporary of the taps' size.  Every size it uses comes from the tensors or is a Python
+    integer."""
+    if native_key is not None:
+        return _native_pdo(x, coefficients, native_key, fields, normalization == "l1", geometry)
+    batch, channels = x.shape[0], x.shape[1]
+    per_part = coefficients.shape[1] // taps.shape[1]
+    composed = compose_taps(coefficients, taps, per_part)
+    padded = geometry.pad(x)
+    parts = padded.reshape(batch, channels // per_part, per_part, padded.shape[2], padded.shape[3])
+    if traceable:
+        out = pixelwise_pdo(parts, composed, fields, normalization, geometry)[0]
+    else:
+        out = _NormalizedPixelwiseConv.apply(parts, composed, fields, normalization, geometry)
+    return out.reshape(batch, channels, out.shape[3], out.shape[4])
+
+
+def _native_pdo(
+    x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int, l1: bool, geometry: Geometry
+) -> torch.Tensor:
+    """The compiled operator (which computes 'same' geometry at stride 1) on any geometry: the input padded once,
+    split into ``dilation^2`` phases (rows and columns by their index modulo the dilation: a dilated PDO on the grid
+    is an undilated one on each phase), the coefficients zero-padded by ``r`` (the operator is then zero there), and
+    the ``r`` pixels a side that 'same' adds cut off.  A stride ``s`` runs the stride-1 operator with the
+    coefficients at every ``s``-th pixel and zeros between (``s^2`` times the work of the output pixels alone)."""
+    if geometry.is_same:
+        return torch.ops.epdo.adaptive_pdo(x, coefficients, key, fields, l1)[0]
+    r, d, s, reach = geometry.kernel_size // 2, geometry.dilation, geometry.stride, geometry.reach
+    padded = geometry.pad(x)
+    if s > 1:
+        coefficients = _spread(coefficients, s, padded.shape[2] - 2 * reach, padded.shape[3] - 2 * reach)
+    out_h, out_w = coefficients.shape[2], coefficients.shape[3]
+    if d > 1:
+        padded, coefficients = _phases(padded, d), _phases(coefficients, d)
+    out = torch.ops.epdo.adaptive_pdo(padded, F.pad(coefficients, (r, r, r, r)), key, fields, l1)[0]
+    out = out[..., r:-r, r:-r]
+    out = _unphased(out, d, out_h, out_w) if d > 1 else out
+    return out[..., ::s, ::s] if s > 1 else out
+
+
+def _spread(x: torch.Tensor, s: int, height: int, width: int) -> torch.Tensor:
+    """``(B, C, h, w)`` -> ``(B, C, height, width)`` with ``x`` at every ``s``-th row and column, zeros between."""
+    batch, channels, h, w = x.shape
+    spread = F.pad(x.reshape(batch, channels, h, 1, w, 1), (0, s - 1, 0, 0, 0, s - 1))
+    return spread.reshape(batch, channels, h * s, w * s)[..., :height, :width]
+
+
+def _phases(x: torch.Tensor, d: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(d^2 B, C, ceil(H / d), ceil(W / d))``: phase ``(a, b)`` (first) holds the pixels of rows
+    ``a mod d`` and columns ``b mod d``, zeros past the image."""
+    batch, channels, height, width = x.shape
+    x = F.pad(x, (0, (-width) % d, 0, (-height) % d))
+    h, w = x.shape[2] // d, x.shape[3] // d
+    return x.reshape(batch, channels, h, d, w, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * batch, channels, h, w)
+
+
+def _unphased(x: torch.Tensor, d: int, height: int, width: int) -> torch.Tensor:
+    """:func:`_phases`' inverse: ``(d^2 B, C, h, w)`` -> ``(B, C, height, width)``."""
+    _, channels, h, w = x.shape
+    x = x.reshape(d, d, -1, channels, h, w).permute(2, 3, 4, 0, 5, 1)
+    return x.reshape(-1, channels, h * d, w * d)[..., :height, :width]

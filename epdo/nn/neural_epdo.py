@@ -16,7 +16,8 @@ from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.field_layout import channels_of, fields_by_representation
 from epdo.nn.field_norm import FieldNorm
-from epdo.nn.functional import COEFFICIENT_SCALE, adaptive_pdo, pixelwise_pdo, stencil_key, uses_native
+from epdo.nn.functional import apply_pdo, stencil_key, tap_matrix, uses_native
+from epdo.nn.geometry import Geometry, checked_output_size, layer_geometry
 from epdo.nn.sampled import SampledPointwise
 from epdo.representations import is_continuous, is_permutation_representation
 
@@ -47,13 +48,28 @@ class NeuralePDO(EquivariantModule):
 
     4. An equivariant 1x1 map (the mix) ``in_type`` -> ``out_type``.
 
+    The geometry is ``R2Conv``'s and ``torch.nn.Conv2d``'s (:class:`epdo.nn.geometry.Geometry`): the input is padded
+    once (``padding``, ``padding_mode``), the generator reads it at the output pixels' centres only (every
+    ``stride``-th pixel), and each PDO's ``kernel_size x kernel_size`` taps lie ``dilation`` pixels apart (a PDO on a
+    grid of spacing ``dilation``; its taps' normalization makes the scale of its derivatives irrelevant).
+
     The generator starts static (its per-field affine at weight 0, bias 1: the same PDO at every pixel) and learns to
-    adapt.  Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
+    adapt.  Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H_out, W_out)``, ``H_out =
+    floor((H + 2 padding - dilation (kernel_size - 1) - 1) / stride) + 1``.
 
     Args:
         in_type: any field type of a gspace on the plane (``rot2dOnR2(N)``, ``flipRot2dOnR2(N, axis)``, N finite or
             -1).
         out_type: any field type of the same gspace.
+        kernel_size: the stencils' width (odd, >= 3), which bounds the derivative orders (3: <= 2); ``None``:
+            ``basis.size`` (5).
+        padding: pixels of padding on every side; ``None`` (the default, unlike ``R2Conv``'s 0): ``dilation
+            (kernel_size - 1) / 2``, the input's size at stride 1.
+        stride, dilation, padding_mode: as ``R2Conv``'s (``"zeros"``, ``"reflect"``, ``"replicate"``,
+            ``"circular"``).
+        groups: the mix maps ``groups`` groups of fields independently (``R2Conv``'s ``groups``); the generator reads
+            every input field.
+        bias: an invariant bias on the mix's output.
         g: the generator makes PDOs for ``g`` fields (sets), which all partitions of ``g`` fields share: a divisor of
             the number of fields (of each representation, in the commutant form).
         s: groups of the generator's output map, a divisor of its output fields and of ``M``.
@@ -78,6 +94,13 @@ class NeuralePDO(EquivariantModule):
         self,
         in_type: FieldType,
         out_type: FieldType,
+        kernel_size: Optional[int] = None,
+        padding: Optional[int] = None,
+        stride: int = 1,
+        dilation: int = 1,
+        padding_mode: str = "zeros",
+        groups: int = 1,
+        bias: bool = False,
         *,
         g: int = 1,
         s: int = 1,
@@ -85,7 +108,12 @@ class NeuralePDO(EquivariantModule):
         basis: PDOBasis = PDOBasis(),
     ) -> None:
         super().__init__()
-        self._build(in_type, out_type, g, s, reduction, basis, reference=False)
+        if not isinstance(basis, PDOBasis):
+            raise TypeError(f"NeuralePDO: basis must be an epdo.kernels.PDOBasis, got {type(basis).__name__}")
+        size = basis.size if kernel_size is None else kernel_size
+        geometry = layer_geometry("NeuralePDO", size, padding, stride, dilation, padding_mode)
+        self._build(in_type, out_type, g, s, reduction, basis.of_width(geometry.kernel_size), False, geometry)
+        self.mix = Conv1x1(in_type, out_type, gain=MIX_GAIN, groups=groups, bias=bias)
 
     @classmethod
     def reference(
@@ -103,7 +131,8 @@ class NeuralePDO(EquivariantModule):
         variance than the input), the generator's affine at weight 1, bias 0, and the mix without gain."""
         layer = cls.__new__(cls)
         EquivariantModule.__init__(layer)
-        layer._build(in_type, out_type, g, s, reduction, PDOBasis.reference(discretization), reference=True)
+        layer._build(in_type, out_type, g, s, reduction, PDOBasis.reference(discretization), True, Geometry())
+        layer.mix = Conv1x1(in_type, out_type)
         return layer
 
     def _build(
@@ -115,10 +144,10 @@ class NeuralePDO(EquivariantModule):
         reduction: int,
         basis: PDOBasis,
         reference: bool,
+        geometry: Geometry,
     ) -> None:
+        """Everything but the mix."""
         check_field_types("NeuralePDO", in_type, out_type)
-        if not isinstance(basis, PDOBasis):
-            raise TypeError(f"NeuralePDO: basis must be an epdo.kernels.PDOBasis, got {type(basis).__name__}")
         for name, value in (("g", g), ("s", s), ("reduction", reduction)):
             check_positive_int("NeuralePDO", name, value)
         gspace, group = in_type.gspace, in_type.gspace.fibergroup
@@ -154,6 +183,7 @@ class NeuralePDO(EquivariantModule):
             )
         self.in_type, self.out_type, self.gspace = in_type, out_type, gspace
         self.g, self.s, self.reduction, self.hidden, self.basis = g, s, reduction, hidden, basis
+        self.geometry = geometry
         self.normalization = "l1" if reference else "rms"
         self.generator_in = Conv1x1(in_type, hidden_type)
         self.generator_norm = FieldNorm(hidden_type)
@@ -168,7 +198,6 @@ class NeuralePDO(EquivariantModule):
             1,
             groups=s,
         )
-        self.mix = Conv1x1(in_type, out_type, gain=1.0 if reference else MIX_GAIN)
         self.register_buffer("stencils", basis.stencils(), persistent=False)
         _key(self)
 
@@ -184,11 +213,15 @@ class NeuralePDO(EquivariantModule):
 
     def forward(self, x: GeometricTensor) -> GeometricTensor:
         check_input("NeuralePDO", x, self.in_type)
-        coefficients = self.coefficients(x).tensor
+        checked_output_size("NeuralePDO", self.geometry, x.tensor.shape)
+        centres = self.geometry.centres(x.tensor)
+        coefficients = self.coefficients(x if centres is x.tensor else GeometricTensor(centres, self.in_type)).tensor
         key = _key(self)
+        native_key = key if uses_native(x.tensor, self.stencils, key, "auto", self.geometry.stride) else None
+        taps = tap_matrix(self.stencils.to(x.tensor.dtype))
 
         def pdo(inputs: torch.Tensor, operators: torch.Tensor, channels: int) -> torch.Tensor:
-            return adaptive_pdo(inputs, operators, self.stencils, self.g, normalization=self.normalization, key=key)
+            return apply_pdo(inputs, operators, taps, self.g, self.normalization, self.geometry, native_key)
 
         if self.layout is None:
             y = pdo(x.tensor, coefficients, 0)
@@ -199,7 +232,7 @@ class NeuralePDO(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         if len(input_shape) != 4 or input_shape[1] != self.in_type.size:
             raise ValueError(f"NeuralePDO: expected shape (B, {self.in_type.size}, H, W), got {tuple(input_shape)}")
-        return (input_shape[0], self.out_type.size, *input_shape[2:])
+        return (input_shape[0], self.out_type.size, *checked_output_size("NeuralePDO", self.geometry, input_shape))
 
     @torch.no_grad()
     def export(self, backend: str = "auto") -> ExportedNeuralePDO:
@@ -207,7 +240,7 @@ class NeuralePDO(EquivariantModule):
         ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where the layer's
         parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
         like = next(self.parameters()).new_empty(0)
-        native = uses_native(like, self.stencils, _key(self), backend)
+        native = uses_native(like, self.stencils, _key(self), backend, self.geometry.stride)
         activation = (
             torch.nn.ReLU() if self.generator_activation is None else SampledPointwise.of(self.generator_activation)
         )
@@ -217,12 +250,13 @@ class NeuralePDO(EquivariantModule):
         layout = None if self.layout is None else copy.deepcopy(self.layout)
         d = self.in_type.representations[0].size
         return ExportedNeuralePDO(
-            generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native, layout
+            generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native, layout, self.geometry
         )
 
     def extra_repr(self) -> str:
         return (
             f"{self.form}, g={self.g}, s={self.s}, reduction={self.reduction}, hidden={self.hidden}, basis={self.basis}"
+            + ("" if self.geometry == Geometry(self.basis.size) else f", {self.geometry}")
             + (", reference" if self.normalization == "l1" else "")
         )
 
@@ -241,6 +275,7 @@ class ExportedNeuralePDO(torch.nn.Module):
         normalization: one of :data:`epdo.nn.functional.NORMALIZATIONS`.
         native: the compiled operator (CPU, float32/float64) instead of PyTorch's operations.
         layout: the commutant form's :class:`epdo.nn.neural_epdo.CommutantLayout` (``None``: the diagonal form).
+        geometry: where the PDOs read the input (:class:`epdo.nn.geometry.Geometry`).
     """
 
     def __init__(
@@ -253,31 +288,26 @@ class ExportedNeuralePDO(torch.nn.Module):
         normalization: str,
         native: bool,
         layout: Optional[CommutantLayout] = None,
+        geometry: Geometry = Geometry(),
     ) -> None:
         super().__init__()
         self.generator, self.mix, self.layout = generator, mix, layout
-        self.fields, self.channels, self.size = fields, fields * d, stencils.shape[-1]
-        self.normalization, self.native = normalization, native
-        self.key = stencil_key(stencils)
-        taps = stencils.reshape(len(stencils), -1).t() * COEFFICIENT_SCALE  # (k^2, n_ops): coefficients -> taps
-        self.register_buffer("taps", taps.to(next(mix.parameters()).dtype).contiguous())
+        self.fields, self.channels, self.geometry = fields, fields * d, geometry
+        self.normalization = normalization
+        self.native_key = stencil_key(stencils) if native else None
+        self.register_buffer("taps", tap_matrix(stencils).to(next(mix.parameters()).dtype).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        coefficients = self.generator(x)
+        coefficients = self.generator(self.geometry.centres(x))
         if self.layout is None:
             return self.mix(self._pdo(x, coefficients, self.channels))
         return self.mix(self.layout(x, coefficients, self._pdo))
 
     def _pdo(self, x: torch.Tensor, coefficients: torch.Tensor, channels: int) -> torch.Tensor:
         """The adaptive PDO of ``self.fields`` coefficient fields of ``channels / fields`` channels each."""
-        if self.native:
-            return torch.ops.epdo.adaptive_pdo(x, coefficients, self.key, self.fields, self.normalization == "l1")[0]
-        batch, total, height, width = x.shape
-        operators = coefficients.reshape(batch, channels, -1, height * width)
-        taps = torch.matmul(self.taps, operators).reshape(batch, channels, -1, height, width)
-        parts = x.reshape(batch, -1, channels, height, width)
-        y = pixelwise_pdo(parts, taps, self.fields, self.normalization, self.size)[0]
-        return y.reshape(batch, total, height, width)
+        return apply_pdo(
+            x, coefficients, self.taps, self.fields, self.normalization, self.geometry, self.native_key, traceable=True
+        )
 
 
 class CommutantLayout(torch.nn.Module):
@@ -321,9 +351,10 @@ class CommutantLayout(torch.nn.Module):
         """``x`` ``(B, C, H, W)``, ``coefficients`` ``(B, g K n_ops, H, W)``; ``pdo(inputs, operators, channels)`` the
         adaptive PDO of ``g`` coefficient fields of ``channels / g`` channels."""
         batch, _, height, width = x.shape
+        out_height, out_width = coefficients.shape[2], coefficients.shape[3]
         if self.order is not None:
             x = x[:, self.order]
-        operators = coefficients.reshape(batch, self.g, self.operators, -1, height, width)
+        operators = coefficients.reshape(batch, self.g, self.operators, -1, out_height, out_width)
         outputs, start = [], 0
         for index, (fields, d, n) in enumerate(self.blocks):
             # partitions (p, c): every channel c of a field is a partition of its own, so that the g * n PDOs of
@@ -331,15 +362,16 @@ class CommutantLayout(torch.nn.Module):
             parts = fields // self.g
             block = x[:, start : start + fields * d].reshape(batch, parts, self.g, d, 1, height, width)
             block = block.permute(0, 1, 3, 2, 4, 5, 6).expand(-1, -1, -1, -1, n, -1, -1)
-            own = operators[:, :, :n].reshape(batch, -1, height, width)
+            own = operators[:, :, :n].reshape(batch, -1, out_height, out_width)
             y = pdo(block.reshape(batch, -1, height, width), own, self.g * n)
             commutant = getattr(self, f"commutant_{index}")  # (n, d, d): E_e[c, c']
             if self.g == 1:  # y is (B, q, (c', e), H W): one matrix product, no copy
                 mixing = commutant.permute(1, 2, 0).reshape(d, d * n)  # [c, (c', e)]
-                y = torch.matmul(mixing, y.reshape(batch, parts, d * n, height * width))
+                y = torch.matmul(mixing, y.reshape(batch, parts, d * n, out_height * out_width))
             else:
-                y = torch.einsum("ecd,bqdgehw->bqgchw", commutant, y.reshape(batch, parts, d, self.g, n, height, width))
-            outputs.append(y.reshape(batch, -1, height, width))
+                y = y.reshape(batch, parts, d, self.g, n, out_height, out_width)
+                y = torch.einsum("ecd,bqdgehw->bqgchw", commutant, y)
+            outputs.append(y.reshape(batch, -1, out_height, out_width))
             start += fields * d
         y = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         return y if self.inverse is None else y[:, self.inverse]

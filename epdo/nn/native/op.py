@@ -43,10 +43,33 @@ def _library(key: str, dtype: torch.dtype) -> ctypes.CDLL:
     return library
 
 
-def _dims(x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int) -> Tuple[int, ...]:
-    batch, channels, height, width = x.shape
+def _dims(
+    x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int, *outputs: torch.Tensor
+) -> Tuple[int, ...]:
+    """The kernel's 8 dimensions; ``ValueError`` unless ``x`` ``(B, q fields d, H, W)``, ``coefficients`` ``(B, fields
+    d n, H, W)`` and every tensor of ``outputs`` (the backward's: norm ``(B, fields, H, W)``, out and its gradient
+    like ``x``) fit together: the kernel reads them all at these sizes."""
     n, kk = key_stencils(key).shape
+    if x.dim() != 4 or coefficients.dim() != 4 or fields < 1:
+        raise ValueError(
+            f"epdo::adaptive_pdo: expected x and coefficients of shape (B, C, H, W) and fields >= 1, got "
+            f"{tuple(x.shape)}, {tuple(coefficients.shape)} and fields={fields}"
+        )
+    batch, channels, height, width = x.shape
     d = coefficients.shape[1] // (fields * n)
+    if d < 1 or channels % (fields * d) or tuple(coefficients.shape) != (batch, fields * d * n, height, width):
+        raise ValueError(
+            f"epdo::adaptive_pdo: coefficients of shape {tuple(coefficients.shape)} do not fit x of shape "
+            f"{tuple(x.shape)} with {fields} fields of {n} operators: expected (B, fields * d * {n}, H, W) with "
+            "B, H, W those of x and channels a multiple of fields * d"
+        )
+    for tensor, shape in zip(outputs, ((batch, fields, height, width), x.shape, x.shape)):
+        if tensor.shape != shape:
+            raise ValueError(
+                f"epdo::adaptive_pdo: expected a tensor of shape {tuple(shape)}, got {tuple(tensor.shape)}"
+            )
+    if any(t.dtype != x.dtype for t in (coefficients, *outputs)):
+        raise ValueError(f"epdo::adaptive_pdo: every tensor must be of x's dtype {x.dtype}")
     return (batch, channels // (fields * d), fields, d, n, int(round(kk**0.5)), height, width)
 
 
@@ -95,7 +118,8 @@ def adaptive_pdo_backward_op(
     """``(grad_x, grad_coefficients)`` of :func:`adaptive_pdo_op`'s ``out``; the taps are recomposed, never stored.
     The gradients' memory comes from :data:`epdo.nn.native.GRADIENT_BUFFERS` (kept between steps)."""
     x, coefficients, grad_out = x.contiguous(), coefficients.contiguous(), grad_out.contiguous()
-    dims = _dims(x, coefficients, stencils, fields)
+    norm, out = norm.contiguous(), out.contiguous()
+    dims = _dims(x, coefficients, stencils, fields, norm, out, grad_out)
     buffers = native.GRADIENT_BUFFERS
     grad_x, grad_coefficients = buffers.empty(x.shape, x.dtype), buffers.empty(coefficients.shape, x.dtype)
     status = _library(stencils, x.dtype).epdo_adaptive_pdo_backward(
