@@ -283,3 +283,51 @@ def test_export_compile_and_torch_export_keep_the_geometry(geometry):
             torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
             program = torch.export.export(plain, (x,))
             torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def tutorial_shaped(layer, gs):
+    """A network of the shape of escnn's tutorial model (C8): a 7x7 lift with padding 1, 5x5 layers with padding 2
+    and 1, antialiased average pooling with stride 2, group pooling; every convolution ``layer`` called with
+    ``R2Conv``'s arguments."""
+    image = nn.FieldType(gs, [gs.trivial_repr])
+    a, b = nn.FieldType(gs, [gs.regular_repr] * 2), nn.FieldType(gs, [gs.regular_repr] * 3)
+    lift = PDOConv if layer is NeuralePDO else layer  # a Neural ePDO on a trivial field is a static PDO
+    return nn.SequentialModule(
+        nn.MaskModule(image, 29, margin=1),
+        lift(image, a, kernel_size=7, padding=1, bias=False),
+        nn.InnerBatchNorm(a),
+        nn.ReLU(a),
+        layer(a, b, kernel_size=5, padding=2, bias=False),
+        nn.InnerBatchNorm(b),
+        nn.ReLU(b),
+        nn.PointwiseAvgPoolAntialiased2D(b, sigma=0.66, stride=2),
+        layer(b, b, kernel_size=5, padding=1, bias=False),
+        nn.InnerBatchNorm(b),
+        nn.ReLU(b),
+        nn.GroupPooling(b),
+    )
+
+
+def test_a_network_of_escnns_tutorial_shape_takes_epdo_layers():
+    """The same network with R2Conv, PDOConv and NeuralePDO layers called with the same arguments: the same output
+    shape, invariant to quarter turns (the output of group pooling), and exported whole to its eval outputs."""
+    gs = gspaces.rot2dOnR2(8)
+    x = torch.randn(3, 1, 29, 29)
+    shapes = set()
+    for layer in (nn.R2Conv, PDOConv, NeuralePDO):
+        torch.manual_seed(0)
+        net = tutorial_shaped(layer, gs)
+        if layer is NeuralePDO:
+            with torch.no_grad():
+                for module in net.modules():
+                    if isinstance(module, NeuralePDO):
+                        module.generator_norm.weight.normal_()
+        y = net(nn.GeometricTensor(x, net.in_type)).tensor
+        turned = net(nn.GeometricTensor(torch.rot90(x, 1, (2, 3)), net.in_type)).tensor
+        torch.testing.assert_close(turned, torch.rot90(y, 1, (2, 3)), rtol=1e-4, atol=1e-4)
+        shapes.add(tuple(y.shape))
+        net.eval()
+        with torch.no_grad():
+            expected = net(nn.GeometricTensor(x, net.in_type)).tensor
+            torch.testing.assert_close(export_network(net)(x), expected, rtol=1e-4, atol=1e-5)
+    assert shapes == {(3, 3, 11, 11)}

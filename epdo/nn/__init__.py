@@ -7,6 +7,7 @@ from epdo.nn.export import export_network
 from epdo.nn.field_dropout import FieldDropout
 from epdo.nn.field_norm import BATCH_NORMS, FieldBatchNorm, FieldNorm, batch_norms
 from epdo.nn.functional import adaptive_pdo
+from epdo.nn.geometry import PADDING_MODES, Geometry
 from epdo.nn.group_pooling import GroupMaxPool
 from epdo.nn.max_pool import FieldMaxPool, max_pool2x2
 from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
@@ -21,8 +22,10 @@ __all__ = [
     "FieldDropout",
     "FieldMaxPool",
     "FieldNorm",
+    "Geometry",
     "GroupMaxPool",
     "NeuralePDO",
+    "PADDING_MODES",
     "PDOBasis",
     "PDOConv",
     "RestrictToRotations",

@@ -1,5 +1,5 @@
-"""Plain-PyTorch forms of escnn modules that have no ``export()``: norm and gated nonlinearities, norm pooling and
-``MultipleModule`` (the same outputs, traceable by ``torch.fx``, no escnn at run time).
+"""Plain-PyTorch forms of escnn modules that have no ``export()``: norm and gated nonlinearities, norm pooling, the
+disk mask and ``MultipleModule`` (the same outputs, traceable by ``torch.fx``, no escnn at run time).
 
 escnn's norm and gated modules visit fields grouped by size, smallest first, and so pair the k-th norm bias (or gate)
 with the k-th field in that order; the forms here carry each field's own bias and gate channel instead.
@@ -25,6 +25,19 @@ def _field_norms(x: torch.Tensor, fields: torch.Tensor, count: int) -> torch.Ten
     ``fields[c]``."""
     squares = x.new_zeros(x.shape[0], count, x.shape[2], x.shape[3]).index_add_(1, fields, x * x)
     return squares.sqrt()
+
+
+class ExportedMask(torch.nn.Module):
+    """escnn's ``MaskModule``: the input times its mask ``(1, 1, H, W)`` (zero outside a disk).
+
+    Shapes: ``(B, C, H, W)`` in and out, ``H, W`` those of the mask."""
+
+    def __init__(self, module: nn.MaskModule) -> None:
+        super().__init__()
+        self.register_buffer("mask", module.mask.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
 
 
 class ExportedNormNonlinearity(torch.nn.Module):

@@ -12,11 +12,13 @@ from escnn.nn import (
     EquivariantModule,
     FourierPointwise,
     GatedNonLinearity1,
+    MaskModule,
     MaxPoolChannels,
     MultipleModule,
     NormNonLinearity,
     NormPool,
     PointwiseAvgPool2D,
+    PointwiseAvgPoolAntialiased2D,
     SequentialModule,
 )
 
@@ -24,6 +26,7 @@ from epdo.nn.basis_conv import Pointwise
 from epdo.nn.escnn_exports import (
     ExportedBranches,
     ExportedGate,
+    ExportedMask,
     ExportedNormNonlinearity,
     ExportedNormPool,
     branch_channels,
@@ -98,10 +101,11 @@ def exported_layers(
     module: torch.nn.Module, backend: str = "auto", like: Optional[torch.Tensor] = None
 ) -> torch.nn.Module:
     """The plain-PyTorch form of ``module``, untraced: escnn/epdo modules by their ``export()`` (epdo's with
-    ``backend``; escnn's ``FourierPointwise``, ``PointwiseAvgPool2D``, ``NormNonLinearity``, ``GatedNonLinearity1``,
-    ``NormPool`` and ``MultipleModule``, which have none, by their forms here and in :mod:`epdo.nn.escnn_exports`),
-    sequences with :func:`fold_sequence` applied, other modules copied in eval mode.  ``like``: a
-    tensor of the network's dtype and device (default: ``module``'s first parameter)."""
+    ``backend``; escnn's ``FourierPointwise``, ``PointwiseAvgPool2D``, ``PointwiseAvgPoolAntialiased2D``,
+    ``NormNonLinearity``, ``GatedNonLinearity1``, ``NormPool``, ``MaskModule`` and ``MultipleModule``, which have
+    none or one that raises, by their forms here and in :mod:`epdo.nn.escnn_exports`), sequences with
+    :func:`fold_sequence` applied, other modules copied in eval mode.  ``like``: a tensor of the network's dtype and
+    device (default: ``module``'s first parameter)."""
     if backend not in BACKENDS:
         raise ValueError(f"export: backend must be one of {BACKENDS}, got {backend!r}")
     if like is None:
@@ -116,12 +120,16 @@ def exported_layers(
         return SampledPointwise.of(module)
     if isinstance(module, PointwiseAvgPool2D):  # nor for this one
         return torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
+    if isinstance(module, PointwiseAvgPoolAntialiased2D):  # a depthwise blur with a stride
+        return _depthwise(module.filter, module.stride, module.padding)
     if isinstance(module, NormNonLinearity):  # nor for these
         return ExportedNormNonlinearity(module).to(like)
     if isinstance(module, GatedNonLinearity1):
         return ExportedGate(module).to(like)
     if isinstance(module, NormPool):
         return ExportedNormPool(module).to(like)
+    if isinstance(module, MaskModule):
+        return ExportedMask(module).to(like)
     if isinstance(module, MultipleModule):
         branches = [exported_layers(getattr(module.merging, f"submodule_{i}"), backend, like)
                     for i in range(len(module.merging._labels))]  # fmt: skip
@@ -134,6 +142,15 @@ def exported_layers(
             return FieldMax(exported.kernel_size)
         return exported.eval()
     return copy.deepcopy(module).eval()
+
+
+@torch.no_grad()
+def _depthwise(weight: torch.Tensor, stride, padding) -> torch.nn.Conv2d:
+    """``torch.nn.Conv2d`` applying ``weight`` ``(C, 1, k, k)`` to each channel alone."""
+    channels, _, k, _ = weight.shape
+    conv = torch.nn.Conv2d(channels, channels, k, stride, padding, groups=channels, bias=False)
+    conv.weight.copy_(weight)
+    return conv.to(weight).eval()
 
 
 def fold_sequence(modules: List[torch.nn.Module]) -> List[torch.nn.Module]:
