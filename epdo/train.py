@@ -191,8 +191,8 @@ def resumed_configs(args: argparse.Namespace, checkpoint: Checkpoint) -> Tuple[M
     stored_model, new_model = _flat(asdict(checkpoint.model_config)), _flat(asdict(model))
     for name, value in new_model.items():
         if value != stored_model[name]:
-            flag = MODEL_FLAGS[name]
-            if chosen and flag.lstrip("-").replace("-", "_") not in given:  # set by the preset the flags name
+            flag = MODEL_FLAGS.get(name)  # basis.max_order and basis.size have none: only a preset sets them
+            if flag is None or chosen and flag.lstrip("-").replace("-", "_") not in given:  # set by the preset
                 conflicts.append(f"{chosen} sets {name} {_shown(value)} (the run's: {_shown(stored_model[name])})")
             else:
                 conflicts.append(f"{flag} {_shown(value)} (the run's {name}: {_shown(stored_model[name])})")

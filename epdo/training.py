@@ -167,37 +167,39 @@ def train_epoch(
     """One epoch of ``optimizer`` steps on shuffled batches of ``data`` (randomly rotated with ``augment``,
     :func:`epdo.data.random_rotation`); returns ``(mean loss, error)`` on the batches as trained.
 
-    Order, augmentation and dropout follow from ``seed`` (and the rank) alone.  ``autocast``: bfloat16 (CUDA);
-    ``progress``: a progress bar's description on stderr.  Raises :class:`NonFiniteLoss` on a NaN or infinite loss.
+    Order, augmentation and dropout follow from ``seed`` (and the rank) alone; the global random state is left as it
+    was.  ``autocast``: bfloat16 (CUDA); ``progress``: a progress bar's description on stderr.  Raises :class:`NonFiniteLoss` on a NaN or infinite loss.
     """
     group = group or ProcessGroup(_device(model))
     model.train()
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[group.rank :: group.world]
     rotations = torch.Generator().manual_seed(seed * 7919 + group.rank)
-    torch.manual_seed(seed * 31 + group.rank)  # dropout
     loss_sum = wrong = count = 0.0
     batches = range(0, len(order), batch_size)
     if progress is not None:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc=progress, leave=False, file=sys.stderr)
-    for start in batches:
-        index = order[start : start + batch_size]
-        x, y = data.images[index], data.labels[index]
-        if augment:
-            x = random_rotation(x, rotations)
-        x, y = x.to(group.device, non_blocking=True), y.to(group.device, non_blocking=True)
-        with torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x).float()
-        loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at batch {start // batch_size}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * len(y)
-        wrong += float((logits.argmax(1) != y).sum())
-        count += len(y)
+    cuda = [group.device.index or 0] if group.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout draws from the seed; the caller's generators are restored
+        torch.manual_seed(seed * 31 + group.rank)
+        for start in batches:
+            index = order[start : start + batch_size]
+            x, y = data.images[index], data.labels[index]
+            if augment:
+                x = random_rotation(x, rotations)
+            x, y = x.to(group.device, non_blocking=True), y.to(group.device, non_blocking=True)
+            with torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at batch {start // batch_size}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            wrong += float((logits.argmax(1) != y).sum())
+            count += len(y)
     loss_sum, wrong, count = group.sum([loss_sum, wrong, count])
     return loss_sum / count, wrong / count
 

@@ -153,12 +153,15 @@ def test_the_basis_reaches_every_pdo_layer(layer):
     assert count_parameters(model) < full  # 6 operators instead of 15: fewer basis elements per field pair
 
 
-def test_plain_cnn_matches_the_parameter_count():
-    config = ModelConfig(group_order=4, widths=(8, 8, 12, 12, 16, 16))
+@pytest.mark.parametrize("head", [64, 0, 128])
+def test_plain_cnn_matches_the_parameter_count(head):
+    config = ModelConfig(group_order=4, widths=(8, 8, 12, 12, 16, 16), head=head)
     target = count_parameters(build_model(config))
     cnn = build_model(replace(config, layer="cnn"))
     assert abs(count_parameters(cnn) - target) / target < 0.05, (count_parameters(cnn), target)
     assert cnn(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    linear = [m.out_features for m in cnn.classifier if isinstance(m, torch.nn.Linear)]
+    assert linear == ([head, 10] if head else [10])
 
 
 def test_the_classifier_width():
@@ -295,3 +298,11 @@ def test_eval_outputs_depend_on_the_input_after_a_few_training_passes(layer, col
         logits = model.eval()(torch.rand(16, 1, 28, 28))
     spread = float(logits.std(dim=0).mean() / logits.abs().mean())
     assert (spread < 1e-3) == collapses, spread
+
+
+def test_reference_layers_keep_the_configured_order():
+    """``layer="reference"`` with ``max_order=3``: every layer, the lift and the Neural ePDOs, of order 3."""
+    config = ModelConfig(layer="reference", group_order=4, widths=(4,) * 6, g=2, basis=PDOBasis("fd", max_order=3))
+    model = build_model(config)
+    orders = {m.basis.max_order for m in model.modules() if isinstance(m, (NeuralePDO, PDOConv))}
+    assert orders == {3} and config.basis == PDOBasis.reference("fd", 3)

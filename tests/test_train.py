@@ -214,3 +214,33 @@ def test_cli_bn_batches():
     assert training_config(parse(["--bn-batches", "0"])).bn_batches == 0
     with pytest.raises(SystemExit):
         parse(["--bn-batches", "-1"])
+
+
+def test_an_epoch_leaves_the_global_random_state_as_it_was():
+    """Dropout draws from the epoch's seed; the caller's generator continues where it was, and the epoch's result
+    does not depend on it."""
+    from epdo.training import train_epoch
+
+    train, _ = load_dataset("synthetic")
+    results = []
+    for caller_seed in (5, 6):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(group_order=4, widths=(4, 4, 4, 4, 4, 4)))
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        results.append(train_epoch(model, optimizer, train.limit(32), batch_size=16, seed=3))
+        assert torch.equal(torch.get_rng_state(), before)
+    assert results[0] == results[1]
+
+
+def test_resuming_with_a_preset_that_differs_in_a_field_without_a_flag_is_one_line():
+    """``basis.max_order`` and ``basis.size`` have no flag: a preset that differs from the run in them is named."""
+    from types import SimpleNamespace
+
+    from epdo.train import resumed_configs
+
+    stored = SimpleNamespace(model_config=ModelConfig(basis=PDOBasis(max_order=3)), training=TrainingConfig(), epoch=1)
+    args = build_parser().parse_args(["--preset", "default", "--resume"])
+    with pytest.raises(ValueError, match=r"--preset default sets basis.max_order 4 \(the run's: 3\)"):
+        resumed_configs(args, stored)

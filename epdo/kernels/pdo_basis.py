@@ -85,9 +85,9 @@ class PDOBasis:
             )
 
     @classmethod
-    def reference(cls, discretization: str = "fd", max_order: int = 4) -> PDOBasis:
+    def reference(cls, discretization: str = "fd", max_order: int = 4, size: int = 5) -> PDOBasis:
         """The reference implementation's basis: every PDO up to ``max_order``, orthonormal for the filters."""
-        return cls(discretization, max_order, max_frequency=None, bandwidth=None)
+        return cls(discretization, max_order, max_frequency=None, bandwidth=None, size=size)
 
     def of_width(self, size: int) -> PDOBasis:
         """This basis on ``size x size`` stencils: orders up to ``min(max_order, size - 1)``, what the width holds

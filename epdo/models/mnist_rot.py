@@ -117,7 +117,8 @@ class ModelConfig:
             raise ValueError(f"quotient fields need a group order divisible by 4, got {self.group_order}")
         object.__setattr__(self, "widths", widths)
         if self.layer == "reference":
-            object.__setattr__(self, "basis", PDOBasis.reference(self.basis.discretization, self.basis.max_order))
+            basis = self.basis
+            object.__setattr__(self, "basis", PDOBasis.reference(basis.discretization, basis.max_order, basis.size))
 
     def as_dict(self) -> Dict[str, Any]:
         """A plain dictionary (the basis as a nested one), as stored in checkpoints."""
@@ -275,7 +276,7 @@ def build_model(config: Union[ModelConfig, str] = "default") -> torch.nn.Module:
         config = preset(config)
     if config.layer == "cnn":
         target = count_parameters(_equivariant_model(replace(config, layer="epdo", dropout=0.0)))
-        return plain_cnn(target, dropout=config.dropout)
+        return plain_cnn(target, dropout=config.dropout, head=config.head)
     return _equivariant_model(config).train()
 
 
@@ -304,7 +305,10 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             return PDOConv(in_type, out_type, basis=config.basis)
         options = dict(g=config.g, s=config.s, reduction=config.reduction)
         if config.layer == "reference":
-            return NeuralePDO.reference(in_type, out_type, discretization=config.basis.discretization, **options)
+            basis = config.basis
+            return NeuralePDO.reference(
+                in_type, out_type, discretization=basis.discretization, max_order=basis.max_order, **options
+            )
         return NeuralePDO(in_type, out_type, basis=config.basis, **options)
 
     def norm(ftype: nn.FieldType) -> nn.EquivariantModule:
@@ -386,9 +390,10 @@ def _relu(ftype: nn.FieldType) -> nn.ReLU:
 
 
 class PlainCNN(torch.nn.Module):
-    """The same skeleton with ``Conv2d`` 5x5 layers (no equivariance), channel widths ``channels``."""
+    """The same skeleton with ``Conv2d`` 5x5 layers (no equivariance), channel widths ``channels``, a classifier of
+    ``head`` hidden units."""
 
-    def __init__(self, channels: Sequence[int], dropout: float = 0.1) -> None:
+    def __init__(self, channels: Sequence[int], dropout: float = 0.1, head: int = 64) -> None:
         super().__init__()
         layers: List[torch.nn.Module] = []
         previous = 1
@@ -404,7 +409,7 @@ class PlainCNN(torch.nn.Module):
                 layers.append(torch.nn.Dropout2d(dropout))
             previous = width
         self.body = torch.nn.Sequential(*layers)
-        self.classifier = _classifier(previous)
+        self.classifier = _classifier(previous, head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.amax(self.body(x), dim=(2, 3)))
@@ -435,19 +440,22 @@ def _exported_classifier(body: torch.nn.Module, classifier: torch.nn.Module, bac
     return trace(_plain_classifier(body, classifier, backend))
 
 
-def plain_cnn(target_params: int, dropout: float = 0.1, base: Sequence[int] = (16, 24, 32, 32, 48, 64)) -> PlainCNN:
-    """A :class:`PlainCNN` with widths ``round(k * base)``, ``k`` chosen so the parameter count is closest to
-    ``target_params``."""
+def plain_cnn(
+    target_params: int, dropout: float = 0.1, base: Sequence[int] = (16, 24, 32, 32, 48, 64), head: int = 64
+) -> PlainCNN:
+    """A :class:`PlainCNN` with widths ``round(k * base)`` and a classifier of ``head`` hidden units, ``k`` chosen so
+    the parameter count is closest to ``target_params``."""
 
     def widths(k: float) -> List[int]:
         return [max(1, round(k * b)) for b in base]
 
     def count(channels: Sequence[int]) -> int:
         convs = sum(25 * c_in * c_out + 2 * c_out for c_in, c_out in zip([1, *channels[:-1]], channels))
-        return convs + (channels[-1] * 64 + 64) + 2 * 64 + (64 * 10 + 10)
+        c = channels[-1]
+        return convs + (c * 10 + 10 if head == 0 else (c + 1) * head + 2 * head + (head + 1) * 10)
 
     best = min((abs(count(widths(k / 200)) - target_params), k / 200) for k in range(10, 2000))[1]
-    return PlainCNN(widths(best), dropout)
+    return PlainCNN(widths(best), dropout, head)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -125,13 +125,15 @@ class NeuralePDO(EquivariantModule):
         s: int = 1,
         reduction: int = 1,
         discretization: str = "fd",
+        max_order: int = 4,
     ) -> NeuralePDO:
-        """The public reference implementation's layer: every PDO of order <= 4
+        """The public reference implementation's layer: every PDO of order <= ``max_order`` (4 in the reference)
         (:meth:`epdo.kernels.PDOBasis.reference`), taps divided by their L1 norm + 0.01 (the output ~1000x smaller in
         variance than the input), the generator's affine at weight 1, bias 0, and the mix without gain."""
         layer = cls.__new__(cls)
         EquivariantModule.__init__(layer)
-        layer._build(in_type, out_type, g, s, reduction, PDOBasis.reference(discretization), True, Geometry())
+        basis = PDOBasis.reference(discretization, max_order)
+        layer._build(in_type, out_type, g, s, reduction, basis, True, Geometry())
         layer.mix = Conv1x1(in_type, out_type)
         return layer
 
