@@ -168,7 +168,8 @@ def train_epoch(
     :func:`epdo.data.random_rotation`); returns ``(mean loss, error)`` on the batches as trained.
 
     Order, augmentation and dropout follow from ``seed`` (and the rank) alone; the global random state is left as it
-    was.  ``autocast``: bfloat16 (CUDA); ``progress``: a progress bar's description on stderr.  Raises :class:`NonFiniteLoss` on a NaN or infinite loss.
+    was.  ``autocast``: bfloat16 (CUDA); ``progress``: a progress bar's description on stderr.  Raises
+    :class:`NonFiniteLoss` on a NaN or infinite loss.
     """
     group = group or ProcessGroup(_device(model))
     model.train()
