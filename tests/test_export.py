@@ -63,7 +63,9 @@ def test_every_network_exports_to_its_eval_outputs(name, backend):
     assert uses_ops == (backend == "auto" and (pdo or pooling))
     modules = {type(m).__module__.split(".")[0] for m in exported.modules()}
     assert modules <= {"torch"}, modules  # nothing of escnn or epdo is left in the module tree
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in exported.modules())  # folded into the maps
+    norms = torch.nn.modules.batchnorm._BatchNorm  # BatchNorm1d (the classifier), 2d, 3d (FieldBatchNorm's view)
+    assert not any(isinstance(m, norms) for m in exported.modules())  # every kind folded into the map before it
+    assert not any("batch_norm" in str(node.target) for node in exported.graph.nodes)  # nor left as a function
 
 
 def test_the_exported_network_runs_without_escnn_and_epdo(tmp_path):

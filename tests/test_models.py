@@ -15,21 +15,19 @@ REFERENCE = {"paper-R-fd": 234186, "paper-R-gauss": 234186, "paper-Q-gauss": 229
 TINY = dict(group_order=4, widths=(4, 4, 4, 4, 4, 4))
 
 
-def test_paper_presets_match_the_reference_counts_within_one_percent_and_build_fast():
-    """Every paper model builds in a fresh process in a few seconds (bases solved in float64, no cache on disk)."""
+def test_paper_presets_match_the_reference_counts_within_one_percent():
+    """Every preset builds in a fresh process (bases solved in float64, no cache on disk); its build time is a
+    benchmark (benchmarks/construction.py), not a test."""
     code = (
-        "import time; from epdo.models import build_model, count_parameters, PRESETS\n"
+        "from epdo.models import build_model, count_parameters, PRESETS\n"
         "for name in PRESETS:\n"
-        "    start = time.perf_counter(); model = build_model(name)\n"
-        "    print(name, count_parameters(model), time.perf_counter() - start)\n"
+        "    print(name, count_parameters(build_model(name)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = {name: (int(count), float(seconds)) for name, count, seconds in map(str.split, out.stdout.splitlines())}
+    rows = {name: (int(count),) for name, count in map(str.split, out.stdout.splitlines())}
     for name, reference in REFERENCE.items():
-        count, seconds = rows[name]
-        assert abs(count - reference) / reference < 0.01, (name, count)
-        assert seconds < 20, (name, seconds)  # a guard; the figure (<= 3 s on a quiet machine) is a benchmark
+        assert abs(rows[name][0] - reference) / reference < 0.01, (name, rows[name][0])
     assert rows["default"][0] == 27454  # escnn's R2Conv network at widths 5,5,7,7,10,11: 27,123
 
 
@@ -177,7 +175,7 @@ def test_the_classifier_width():
 
 
 def test_inference_runs_the_exported_network_and_follows_the_weights(monkeypatch):
-    import epdo.models.mnist_rot as mnist_rot
+    import epdo.nn.inference as inference
 
     model = build_model(ModelConfig(**TINY))
     with torch.no_grad():
@@ -187,7 +185,7 @@ def test_inference_runs_the_exported_network_and_follows_the_weights(monkeypatch
     with torch.no_grad():
         fast = model(x)
     torch.testing.assert_close(fast, model(x).detach(), rtol=1e-5, atol=1e-5)  # gradients on: module by module
-    monkeypatch.setattr(mnist_rot, "INFERENCE_CHUNK_BYTES", 1)  # one image at a time
+    monkeypatch.setattr(inference, "INFERENCE_CHUNK_BYTES", 1)  # one image at a time
     with torch.no_grad():
         torch.testing.assert_close(model(x), fast, rtol=1e-5, atol=1e-5)
         model.classifier[-1].bias.add_(1.0)  # the exported form follows the weights
@@ -306,3 +304,36 @@ def test_reference_layers_keep_the_configured_order():
     model = build_model(config)
     orders = {m.basis.max_order for m in model.modules() if isinstance(m, (NeuralePDO, PDOConv))}
     assert orders == {3} and config.basis == PDOBasis.reference("fd", 3)
+
+
+def module_by_module(model, x):
+    with torch.enable_grad():  # gradients on: the modules run one by one
+        return model(x).detach()
+
+
+def test_inference_never_differs_from_the_modules():
+    """The exported form is an optimization only: a forward hook runs (and its changed output counts), a replaced
+    submodule is used, and a changed buffer (a Neural ePDO's stencils) changes the output, each in eval mode without
+    gradients exactly as module by module."""
+    model = build_model(ModelConfig(**TINY)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        model(x)  # the exported form is built
+        calls = []
+        handle = model.body[1].register_forward_hook(
+            lambda m, i, o: calls.append(1) or nn.GeometricTensor(o.tensor * 2, o.type)
+        )
+        hooked = model(x)
+        assert calls and torch.allclose(hooked, module_by_module(model, x), atol=1e-5)
+        handle.remove()
+        plain = model(x)
+        assert not torch.allclose(plain, hooked, atol=1e-3)
+        relu = next(i for i, m in enumerate(model.body) if isinstance(m, nn.ReLU))
+        model.body._modules[f"{relu}"] = nn.ELU(model.body[relu].in_type)  # a module without parameters
+        torch.testing.assert_close(model(x), module_by_module(model, x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model(x), plain, atol=1e-3)
+        before = model(x)
+        layer = next(m for m in model.modules() if isinstance(m, NeuralePDO))
+        layer.stencils[3] += layer.stencils[5]
+        torch.testing.assert_close(model(x), module_by_module(model, x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model(x), before, atol=1e-4)

@@ -184,22 +184,20 @@ def test_the_build_key_is_the_same_for_a_copy_of_the_package_elsewhere(tmp_path)
 
 
 def test_native_kernel_is_faster_than_the_pytorch_path():
-    """Not a benchmark (those are in benchmarks/): a guard that the compiled path is not silently the slow one."""
+    """Not a benchmark (those are in benchmarks/): a guard that the compiled path is not silently the slow one, as a
+    ratio of medians over interleaved rounds in one run, with a generous bound (it is several times faster)."""
     x, a, s, g = _inputs((4, 4, 4, 8, 28, 28, "fd", 4, 5), torch.float32)
     grad = torch.randn(x.shape)
-
-    def seconds(backend):
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            torch.autograd.grad(adaptive_pdo(x, a, s, g, backend=backend), (x, a), grad)
-            times.append(time.perf_counter() - start)
-        return sorted(times)[2]
-
-    seconds("native"), seconds("pytorch")  # warm-up
+    times = {"native": [], "pytorch": []}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert seconds("native") < seconds("pytorch")
+        for _ in range(6):  # the first round warms up
+            for backend, kept in times.items():
+                start = time.perf_counter()
+                torch.autograd.grad(adaptive_pdo(x, a, s, g, backend=backend), (x, a), grad)
+                kept.append(time.perf_counter() - start)
+    native, pytorch = (sorted(kept[1:])[2] for kept in times.values())
+    assert native < pytorch, (native, pytorch)
 
 
 def test_the_operator_is_registered_with_fake_and_autograd():

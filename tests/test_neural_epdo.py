@@ -35,9 +35,9 @@ def test_equivariance_exact_on_grid(group_name, discretization):
     x = nn.GeometricTensor(torch.randn(2, in_type.size, 11, 11), in_type)
     errors = equivariance_errors(layer, x)
     assert max(errors.values()) <= TOL, errors
-    if off_grid(gs) and discretization == "gauss":
+    if off_grid(gs) and discretization == "gauss":  # measured 0.005 (D8) to 0.077 (D16) with these random layers
         off = equivariance_errors(layer, smooth_field(in_type, 2, 29), off_grid(gs), margin=4)
-        print(f"\nNeuralePDO {group_name} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()})
+        assert max(off.values()) < 0.15, off
 
 
 @pytest.mark.parametrize("rep", REPRESENTATIONS)

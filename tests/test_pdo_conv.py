@@ -32,10 +32,7 @@ def test_equivariance_exact_on_grid(group_name, discretization):
     assert len(errors) == len(grid_elements(gs))
     assert max(errors.values()) <= TOL, errors
     off = equivariance_errors(layer, smooth_field(in_type, 2, 29), off_grid(gs), margin=4)
-    if off:
-        print(
-            f"\nPDOConv {group_name} {discretization} off-grid errors:", {str(e): round(v, 3) for e, v in off.items()}
-        )
+    assert not off or max(off.values()) < 0.03, off  # measured 0.003 (rbffd) to 0.014 (fd, gauss)
 
 
 @pytest.mark.parametrize("name", FIELDS)

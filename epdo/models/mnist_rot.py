@@ -9,7 +9,7 @@ commute, values and gradients alike, and the ReLU then runs on a quarter of the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 from escnn import group, gspaces, nn
@@ -23,10 +23,9 @@ from epdo.nn import (
     NeuralePDO,
     PDOConv,
     RestrictToRotations,
-    batch_norms,
 )
-from epdo.nn.cached_weight import CachedWeight
 from epdo.nn.export import exported_layers, trace
+from epdo.nn.inference import ExportedInference
 from epdo.records import checked_fields
 
 FIELDS = ("regular", "quotient", "fourier")
@@ -185,20 +184,12 @@ def preset(name: str, **changes: Any) -> ModelConfig:
     return replace(PRESETS[name], **changes)
 
 
-INFERENCE_CHUNK_BYTES = 16 * 2**20
-"""On the CPU, inference runs on chunks of images whose widest activation stays below this many bytes: larger
-tensors come from fresh pages of memory on every call (glibc maps allocations above 32 MiB anew), whose page faults
-cost as much as the arithmetic in the wide layers of these networks."""
-
-
-class EquivariantClassifier(CachedWeight, torch.nn.Module):
+class EquivariantClassifier(torch.nn.Module):
     """Plain tensors ``(B, 1, H, W)`` in, logits ``(B, 10)`` out; an escnn network inside.
 
-    Inference (every module in eval mode, gradients off, not under ``torch.compile``) runs the network's exported
-    modules (those :meth:`export` traces: batch norms folded, no escnn wrappers), kept until a parameter or running
-    statistic changes, on the CPU in chunks of images (``INFERENCE_CHUNK_BYTES``): the same logits to rounding,
-    faster.  Forward hooks on the
-    inner modules do not run there; with gradients on, the modules run one by one.
+    Inference that runs every module in eval mode without gradients runs the network's exported form instead
+    (:class:`epdo.nn.inference.ExportedInference`: the same logits to rounding, faster), except where that could
+    differ from the modules: under forward hooks, and a form made anew whenever a module or tensor changes.
     """
 
     def __init__(self, body: nn.SequentialModule, classifier: torch.nn.Module) -> None:
@@ -206,9 +197,9 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
         self.in_type = body.in_type
         self.body = body
         self.classifier = classifier
-        self._widest = max(_channels(m) for m in body.modules())
-        self._module_list = list(self.modules())  # a plain list: escnn's modules hash slowly in named_modules()
-        self._batch_norms = batch_norms(self)
+        widest = max(_channels(m) for m in body.modules())
+        # in a plain attribute (not a submodule): torch.fx patches every module's __call__ while it traces
+        self._inference = ExportedInference(_plain_form, widest)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Invariant features ``(B, C)`` before the classifier."""
@@ -217,27 +208,18 @@ class EquivariantClassifier(CachedWeight, torch.nn.Module):
         return torch.amax(y, dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(m.training for m in self._module_list):
-            return self.classifier(self.features(x))
         _check_images(x)
-        # the plain modules untraced: torch.fx patches every module's __call__ while it traces, which breaks modules
-        # that other threads run meanwhile; in a tuple, not registered as a submodule
-        (plain,) = self.cached(lambda: (_plain_classifier(self.body, self.classifier, "auto"),))
-        if x.device.type != "cpu":
-            return plain(x)
-        chunk = max(1, INFERENCE_CHUNK_BYTES // (self._widest * x.shape[2] * x.shape[3] * x.element_size()))
-        return plain(x) if len(x) <= chunk else torch.cat([plain(part) for part in torch.split(x, chunk)])
-
-    def cache_inputs(self) -> Iterable[torch.Tensor]:
-        """What the exported form is a function of: the parameters and the batch norms' running statistics (not the
-        filters escnn's ``R2Conv`` keeps as buffers in eval mode, made anew by every export)."""
-        parameters = [p for m in self._module_list for p in m._parameters.values() if p is not None]
-        return parameters + [b for m in self._batch_norms for n, b in m.named_buffers(recurse=False) if "running_" in n]
+        logits = self._inference(self, x)
+        return self.classifier(self.features(x)) if logits is None else logits
 
     def export(self, backend: str = "auto") -> torch.fx.GraphModule:
         """The network in plain PyTorch (:func:`epdo.nn.export_network`): the same eval-mode logits for images
         ``(B, 1, H, W)``, batch norms folded, traced by ``torch.fx``; ``backend`` as there."""
         return _exported_classifier(self.body, self.classifier, backend)
+
+
+def _plain_form(network: EquivariantClassifier) -> torch.nn.Module:
+    return _plain_classifier(network.body, network.classifier, "auto")
 
 
 def _check_images(x: torch.Tensor) -> None:
