@@ -1,10 +1,10 @@
 """Off-grid equivariance error of PDOConv at initialization against the scale of the Gaussian-derivative stencils,
 as a ratio to escnn's R2Conv 5x5 on the same field types and inputs.
 
-The stencils are derivatives of ``exp(-(eps t)^2)`` sampled on the 5x5 grid (``epdo.diffops.stencils.GAUSS_EPS``,
-the library's scale); each ``eps`` is measured in a fresh process with that constant set before any basis is built.
-Field types, inputs and draws as in ``field_types.py``: smooth fields in a disk, the mean relative error at 45 and
-22.5 degrees (D8 with its axis at pi/3: its reflections), ``--draws`` draws of the weights.
+The stencils are derivatives of ``exp(-(eps t)^2)`` sampled on the 5x5 grid, ``eps`` the basis's ``scale``
+(``PDOBasis(scale=eps)``; the library's default 0.99).  Field types, inputs and draws as in ``field_types.py``:
+smooth fields in a disk, the mean relative error at 45 and 22.5 degrees (D8 with its axis at pi/3: its
+reflections), ``--draws`` draws of the weights.
 
     python benchmarks/stencil_scale.py --scales 0.6,0.8,0.9,0.95,0.99,1.03,1.1,1.3
 """
@@ -12,9 +12,7 @@ Field types, inputs and draws as in ``field_types.py``: smooth fields in a disk,
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
+from dataclasses import replace
 from typing import List
 
 import torch
@@ -29,32 +27,22 @@ from epdo.nn import PDOConv
 BASES = {"default basis": PDOBasis(), "bandwidth 0.15": PDOBasis(bandwidth=0.15)}
 
 
-def ratios(draws: int, size: int) -> dict:
-    """``{field types: {basis: PDOConv's off-grid error / R2Conv's}}`` with this process's stencils."""
-    found = {}
+def ratios(scales: List[float], draws: int, size: int) -> dict:
+    """``{scale: {field types: {basis: PDOConv's off-grid error / R2Conv's}}}``, R2Conv measured once per field
+    types (the same inputs and draws for every scale)."""
+    found: dict = {scale: {} for scale in scales}
     for case, (in_type, out_type) in escnn_field_types().items():
         torch.manual_seed(0)
         x = smooth_field(in_type, 2, size)
         elements = off_grid_elements(in_type.gspace)
         reference = off_grid_error(nn.R2Conv(in_type, out_type, 5, padding=2), x, elements, draws)
-        found[case] = {
-            name: off_grid_error(PDOConv(in_type, out_type, basis=basis), x, elements, draws) / reference
-            for name, basis in BASES.items()
-        }
+        for scale in scales:
+            found[scale][case] = {
+                name: off_grid_error(PDOConv(in_type, out_type, basis=replace(basis, scale=scale)), x, elements, draws)
+                / reference
+                for name, basis in BASES.items()
+            }
     return found
-
-
-def measure_scale(scale: float, draws: int, size: int) -> dict:
-    """:func:`ratios` in a fresh process whose Gaussian stencils have scale ``scale``."""
-    code = (
-        "import json, sys; sys.path.insert(0, 'benchmarks'); import epdo.diffops.stencils; "
-        "module = sys.modules['epdo.diffops.stencils']; module.GAUSS_EPS = float(sys.argv[1]); "
-        "module._stencils_float64.cache_clear(); "
-        "from stencil_scale import ratios; print(json.dumps(ratios(int(sys.argv[2]), int(sys.argv[3]))))"
-    )
-    args = [sys.executable, "-c", code, str(scale), str(draws), str(size)]
-    done = subprocess.run(args, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def positive_scales(text: str) -> List[float]:
@@ -76,8 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     rows = {}
-    for scale in args.scales:
-        found = measure_scale(scale, args.draws, args.size)
+    for scale, found in ratios(args.scales, args.draws, args.size).items():
         for case, values in found.items():
             for name, value in values.items():
                 rows.setdefault(f"{case}, {name}", {})[f"eps = {scale:g}"] = f"{value:.2f}"

@@ -57,14 +57,14 @@ def max_frequency(text: str) -> Optional[int]:
 
 
 def optional_bandwidth(text: str) -> Optional[float]:
-    """``none`` or a band limit in ``(0, 1]`` cycles per pixel (:class:`epdo.kernels.PDOBasis`)."""
+    """``none`` or a band limit in ``[0.1, 1]`` cycles per pixel (:class:`epdo.kernels.PDOBasis`)."""
     if text.lower() == "none":
         return None
     try:
         value = float(text)
         check_bandwidth(value)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected 'none' or a number in (0, 1], got {text!r} ({err})") from None
+        raise argparse.ArgumentTypeError(f"expected 'none' or a number in [0.1, 1], got {text!r} ({err})") from None
     return value
 
 

@@ -315,3 +315,11 @@ def test_fuzzed_files_give_checkpoint_errors_only(trained, tmp_path):
             assert "\n" not in str(error) and str(path) in str(error)
             outcomes["refused"] += 1
     assert outcomes["refused"] > 250
+
+
+def test_a_model_configuration_written_before_the_stencil_scale_existed_reads_with_the_default():
+    from epdo.models import ModelConfig
+
+    values = ModelConfig().as_dict()
+    del values["basis"]["scale"]
+    assert ModelConfig.from_dict(values) == ModelConfig()

@@ -70,8 +70,8 @@ def test_band_limited_basis_spans_the_same_space_with_smooth_random_filters(disc
         pdo_filter_basis(gs, gs.regular_repr, gs.regular_repr, PDOBasis(discretization, 4, None, 0.1))
     )
     assert sharper < smooth_share
-    for bad in (0, -0.1, 1.5, True, "0.2"):
-        with pytest.raises(ValueError, match=r"bandwidth must be None or a number in \(0, 1\]"):
+    for bad in (0, -0.1, 0.05, 1.5, True, "0.2"):
+        with pytest.raises(ValueError, match=r"bandwidth must be None or a number in \[0.1, 1\]"):
             PDOBasis(bandwidth=bad)
 
 

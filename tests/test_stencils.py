@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from escnn import gspaces
 
 from epdo.diffops import DISCRETIZATIONS, grid_coordinates, multi_indices, num_operators, stencils, stencils_numpy
 
@@ -92,3 +93,25 @@ def test_bad_arguments():
         stencils("fd", size=4)
     with pytest.raises(ValueError, match="size >= 5"):
         stencils("fd", max_order=3, size=3)
+
+
+def test_the_gaussian_scale_is_part_of_the_basis():
+    """``PDOBasis.scale`` sets the Gaussian's eps; bases are cached per scale (no process-wide knob), the default is
+    ``gauss_scale(size)`` exactly, and scales for other stencils are refused."""
+    from epdo.diffops import gauss_scale
+    from epdo.kernels import PDOBasis, pdo_filter_basis
+
+    gs = gspaces.rot2dOnR2(4)
+    rho = gs.regular_repr
+    default = pdo_filter_basis(gs, gs.trivial_repr, rho, PDOBasis())
+    wider = pdo_filter_basis(gs, gs.trivial_repr, rho, PDOBasis(scale=0.8))
+    assert not np.allclose(default, wider)
+    np.testing.assert_array_equal(pdo_filter_basis(gs, gs.trivial_repr, rho, PDOBasis(scale=gauss_scale(5))), default)
+    assert gauss_scale(5) == 0.99 and gauss_scale(7) == 0.99 * 5 / 7
+    assert not torch.equal(PDOBasis(scale=0.8).stencils(), PDOBasis().stencils())
+    with pytest.raises(ValueError, match="'fd' stencils take none"):
+        PDOBasis("fd", scale=1.0)
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        PDOBasis(scale=-1.0)
+    with pytest.raises(ValueError, match="scale=1.5 makes the 5x5 Gaussian stencils of orders <= 4 nearly linearly"):
+        PDOBasis(scale=1.5)

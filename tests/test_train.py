@@ -135,7 +135,7 @@ def test_cli_refuses_bad_values(flag, value, capsys):
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and value in err
     if flag == "--bandwidth":
-        assert "expected 'none' or a number in (0, 1]" in err
+        assert "expected 'none' or a number in [0.1, 1]" in err
     with pytest.raises(SystemExit):
         evaluate_main(["--checkpoint", "x.pt", "--limit-test", "0"])
     assert "argument --limit-test: must be a positive integer, got 0" in capsys.readouterr().err

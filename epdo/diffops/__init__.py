@@ -10,7 +10,15 @@ from epdo.diffops.representation import (
     derivative_representation,
     frequency_projector,
 )
-from epdo.diffops.stencils import DISCRETIZATIONS, check_discretization, grid_coordinates, stencils, stencils_numpy
+from epdo.diffops.stencils import (
+    DISCRETIZATIONS,
+    check_discretization,
+    check_scale,
+    gauss_scale,
+    grid_coordinates,
+    stencils,
+    stencils_numpy,
+)
 
 __all__ = [
     "DISCRETIZATIONS",
@@ -18,11 +26,13 @@ __all__ = [
     "check_max_frequency",
     "check_max_order",
     "check_planar_gspace",
+    "check_scale",
     "coefficient_representation",
     "derivative_matrices",
     "derivative_matrix",
     "derivative_representation",
     "frequency_projector",
+    "gauss_scale",
     "grid_coordinates",
     "multi_indices",
     "num_operators",

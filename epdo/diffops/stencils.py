@@ -12,9 +12,10 @@ positive response to the monomial ``x^i y^j``.
 Methods:
 
 * ``"fd"``: central finite differences, separable, exact on every monomial of degree ``<= k + 1``.
-* ``"gauss"``: derivatives of ``exp(-(eps r)^2)`` sampled on the grid, separable, ``eps = 0.99 * 5 / size``
-  (the Gaussian's width grows with the stencil's: ``sigma ~ 0.71`` pixels on 5x5); each order ``k`` is scaled
-  once so that ``d_x^k`` is exact on ``x^k`` (a per-order scale keeps the stack steerable).
+* ``"gauss"``: derivatives of ``exp(-(eps r)^2)`` sampled on the grid, separable; ``eps`` the ``scale`` argument,
+  by default ``0.99 * 5 / size`` (the Gaussian's width grows with the stencil's: ``sigma ~ 0.71`` pixels on 5x5);
+  each order ``k`` is scaled once so that ``d_x^k`` is exact on ``x^k`` (a per-order scale keeps the stack
+  steerable).
 * ``"rbffd"``: polyharmonic-spline (``r^5``) RBF-FD weights with polynomial augmentation of degree 4
   (degree 2 on a 3x3 grid): exact on every polynomial of that degree, not separable.
 """
@@ -31,7 +32,8 @@ import torch
 from epdo.diffops.multiindex import check_max_order, multi_indices
 
 GAUSS_EPS = 0.99
-"""``eps`` of the 5x5 Gaussian stencils; a ``size x size`` stencil has ``GAUSS_EPS * 5 / size``."""
+"""The default ``eps`` of the 5x5 Gaussian stencils; a ``size x size`` stencil's default is ``GAUSS_EPS * 5 / size``
+(:func:`gauss_scale`)."""
 PHS_POWER = 5
 
 # Central differences of order 0..4 on the offsets -2..2 (the minimal symmetric support of each order).
@@ -72,8 +74,12 @@ def _fd(max_order: int, size: int) -> np.ndarray:
     return _separable(one_d, max_order, size)
 
 
-def _gauss(max_order: int, size: int) -> np.ndarray:
-    eps = GAUSS_EPS if size == 5 else GAUSS_EPS * 5 / size
+def gauss_scale(size: int) -> float:
+    """The default ``eps`` of ``size x size`` Gaussian stencils, ``0.99 * 5 / size``."""
+    return GAUSS_EPS if size == 5 else GAUSS_EPS * 5 / size
+
+
+def _gauss(max_order: int, size: int, eps: float) -> np.ndarray:
 
     def one_d(n: int, t: np.ndarray) -> np.ndarray:
         # (-1)^n d^n/dt^n exp(-(eps t)^2) = eps^n H_n(eps t) exp(-(eps t)^2)  (physicists' Hermite H_n)
@@ -130,7 +136,7 @@ def _rbffd(max_order: int, size: int) -> np.ndarray:
     return weights.T.reshape(-1, size, size)
 
 
-_DISCRETIZATIONS: Dict[str, Callable[[int, int], np.ndarray]] = {"fd": _fd, "gauss": _gauss, "rbffd": _rbffd}
+_DISCRETIZATIONS: Dict[str, Callable[..., np.ndarray]] = {"fd": _fd, "gauss": _gauss, "rbffd": _rbffd}
 DISCRETIZATIONS = tuple(_DISCRETIZATIONS)
 """The names of the stencil methods: ``"fd"``, ``"gauss"``, ``"rbffd"``."""
 
@@ -141,24 +147,49 @@ def check_discretization(discretization: str) -> None:
         raise ValueError(f"unknown discretization {discretization!r}; valid ones are {', '.join(DISCRETIZATIONS)}")
 
 
+def check_scale(discretization: str, scale: Optional[float]) -> None:
+    """Raise ``ValueError`` unless ``scale`` is ``None`` or, for ``"gauss"`` stencils, a positive number."""
+    if scale is None:
+        return
+    if discretization != "gauss":
+        raise ValueError(f"scale sets the Gaussian stencils' eps; {discretization!r} stencils take none, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise ValueError(f"scale must be a positive number (the Gaussian's eps), got {scale!r}")
+
+
 @cache
-def _stencils_float64(discretization: str, max_order: int, size: int) -> np.ndarray:
+def _stencils_float64(discretization: str, max_order: int, size: int, scale: Optional[float]) -> np.ndarray:
     check_discretization(discretization)
     check_max_order(max_order)
+    check_scale(discretization, scale)
     if not isinstance(size, int) or size % 2 == 0:
         raise ValueError(f"stencil size must be an odd integer, got {size!r}")
-    stack = _DISCRETIZATIONS[discretization](max_order, size)
+    if discretization == "gauss":
+        stack = _gauss(max_order, size, gauss_scale(size) if scale is None else float(scale))
+        values = np.linalg.svd(stack.reshape(len(stack), -1), compute_uv=False)
+        if values[-1] < 1e-4 * values[0]:  # the default scales keep > 1e-2
+            raise ValueError(
+                f"scale={scale} makes the {size}x{size} Gaussian stencils of orders <= {max_order} nearly linearly "
+                f"dependent (singular values {values[-1]:.1e} against {values[0]:.1e}); the default is "
+                f"{gauss_scale(size):.3g}"
+            )
+    else:
+        stack = _DISCRETIZATIONS[discretization](max_order, size)
     stack.setflags(write=False)
     return stack
 
 
-def stencils_numpy(discretization: str, max_order: int = 4, size: int = 5) -> np.ndarray:
+def stencils_numpy(discretization: str, max_order: int = 4, size: int = 5, scale: Optional[float] = None) -> np.ndarray:
     """float64 ``(n_ops, size, size)`` stencil stack (read-only, cached); see :func:`stencils`."""
-    return _stencils_float64(discretization, max_order, size)
+    return _stencils_float64(discretization, max_order, size, scale)
 
 
 def stencils(
-    discretization: str, max_order: int = 4, size: int = 5, dtype: Optional[torch.dtype] = None
+    discretization: str,
+    max_order: int = 4,
+    size: int = 5,
+    dtype: Optional[torch.dtype] = None,
+    scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Derivative stencils, shape ``(n_ops, size, size)``, ``n_ops = (max_order + 1)(max_order + 2) / 2``.
 
@@ -167,5 +198,7 @@ def stencils(
         max_order: highest derivative order, 0..4.
         size: odd stencil width.
         dtype: torch dtype of the result (default: ``torch.get_default_dtype()``); computed in float64.
+        scale: the Gaussian stencils' ``eps`` (``None``: :func:`gauss_scale` of ``size``); only for ``"gauss"``.
     """
-    return torch.tensor(stencils_numpy(discretization, max_order, size), dtype=dtype or torch.get_default_dtype())
+    stack = stencils_numpy(discretization, max_order, size, scale)
+    return torch.tensor(stack, dtype=dtype or torch.get_default_dtype())

@@ -21,6 +21,7 @@ from epdo.diffops import (
     check_discretization,
     check_max_frequency,
     check_max_order,
+    check_scale,
     derivative_matrices,
     frequency_projector,
     stencils,
@@ -51,11 +52,13 @@ class PDOBasis:
             PDO up to ``max_order``.  ``2`` keeps 11 of the 15 operator dimensions: escnn's 5x5 filter space (rings of
             angular frequency 0-2), the same basis sizes as ``escnn.nn.R2Conv``.
         bandwidth: ``None``: the basis is orthonormal for the composed filters (white-noise filters at
-            initialization); a number ``b`` (cycles per pixel): orthonormal for a metric that weights frequency
+            initialization); a number ``b`` in ``[0.1, 1]`` (cycles per pixel): orthonormal for a metric that weights frequency
             ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so random filters start band-limited like escnn's.  Same span
             and parameter count either way.
         size: stencil width (odd), at least ``max_order + 1``; a layer's ``kernel_size`` sets it
             (:meth:`of_width`).
+        scale: the Gaussian stencils' ``eps`` (derivatives of ``exp(-(eps r)^2)``); ``None``: ``0.99 * 5 / size``
+            (:func:`epdo.diffops.gauss_scale`).  Only with ``discretization="gauss"``.
 
     The default is the configuration measured best at a fixed parameter budget; :meth:`reference` is the basis of
     the public reference implementation.
@@ -70,9 +73,11 @@ class PDOBasis:
     max_frequency: Optional[int] = 2
     bandwidth: Optional[float] = 0.2
     size: int = 5
+    scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         check_discretization(self.discretization)
+        check_scale(self.discretization, self.scale)
         check_max_order(self.max_order)
         check_max_frequency(self.max_frequency)
         check_bandwidth(self.bandwidth)
@@ -83,6 +88,8 @@ class PDOBasis:
                 f"PDOBasis: a {self.size}x{self.size} stencil holds derivatives of order <= {self.size - 1}, got "
                 f"max_order={self.max_order}"
             )
+        if self.scale is not None:  # refuses a scale whose stencils are degenerate, now rather than at a solve
+            stencils_numpy(self.discretization, self.max_order, self.size, self.scale)
 
     @classmethod
     def reference(cls, discretization: str = "fd", max_order: int = 4, size: int = 5) -> PDOBasis:
@@ -101,15 +108,16 @@ class PDOBasis:
 
     def stencils(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The derivative stencils ``(num_operators, size, size)`` (:func:`epdo.diffops.stencils`)."""
-        return stencils(self.discretization, self.max_order, self.size, dtype)
+        return stencils(self.discretization, self.max_order, self.size, dtype, self.scale)
 
 
 def check_bandwidth(bandwidth: Optional[float]) -> None:
-    """Raise ``ValueError`` unless ``bandwidth`` is ``None`` or a number in ``(0, 1]`` (cycles per pixel)."""
+    """Raise ``ValueError`` unless ``bandwidth`` is ``None`` or a number in ``[0.1, 1]`` (cycles per pixel; below,
+    the metric's weights ``exp(|omega|^2 / (2 b^2))`` leave the bases' solve numerically degenerate)."""
     if bandwidth is None:
         return
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not 0 < bandwidth <= 1:
-        raise ValueError(f"bandwidth must be None or a number in (0, 1] (cycles per pixel), got {bandwidth!r}")
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not 0.1 <= bandwidth <= 1:
+        raise ValueError(f"bandwidth must be None or a number in [0.1, 1] (cycles per pixel), got {bandwidth!r}")
 
 
 def spectral_view(filters: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -126,7 +134,7 @@ def spectral_view(filters: np.ndarray, bandwidth: float) -> np.ndarray:
 def _stencil_gram(basis: PDOBasis, bandwidth: Optional[float]) -> np.ndarray:
     """``<S_a, S_b>`` ``(n_ops, n_ops)`` in the Frobenius product of the stencils (``bandwidth=None``) or of their
     :func:`spectral_view`."""
-    stack = stencils_numpy(basis.discretization, basis.max_order, basis.size)
+    stack = stencils_numpy(basis.discretization, basis.max_order, basis.size, basis.scale)
     view = (stack if bandwidth is None else spectral_view(stack, bandwidth)).reshape(len(stack), -1)
     return view @ view.T
 
@@ -175,7 +183,7 @@ def pdo_filter_basis(gspace: GSpace2D, rho_in: Representation, rho_out: Represen
     dual = contragredient(derivative_matrices(gspace, basis.max_order, order))
     # W (rho_in (x) D)(g) = rho_out(g) W  <=>  W^T intertwines rho_out^-T with rho_in^-T (x) D^-T
     span = _span(contragredient(matrices_on(rho_out, order)), contragredient(matrices_on(rho_in, order)), dual)
-    stencil = stencils_numpy(basis.discretization, basis.max_order, basis.size)
+    stencil = stencils_numpy(basis.discretization, basis.max_order, basis.size, basis.scale)
     if not len(span):
         return _read_only(np.zeros((0, rho_out.size, rho_in.size, basis.size, basis.size)))
     rows = _pdo_rows(Rows.of(span).canonical("pca"), basis, "pca")  # flattened as W: (o, c, a)

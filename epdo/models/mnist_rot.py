@@ -127,9 +127,12 @@ class ModelConfig:
     def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
         """The inverse of :meth:`as_dict`; every field checked (:func:`epdo.records.checked_fields`): raises
         ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses.  A dictionary
-        without ``nonlinearity`` (written before it existed) has the one there was then, ``"pointwise"``."""
+        without ``nonlinearity`` (written before it existed) has the one there was then, ``"pointwise"``, and a basis
+        without ``scale`` the default scale."""
         if isinstance(values, dict) and "nonlinearity" not in values:
             values = {**values, "nonlinearity": "pointwise"}
+        if isinstance(values, dict) and isinstance(values.get("basis"), dict) and "scale" not in values["basis"]:
+            values = {**values, "basis": {**values["basis"], "scale": None}}
         values = checked_fields("model configuration", values, _MODEL_KINDS)
         values["basis"] = PDOBasis(**checked_fields("model configuration: basis", values["basis"], _BASIS_KINDS))
         return cls(**values)
@@ -137,7 +140,8 @@ class ModelConfig:
 
 _MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
                     reduction=int, dropout=float, head=int, field_frequency=int, nonlinearity=str)  # fmt: skip
-_BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int)
+_BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int,
+                    scale=(float, None))  # fmt: skip
 
 
 PRESETS: Dict[str, ModelConfig] = {
