@@ -52,9 +52,9 @@ class PDOBasis:
             PDO up to ``max_order``.  ``2`` keeps 11 of the 15 operator dimensions: escnn's 5x5 filter space (rings of
             angular frequency 0-2), the same basis sizes as ``escnn.nn.R2Conv``.
         bandwidth: ``None``: the basis is orthonormal for the composed filters (white-noise filters at
-            initialization); a number ``b`` in ``[0.1, 1]`` (cycles per pixel): orthonormal for a metric that weights frequency
-            ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so random filters start band-limited like escnn's.  Same span
-            and parameter count either way.
+            initialization); a number ``b`` in ``[0.1, 1]`` (cycles per pixel): orthonormal for a metric that weights
+            frequency ``omega`` by ``exp(|omega|^2 / (2 b^2))``, so random filters start band-limited like escnn's.
+            Same span and parameter count either way.
         size: stencil width (odd), at least ``max_order + 1``; a layer's ``kernel_size`` sets it
             (:meth:`of_width`).
         scale: the Gaussian stencils' ``eps`` (derivatives of ``exp(-(eps r)^2)``); ``None``: ``0.99 * 5 / size``
