@@ -1,5 +1,8 @@
 """Every field type of escnn's planar gspaces (irreps, mixed types, any flip axis, SO(2), O(2)) in both PDO layers."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +261,31 @@ def test_field_dropout_drops_whole_fields(frequencies):
         start += rho.size
     assert 0.3 < float(torch.stack(kept).mean()) < 0.7
     assert dropout.eval()(nn.GeometricTensor(x, ftype)).tensor is x
+
+
+def test_every_case_builds_the_same_bases_whatever_was_built_before():
+    """Memoized constructions are keyed on what determines them: every case of ``escnn_field_types()`` built in one
+    process in one order and in another process in the reverse order gives the same bases, bit for bit (a key that
+    collided would hand a later case an earlier case's basis in one of the two orders)."""
+    code = (
+        "import hashlib, sys\n"
+        "from epdo.equivariance import escnn_field_types\n"
+        "from epdo.nn import NeuralePDO, PDOConv\n"
+        "cases = list(escnn_field_types().items())\n"
+        "for name, (a, b) in cases if sys.argv[1] == 'forward' else reversed(cases):\n"
+        "    for layer in (PDOConv(a, b), NeuralePDO(a, b)):\n"
+        "        digest = hashlib.sha256()\n"
+        "        for key, buffer in sorted(layer.state_dict(keep_vars=True).items()):\n"
+        "            if 'basis' in key:\n"
+        "                digest.update(key.encode() + buffer.detach().double().numpy().tobytes())\n"
+        "        print(name, type(layer).__name__, digest.hexdigest())\n"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", code, order], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for order in ("forward", "reverse")]  # fmt: skip
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, err) in zip(runs, outputs):
+        assert run.returncode == 0, err[-2000:]
+    forward, reverse = (
+        {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in out.splitlines()} for out, _ in outputs
+    )
+    assert len(forward) == 2 * len(CASES) and forward == reverse
