@@ -12,10 +12,11 @@ from epdo.kernels import intertwiner_basis
 from epdo.nn.basis_expansion import BasisFn, BlockBasisExpansion
 from epdo.nn.cached_weight import CachedWeight
 from epdo.nn.checks import check_field_types, check_input
+from epdo.nn.exportable import Exportable
 from epdo.nn.geometry import Geometry, checked_output_size
 
 
-class BasisConv(CachedWeight, EquivariantModule):
+class BasisConv(Exportable, CachedWeight, EquivariantModule):
     """``conv2d`` with an equivariant filter ``sum_k theta_k B_k`` and invariant bias, on the sampling grid of
     ``geometry`` (:class:`epdo.nn.geometry.Geometry`; ``None``: 'same' padding, stride 1).
 
@@ -94,7 +95,7 @@ class BasisConv(CachedWeight, EquivariantModule):
         return checked_output_size(type(self).__name__, self.geometry, input_shape)
 
     @torch.no_grad()
-    def export(self) -> torch.nn.Module:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
         """A plain module computing the same map on the input's ``.tensor``: ``torch.nn.Conv2d``, or for 1x1 filters
         :class:`epdo.nn.basis_conv.Pointwise` (a batched matrix product, faster than ``conv2d`` on CPU)."""
         weight, bias = self.filter_and_bias()

@@ -31,11 +31,12 @@ from epdo.nn.escnn_exports import (
     ExportedNormPool,
     branch_channels,
 )
+from epdo.nn.exportable import Exportable
 from epdo.nn.field_norm import FieldView
 from epdo.nn.functional import BACKENDS
 from epdo.nn.group_pooling import FieldMax
-from epdo.nn.max_pool import FieldMaxPool, NativeMaxPool2x2
-from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
+from epdo.nn.max_pool import NativeMaxPool2x2
+from epdo.nn.neural_epdo import ExportedNeuralePDO
 from epdo.nn.sampled import SampledPointwise
 
 _DROPOUT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
@@ -112,9 +113,7 @@ def exported_layers(
         like = next(module.parameters(), torch.empty(0)).detach().new_empty(0)
     if isinstance(module, (SequentialModule, torch.nn.Sequential)):
         return torch.nn.Sequential(*fold_sequence([exported_layers(m, backend, like) for m in module.children()]))
-    if isinstance(module, NeuralePDO):
-        return module.export(backend)
-    if isinstance(module, FieldMaxPool):
+    if isinstance(module, Exportable):  # every epdo module
         return module.export(backend, like)
     if isinstance(module, FourierPointwise):  # escnn has no export() for it
         return SampledPointwise.of(module)

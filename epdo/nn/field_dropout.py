@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.nn.checks import check_input
+from epdo.nn.exportable import Exportable
 from epdo.nn.field_layout import field_of_channel
 
 
-class FieldDropout(EquivariantModule):
+class FieldDropout(Exportable, EquivariantModule):
     """In training mode, zero each field at each pixel with probability ``p`` (all its channels together) and scale
     the rest by ``1 / (1 - p)``; the identity in eval mode.  As ``escnn.nn.FieldDropout``, in one tensor operation
     that ``torch.compile`` traces without a graph break (fields of several sizes: one mask per field, gathered per
@@ -50,5 +51,5 @@ class FieldDropout(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return tuple(input_shape)
 
-    def export(self) -> torch.nn.Module:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
         return torch.nn.Identity()  # eval mode

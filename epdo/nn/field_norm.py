@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.kernels import intertwiner_basis
 from epdo.nn.checks import check_input
+from epdo.nn.exportable import Exportable
 from epdo.representations import is_permutation_representation
 
 BATCH_NORMS = (
@@ -47,7 +48,7 @@ def _field_size(module: str, in_type: FieldType) -> int:
     return sizes.pop()
 
 
-class FieldNorm(EquivariantModule):
+class FieldNorm(Exportable, EquivariantModule):
     """``y = (f - mean) / sqrt(var + eps) * w + b u`` per sample and field: ``mean`` the average over pixels of the
     field's invariant part, ``var`` the mean square over its channels and pixels after that, ``w``, ``b`` one scalar
     each per field, ``u`` the field's unit invariant vector (no bias for fields without one).
@@ -82,7 +83,7 @@ class FieldNorm(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return tuple(input_shape)
 
-    def export(self) -> torch.nn.Module:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
         if self.norm is not None:
             return _AffineInvariantNorm(
                 copy.deepcopy(self.norm), self.weight.detach().clone(), self.bias.detach().clone()
@@ -130,7 +131,7 @@ class _AffineInvariantNorm(torch.nn.Module):
         return self.norm(x, self.weight, self.bias)
 
 
-class FieldBatchNorm(EquivariantModule):
+class FieldBatchNorm(Exportable, EquivariantModule):
     """Batch normalization with one mean, variance, weight and bias per field (statistics over the batch, the
     field's channels and all pixels), as ``escnn.nn.InnerBatchNorm`` for permutation fields; a ``BatchNorm3d`` on
     the view ``(B, fields, d, H, W)``, which ``torch.compile`` traces without a graph break.
@@ -153,7 +154,7 @@ class FieldBatchNorm(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return tuple(input_shape)
 
-    def export(self) -> torch.nn.Module:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
         return FieldView(self.batch_norm, self.field_size)
 
 

@@ -4,16 +4,17 @@ regular field of SO(2) / O(2) (a function on the group given by its Fourier coef
 from __future__ import annotations
 
 import copy
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from escnn.nn import EquivariantModule, FieldType, FourierPointwise, GeometricTensor
 
 from epdo.nn.checks import check_input
+from epdo.nn.exportable import Exportable
 from epdo.representations import is_continuous, is_permutation_representation
 
 
-class GroupMaxPool(EquivariantModule):
+class GroupMaxPool(Exportable, EquivariantModule):
     """``out[b, f] = max_c x[b, (f, c)]``: each permutation field (regular, quotient) becomes one invariant (trivial)
     field, as ``escnn.nn.GroupPooling``, in one tensor operation that ``torch.compile`` traces without a graph break.
     A band-limited regular field of SO(2) / O(2) (``group.spectral_regular_representation``, as escnn's
@@ -54,7 +55,7 @@ class GroupMaxPool(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return (input_shape[0], len(self.in_type), *input_shape[2:])
 
-    def export(self) -> torch.nn.Module:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
         return copy.deepcopy(self.pool)
 
 

@@ -10,6 +10,7 @@ from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
 from epdo.nn import native
 from epdo.nn.checks import check_input
+from epdo.nn.exportable import Exportable
 from epdo.nn.native import max_pool as op
 from epdo.representations import is_permutation_representation
 
@@ -37,7 +38,7 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, 2)
 
 
-class FieldMaxPool(EquivariantModule):
+class FieldMaxPool(Exportable, EquivariantModule):
     """``out[b, c, i, j] = max(x[b, c, 2i : 2i + 2, 2j : 2j + 2])``: 2x2 max pooling with stride 2 of every channel,
     as ``escnn.nn.PointwiseMaxPool2D(in_type, 2)``, with :func:`max_pool2x2`.
 

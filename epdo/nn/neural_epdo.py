@@ -14,6 +14,7 @@ from epdo.kernels import PDOBasis, intertwiner_basis, pdo_coefficient_basis
 from epdo.nn.basis_conv import BasisConv
 from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
+from epdo.nn.exportable import Exportable
 from epdo.nn.field_layout import channels_of, fields_by_representation
 from epdo.nn.field_norm import FieldNorm
 from epdo.nn.functional import apply_pdo, stencil_key, tap_matrix, uses_native
@@ -26,7 +27,7 @@ MIX_GAIN = 4.0
 lacks the ~15 operators), so with this gain Adam's relative steps ``lr / |theta|`` match a :class:`PDOConv`'s."""
 
 
-class NeuralePDO(EquivariantModule):
+class NeuralePDO(Exportable, EquivariantModule):
     r"""Neural ePDO: ``out = Mix( sum_a A_a(f(x)) d^a f(x) )``, a PDO whose coefficients depend on the local feature.
 
     1. Generator (an equivariant MLP of 1x1 maps): ``in_type`` -> ``M`` hidden fields -> per-field normalization ->
@@ -237,7 +238,7 @@ class NeuralePDO(EquivariantModule):
         return (input_shape[0], self.out_type.size, *checked_output_size("NeuralePDO", self.geometry, input_shape))
 
     @torch.no_grad()
-    def export(self, backend: str = "auto") -> ExportedNeuralePDO:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> ExportedNeuralePDO:
         """Plain torch modules computing the same map on the ``.tensor`` of the input, with the adaptive PDO of
         ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where the layer's
         parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""

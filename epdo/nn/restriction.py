@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -10,10 +10,11 @@ from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor, RestrictionModule
 
 from epdo.nn.checks import check_input
+from epdo.nn.exportable import Exportable
 from epdo.representations import is_permutation_representation
 
 
-class RestrictToRotations(EquivariantModule):
+class RestrictToRotations(Exportable, EquivariantModule):
     """``flipRot2dOnR2(N)`` fields -> ``rot2dOnR2(N)`` fields, by escnn's ``RestrictionModule`` and a channel
     permutation that splits each restricted permutation field into its rotation orbits.
 
@@ -50,7 +51,7 @@ class RestrictToRotations(EquivariantModule):
     def evaluate_output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return tuple(input_shape)
 
-    def export(self) -> torch.nn.Module:
+    def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
         return _ChannelPermutation(self.permutation.clone())
 
 
