@@ -21,7 +21,7 @@ from epdo.checkpoint import (
 )
 from epdo.evaluate import main as evaluate_main
 from epdo.models import ModelConfig
-from epdo.models.mnist_rot import _BASIS_KINDS, _MODEL_KINDS
+from epdo.models.config import _BASIS_KINDS, _MODEL_KINDS
 from epdo.train import main as train_main
 from epdo.training import _TRAINING_KINDS, TrainingConfig
 

@@ -1,7 +1,6 @@
 """Derivative operators: multi-indices, stencils and their group representation."""
 
-from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators
-from epdo.diffops.representation import (
+from epdo.diffops.derivative_representation import (
     check_max_frequency,
     check_planar_gspace,
     coefficient_representation,
@@ -10,6 +9,7 @@ from epdo.diffops.representation import (
     derivative_representation,
     frequency_projector,
 )
+from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators
 from epdo.diffops.stencils import (
     DISCRETIZATIONS,
     check_discretization,

@@ -3,7 +3,7 @@
 
 A linear PDO ``Phi[f] = sum_a W_a d^a f`` (``W_a`` of shape ``(d_out, d_in)``) is equivariant iff the stacked ``W``
 (index ``(o, (c, a))``, c the input channel, a the derivative) intertwines ``rho_in (x) D`` with ``rho_out``, ``D`` the
-derivative representation (:mod:`epdo.diffops.representation`).  Contracting ``W`` with the stencils gives a
+derivative representation (:mod:`epdo.diffops.derivative_representation`).  Contracting ``W`` with the stencils gives a
 ``size x size`` filter.  Which PDOs, and the metric their basis is orthonormal for, is one value: :class:`PDOBasis`.
 """
 

@@ -1,19 +1,9 @@
 """Networks: the library's default network, the paper's MNIST-rot models (presets) and baselines on one skeleton."""
 
-from epdo.models.mnist_rot import (
-    FIELDS,
-    LAYERS,
-    NONLINEARITIES,
-    PAPER_WIDTHS,
-    PRESETS,
-    EquivariantClassifier,
-    ModelConfig,
-    PlainCNN,
-    build_model,
-    count_parameters,
-    plain_cnn,
-    preset,
-)
+from epdo.models.baselines import PlainCNN, plain_cnn
+from epdo.models.config import FIELDS, LAYERS, NONLINEARITIES, ModelConfig
+from epdo.models.presets import PAPER_WIDTHS, PRESETS, preset
+from epdo.models.skeleton import EquivariantClassifier, build_model, count_parameters
 
 __all__ = [
     "FIELDS",

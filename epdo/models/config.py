@@ -1,0 +1,118 @@
+"""What defines a network of :func:`epdo.models.build_model`: :class:`ModelConfig` and its choices."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Tuple
+
+from epdo.kernels import PDOBasis
+from epdo.records import checked_fields
+
+FIELDS = ("regular", "quotient", "fourier")
+"""The field kinds of :class:`ModelConfig` (``fields``)."""
+LAYERS = ("epdo", "reference", "pdo", "escnn", "cnn")
+"""The layer kinds of :class:`ModelConfig` (``layer``)."""
+NONLINEARITIES = ("pointwise", "gated", "norm")
+"""The nonlinearities of :class:`ModelConfig` (``nonlinearity``)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a network of :func:`build_model` (stored in checkpoints).
+
+    Args:
+        layer: layers 2-6: ``"epdo"`` (:class:`epdo.nn.NeuralePDO`), ``"reference"`` (the reference implementation's
+            layer, :meth:`epdo.nn.NeuralePDO.reference`, with ``basis.discretization``; ``basis`` becomes
+            :meth:`epdo.kernels.PDOBasis.reference`), ``"pdo"`` (static :class:`epdo.nn.PDOConv`), ``"escnn"``
+            (``R2Conv`` 5x5, layer 1 too) or ``"cnn"`` (a plain CNN with the parameter count of the ``"epdo"``
+            network).
+        fields: ``"regular"``, ``"quotient"`` (a regular plus a quotient-by-C_4 field, ``d = |G| + |G| / 4``) or
+            ``"fourier"`` (SO(2) / O(2), ``group_order`` -1: band-limited regular fields of frequencies up to
+            ``field_frequency``, with escnn's ``FourierPointwise`` ReLU on 4 (field_frequency + 1) rotations,
+            ``IIDBatchNorm2d``, 2x2 average pooling, and the maximum over 16 rotations as invariant features).
+        group_order: N of C_N (or D_N with ``flip``); -1 for SO(2) (O(2) with ``flip``).
+        flip: D_N for layers 1-5, restricted to C_N before layer 6 (the paper's D16|5C16 model); layer 6 then has
+            twice ``widths[5]`` C_N fields, as each restricted D_N field becomes two.
+        widths: fields of layers 1-6.
+        basis: the PDOs of every PDO layer (:class:`epdo.kernels.PDOBasis`).
+        g, s, reduction: of every :class:`epdo.nn.NeuralePDO`.
+        dropout: field dropout of layers 3-6.
+        head: hidden units of the two-layer classifier on the invariant features (0: one linear map).
+        field_frequency: the highest frequency of ``"fourier"`` fields.
+        nonlinearity: ``"pointwise"`` (ReLU; on ``"fourier"`` fields escnn's ``FourierPointwise``), or, with
+            ``"fourier"`` fields only, ``"gated"`` or ``"norm"``: each field is then split into its irreps (the same
+            representation in another basis), ReLU on the frequency-0 part and, on the others, escnn's
+            ``GatedNonLinearity1`` (one extra scalar gate field per irrep, made by the layer before) or
+            ``NormNonLinearity`` (``n_relu``); the invariant features are then the irreps' norms (escnn's
+            ``NormPool``).
+    """
+
+    layer: str = "epdo"
+    fields: str = "regular"
+    group_order: int = 8
+    flip: bool = False
+    widths: Tuple[int, ...] = (14, 14, 21, 21, 28, 28)
+    basis: PDOBasis = PDOBasis()
+    g: int = 1
+    s: int = 1
+    reduction: int = 4
+    dropout: float = 0.1
+    head: int = 64
+    field_frequency: int = 2
+    nonlinearity: str = "pointwise"
+
+    def __post_init__(self) -> None:
+        if self.layer not in LAYERS:
+            raise ValueError(f"layer must be one of {LAYERS}, got {self.layer!r}")
+        if self.fields not in FIELDS:
+            raise ValueError(f"fields must be one of {FIELDS}, got {self.fields!r}")
+        widths = tuple(self.widths)
+        if len(widths) != 6 or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"widths must be six positive integers, got {self.widths}")
+        if (self.group_order == -1) != (self.fields == "fourier") or self.group_order == 0 or self.group_order < -1:
+            raise ValueError(
+                f"group_order must be a positive integer with regular or quotient fields, or -1 (SO(2) / O(2)) with "
+                f"fourier fields; got {self.group_order} with {self.fields!r} fields"
+            )
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {self.nonlinearity!r}")
+        if self.nonlinearity != "pointwise" and self.fields != "fourier":
+            raise ValueError(
+                f"nonlinearity {self.nonlinearity!r} needs fourier fields (SO(2) / O(2)), got {self.fields!r} fields"
+            )
+        if self.field_frequency < 1:
+            raise ValueError(f"field_frequency must be a positive integer, got {self.field_frequency}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head < 0:
+            raise ValueError(f"head must be a non-negative number of hidden units, got {self.head}")
+        if self.fields == "quotient" and self.group_order % 4:
+            raise ValueError(f"quotient fields need a group order divisible by 4, got {self.group_order}")
+        object.__setattr__(self, "widths", widths)
+        if self.layer == "reference":
+            basis = self.basis
+            object.__setattr__(self, "basis", PDOBasis.reference(basis.discretization, basis.max_order, basis.size))
+
+    def as_dict(self) -> Dict[str, Any]:
+        """A plain dictionary (the basis as a nested one), as stored in checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
+        """The inverse of :meth:`as_dict`; every field checked (:func:`epdo.records.checked_fields`): raises
+        ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses.  A dictionary
+        without ``nonlinearity`` (written before it existed) has the one there was then, ``"pointwise"``, and a basis
+        without ``scale`` the default scale."""
+        if isinstance(values, dict) and "nonlinearity" not in values:
+            values = {**values, "nonlinearity": "pointwise"}
+        if isinstance(values, dict) and isinstance(values.get("basis"), dict) and "scale" not in values["basis"]:
+            values = {**values, "basis": {**values["basis"], "scale": None}}
+        values = checked_fields("model configuration", values, _MODEL_KINDS)
+        values["basis"] = PDOBasis(**checked_fields("model configuration: basis", values["basis"], _BASIS_KINDS))
+        return cls(**values)
+
+
+_MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
+                    reduction=int, dropout=float, head=int, field_frequency=int, nonlinearity=str)  # fmt: skip
+_BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int,
+                    scale=(float, None))  # fmt: skip

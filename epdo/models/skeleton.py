@@ -1,0 +1,211 @@
+"""The skeleton of every network (the MNIST-rot networks of the Neural ePDO paper and the library's), built from a
+:class:`epdo.models.ModelConfig`.
+
+Skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them; per-field batch norm and
+ReLU after every layer; 2x2 max pooling after layers 2 and 4, between the batch norm and the ReLU (maximum and ReLU
+commute, values and gradients alike, and the ReLU then runs on a quarter of the pixels); field dropout after layers
+3-6; group max pooling, global max pooling and a two-layer classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, List, Sequence, Tuple, Union
+
+import torch
+from escnn import group, gspaces, nn
+
+from epdo.models.baselines import plain_cnn
+from epdo.models.classifier import classifier_head, exported_classifier, plain_classifier
+from epdo.models.config import ModelConfig
+from epdo.models.presets import preset
+from epdo.nn import (
+    FieldBatchNorm,
+    FieldDropout,
+    FieldMaxPool,
+    GroupMaxPool,
+    NeuralePDO,
+    PDOConv,
+    RestrictToRotations,
+)
+from epdo.nn.inference import ExportedInference
+
+
+class EquivariantClassifier(torch.nn.Module):
+    """Plain tensors ``(B, 1, H, W)`` in, logits ``(B, 10)`` out; an escnn network inside.
+
+    Inference that runs every module in eval mode without gradients runs the network's exported form instead
+    (:class:`epdo.nn.inference.ExportedInference`: the same logits to rounding, faster), except where that could
+    differ from the modules: under forward hooks, and a form made anew whenever a module or tensor changes.
+    """
+
+    def __init__(self, body: nn.SequentialModule, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.in_type = body.in_type
+        self.body = body
+        self.classifier = classifier
+        widest = max(_channels(m) for m in body.modules())
+        # in a plain attribute (not a submodule): torch.fx patches every module's __call__ while it traces
+        self._inference = ExportedInference(_plain_form, widest)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Invariant features ``(B, C)`` before the classifier."""
+        _check_images(x)
+        y = self.body(nn.GeometricTensor(x, self.in_type)).tensor
+        return torch.amax(y, dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_images(x)
+        logits = self._inference(self, x)
+        return self.classifier(self.features(x)) if logits is None else logits
+
+    def export(self, backend: str = "auto") -> torch.fx.GraphModule:
+        """The network in plain PyTorch (:func:`epdo.nn.export_network`): the same eval-mode logits for images
+        ``(B, 1, H, W)``, batch norms folded, traced by ``torch.fx``; ``backend`` as there."""
+        return exported_classifier(self.body, self.classifier, backend)
+
+
+def _plain_form(network: EquivariantClassifier) -> torch.nn.Module:
+    return plain_classifier(network.body, network.classifier, "auto")
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+
+
+def _channels(module: torch.nn.Module) -> int:
+    """The most channels of a tensor ``module`` makes (its output, and a Neural ePDO's coefficients), or 1."""
+    sizes = [getattr(getattr(module, name, None), "size", 1) for name in ("out_type", "coefficient_type")]
+    return max(s for s in sizes if isinstance(s, int))
+
+
+def build_model(config: Union[ModelConfig, str] = "default") -> torch.nn.Module:
+    """The network of ``config`` (a :class:`ModelConfig` or the name of a preset), in training mode.
+
+    Example:
+        >>> import torch
+        >>> model = build_model(preset("default", widths=(4, 4, 4, 4, 4, 4)))
+        >>> model.eval()(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    if isinstance(config, str):
+        config = preset(config)
+    if config.layer == "cnn":
+        target = count_parameters(_equivariant_model(replace(config, layer="epdo", dropout=0.0)))
+        return plain_cnn(target, dropout=config.dropout, head=config.head)
+    return _equivariant_model(config).train()
+
+
+def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
+    fourier = config.fields == "fourier"
+    make_space = gspaces.flipRot2dOnR2 if config.flip else gspaces.rot2dOnR2
+    if fourier:
+        gspace = make_space(-1, maximum_frequency=max(config.field_frequency, config.basis.max_order) + 1)
+        irreps = gspace.fibergroup.bl_irreps(config.field_frequency)
+        samples = 4 * (config.field_frequency + 1)  # >= 2 L + 1 rotations, a multiple of 4: exact on the grid
+    else:
+        gspace = make_space(config.group_order)
+
+    def field(gs) -> group.Representation:
+        if fourier:
+            return gs.fibergroup.spectral_regular_representation(*irreps)
+        if config.fields == "regular":
+            return gs.regular_repr
+        quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
+        return group.directsum([gs.regular_repr, quotient])
+
+    def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
+        if config.layer == "escnn":
+            return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
+        if config.layer == "pdo":
+            return PDOConv(in_type, out_type, basis=config.basis)
+        options = dict(g=config.g, s=config.s, reduction=config.reduction)
+        if config.layer == "reference":
+            basis = config.basis
+            return NeuralePDO.reference(
+                in_type, out_type, discretization=basis.discretization, max_order=basis.max_order, **options
+            )
+        return NeuralePDO(in_type, out_type, basis=config.basis, **options)
+
+    def norm(ftype: nn.FieldType) -> nn.EquivariantModule:
+        return nn.IIDBatchNorm2d(ftype) if fourier else FieldBatchNorm(ftype)
+
+    def pool(ftype: nn.FieldType) -> nn.EquivariantModule:
+        return nn.PointwiseAvgPool2D(ftype, 2) if fourier else FieldMaxPool(ftype)
+
+    split = fourier and config.nonlinearity != "pointwise"
+    if split:
+        nonlinearity, outputs = _irrep_nonlinearities(gspace, field(gspace), config.nonlinearity, config.widths)
+    else:
+        outputs = [nn.FieldType(gspace, [field(gspace)] * w) for w in config.widths]
+
+        def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
+            if fourier:
+                return nn.FourierPointwise(ftype.gspace, len(ftype), irreps, type="regular", N=samples)
+            return _relu(ftype)
+
+    image = nn.FieldType(gspace, [gspace.trivial_repr])
+    if config.layer == "escnn":
+        lift: nn.EquivariantModule = nn.R2Conv(image, outputs[0], 5, padding=2, bias=False)
+    else:
+        lift = PDOConv(image, outputs[0], basis=config.basis)
+    modules: List[nn.EquivariantModule] = [lift, norm(outputs[0]), nonlinearity(outputs[0])]
+    for index in range(1, 6):
+        in_type = modules[-1].out_type
+        if index == 5 and config.flip and not fourier:
+            restrict = RestrictToRotations(in_type)
+            modules.append(restrict)
+            in_type = restrict.out_type
+            outputs[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
+        modules += [layer(in_type, outputs[index]), norm(outputs[index])]
+        if index in (1, 3):
+            modules.append(pool(outputs[index]))
+        modules.append(nonlinearity(outputs[index]))
+        if index >= 2 and config.dropout > 0:
+            modules.append(FieldDropout(modules[-1].out_type, config.dropout))
+    modules.append(nn.NormPool(modules[-1].out_type) if split else GroupMaxPool(modules[-1].out_type))
+    body = nn.SequentialModule(*modules)
+    return EquivariantClassifier(body, classifier_head(body.out_type.size, config.head))
+
+
+def _irrep_nonlinearities(
+    gspace: gspaces.GSpace2D, field: group.Representation, kind: str, widths: Sequence[int]
+) -> Tuple[Callable[[nn.FieldType], nn.EquivariantModule], List[nn.FieldType]]:
+    """The ``"gated"`` / ``"norm"`` nonlinearity of :class:`ModelConfig` and the layers' output types for
+    ``widths`` fields of the representation ``field`` (a sum of irreps), each field split into its irreps and the
+    fields grouped by irrep (each representation's fields contiguous, as escnn's batch norm export needs them):
+    ``[trivial] * w + [gate] * (n w) + [psi_1] * w + ... + [psi_n] * w`` (no gates for ``"norm"``); the
+    nonlinearity keeps all but the gates."""
+    fibergroup = gspace.fibergroup
+    parts = [fibergroup.irrep(*name) for name in field.irreps]
+    scalars = [rho for rho in parts if rho.is_trivial()]
+    others = [rho for rho in parts if not rho.is_trivial()]
+    gates = [gspace.trivial_repr] * len(others) if kind == "gated" else []
+    outputs = [
+        nn.FieldType(gspace, scalars * w + gates * w + [rho for rho in others for _ in range(w)]) for w in widths
+    ]
+
+    def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
+        w = len(ftype) // (len(scalars) + len(gates) + len(others))
+        first = len(scalars) * w
+        rest = ftype.index_select(list(range(first, len(ftype))))
+        if kind == "gated":
+            labels = ["gate"] * (len(gates) * w) + ["gated"] * (len(others) * w)
+            branch: nn.EquivariantModule = nn.GatedNonLinearity1(rest, gates=labels)
+        else:
+            branch = nn.NormNonLinearity(rest, "n_relu")
+        relu = _relu(ftype.index_select(list(range(first))))
+        return nn.MultipleModule(ftype, ["scalar"] * first + ["rest"] * len(rest), [(relu, "scalar"), (branch, "rest")])
+
+    return nonlinearity, outputs
+
+
+def _relu(ftype: nn.FieldType) -> nn.ReLU:
+    # not in place: after a batch norm its input is a view, and an in-place op on a view costs autograd a copy
+    return nn.ReLU(ftype, inplace=False)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
