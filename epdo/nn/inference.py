@@ -10,9 +10,9 @@ from escnn.nn import R2Conv
 from torch.nn.modules import module as torch_module
 
 INFERENCE_CHUNK_BYTES = 16 * 2**20
-"""On the CPU, inference runs on chunks of images whose widest activation stays below this many bytes: larger
-tensors come from fresh pages of memory on every call (glibc maps allocations above 32 MiB anew), whose page faults
-cost as much as the arithmetic in wide layers."""
+"""The most bytes of the widest activation of one chunk of images in CPU inference.  Larger tensors come from fresh
+pages of memory on every call (glibc maps allocations above 32 MiB anew), whose page faults cost as much as the
+arithmetic in wide layers."""
 
 _DERIVED_BUFFERS = {R2Conv: ("filter", "expanded_bias")}
 """Buffers that a module computes from its parameters (escnn's R2Conv: in eval mode, anew by every export)."""
