@@ -64,7 +64,9 @@ class Reformulated(torch.nn.Module):
 
     def forward(self, x: nn.GeometricTensor) -> nn.GeometricTensor:
         layer = self.layer
-        y = self.pdo(x.tensor, layer.coefficients(x).tensor, layer.stencils, layer.g, normalization=layer.normalization)
+        centres = nn.GeometricTensor(layer.geometry.centres(x.tensor), layer.in_type)
+        coefficients = layer.coefficients(centres).tensor
+        y = self.pdo(x.tensor, coefficients, layer.stencils, layer.g, normalization=layer.normalization)
         return layer.mix(nn.GeometricTensor(y, layer.in_type))
 
 
@@ -98,10 +100,18 @@ def main(argv=None) -> None:
         ftype = nn.FieldType(gs, [gs.regular_repr] * args.fields)
         basis = PDOBasis("fd", max_frequency=None)
         layer = NeuralePDO(ftype, ftype, **geometry, g=4, s=4, reduction=1, basis=basis).to(device).train()
-        native = device.type == "cpu" and layer.geometry.stride == 1
-        models = {f"NeuralePDO (epdo, {'native kernel' if native else 'PyTorch path'})": layer}
+        native = device.type == "cpu" and layer.geometry.stride <= 2
+        route = "native kernel" + (", stride 1 subsampled" if layer.geometry.stride > 1 else "")
+        models = {f"NeuralePDO (epdo, {route if native else 'PyTorch path'})": layer}
     models[f"escnn R2Conv ({args.geometry})"] = nn.R2Conv(ftype, ftype, **geometry, bias=False).to(device).train()
-    reformulations = not args.so2 and args.geometry == "same"  # they compute the PDO at every input pixel
+    reformulations = not args.so2 and args.geometry == "same"  # the unfold formulation computes 'same' only
+    if not args.so2 and args.geometry != "same" and device.type == "cpu":  # the other route of the same layer
+        other = "pytorch" if native else "native"
+        arguments = {k: v for k, v in geometry.items() if k != "kernel_size"}
+        label = "PyTorch path" if other == "pytorch" else "native kernel"
+        models[f"NeuralePDO (epdo, {label})"] = Reformulated(
+            layer, functools.partial(adaptive_pdo, backend=other, **arguments)
+        )
     if reformulations:
         models["NeuralePDO via unfold (reference formulation)"] = Reformulated(layer, unfold_adaptive_pdo)
         if device.type == "cpu":

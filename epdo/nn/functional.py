@@ -132,12 +132,14 @@ def stencil_key(stencils: torch.Tensor) -> str:
 
 def uses_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str, stride: int = 1) -> bool:
     """Whether ``backend`` (one of :data:`BACKENDS`) runs the compiled kernel for ``x`` (a CPU float32/float64 tensor),
-    ``stencils`` (whose :func:`stencil_key` is ``key``) and ``stride``: ``"auto"`` takes the kernel at stride 1 only."""
+    ``stencils`` (whose :func:`stencil_key` is ``key``) and ``stride``: ``"auto"`` takes the kernel up to stride 2 (it
+    computes stride 1 and keeps every ``stride``-th pixel: at stride 2 still faster than PyTorch's operations, at 3
+    slower; benchmarks/RESULTS.md)."""
     if backend not in BACKENDS:
         raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pytorch":
         return False
-    if stride != 1 and backend == "auto":  # the kernel computes stride 1: s^2 times the output pixels' work
+    if stride > 2 and backend == "auto":  # the kernel computes stride 1: s^2 times the output pixels' work
         return False
     if x.device.type != "cpu":
         if backend == "native":
@@ -193,7 +195,7 @@ def adaptive_pdo(
             that a white input keeps its variance on average; ``"l1"`` by their summed absolute values (the
             reference implementation: the output is about ``d^2`` times smaller in variance than the input).
         backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available, the
-            stencils need no gradient (it compiles them in: one build per stencil set) and the stride is 1.
+            stencils need no gradient (it compiles them in: one build per stencil set) and the stride is at most 2.
         key: :func:`stencil_key` of ``stencils``, when known (it is needed for the compiled kernel, and it must be
             given under ``torch.compile``, which cannot read the stencils' values).
 

@@ -15,7 +15,8 @@ pages of memory on every call (glibc maps allocations above 32 MiB anew), whose 
 arithmetic in wide layers."""
 
 _DERIVED_BUFFERS = {R2Conv: ("filter", "expanded_bias")}
-"""Buffers that a module computes from its parameters (escnn's R2Conv: in eval mode, anew by every export)."""
+"""Buffers that a module computes from its parameters (escnn's R2Conv: in eval mode, anew by every export); not part
+of the state the exported form is keyed on."""
 
 
 def submodules(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -57,7 +58,8 @@ class ExportedInference:
         if any(m.training or m._forward_hooks or m._forward_pre_hooks for m in modules):
             return None
         tensors = [t for m in modules for t in _state(m)]
-        key = (tuple(map(id, modules)), tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+        # another dtype or device is another tensor (another storage): data pointers and versions identify the state
+        key = (tuple(map(id, modules)), tuple([t.data_ptr() for t in tensors]), tuple([t._version for t in tensors]))
         current = self._current
         if current is None or current[0] != key:
             current = (key, self.export(network), [*modules, *tensors])
@@ -71,6 +73,8 @@ class ExportedInference:
 
 def _state(module: torch.nn.Module) -> List[torch.Tensor]:
     """``module``'s own parameters and buffers, but for the buffers it derives from its parameters."""
-    derived = next((names for kind, names in _DERIVED_BUFFERS.items() if isinstance(module, kind)), ())
-    buffers = [b for name, b in module._buffers.items() if b is not None and name not in derived]
-    return [p for p in module._parameters.values() if p is not None] + buffers
+    tensors = [p for p in module._parameters.values() if p is not None] if module._parameters else []
+    if module._buffers:
+        derived = _DERIVED_BUFFERS[R2Conv] if isinstance(module, R2Conv) else ()
+        tensors += [b for name, b in module._buffers.items() if b is not None and name not in derived]
+    return tensors
