@@ -74,6 +74,9 @@ MODELS: Dict[str, List[str]] = {
     # D8 (the default skeleton with --flip, D8|5C8) against escnn's R2Conv on the same skeleton
     "d8": ["--flip", "--widths", "10,10,14,14,20,20"],  # 35,848
     "d8-escnn": ["--flip", "--layer", "escnn", "--widths", "4,4,5,5,7,7"],  # 36,004
+    # O(2) (the so2 skeleton with --flip) against escnn's R2Conv on the same skeleton
+    "o2": ["--preset", "so2", "--flip", "--widths", "12,12,19,19,25,25"],  # 27,108
+    "o2-escnn": ["--preset", "so2", "--flip", "--layer", "escnn", "--widths", "5,5,8,8,10,9"],  # 27,277
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count
