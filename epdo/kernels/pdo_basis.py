@@ -60,8 +60,8 @@ class PDOBasis:
         scale: the Gaussian stencils' ``eps`` (derivatives of ``exp(-(eps r)^2)``); ``None``: ``0.99 * 5 / size``
             (:func:`epdo.diffops.gauss_scale`).  Only with ``discretization="gauss"``.
 
-    The default is the configuration measured best at a fixed parameter budget; :meth:`reference` is the basis of
-    the public reference implementation.
+    The default is the library's choice for a fixed parameter budget (benchmarks/RESULTS.md); :meth:`reference` is the
+    basis of the public reference implementation.
 
     Example:
         >>> PDOBasis(discretization="fd").num_operators

@@ -78,8 +78,9 @@ class NeuralePDO(Exportable, EquivariantModule):
             every valid input type has a generator).
         basis: which PDOs and the metric of the generator's output basis (:class:`epdo.kernels.PDOBasis`).
 
-    The defaults are the configuration measured best at a fixed parameter budget; the paper's layers differ in
-    ``g``, ``s``, ``reduction`` and ``basis``, and :meth:`reference` is the public reference implementation's layer.
+    The defaults are the library's choice for a fixed parameter budget (benchmarks/RESULTS.md); the paper's layers
+    differ in ``g``, ``s``, ``reduction`` and ``basis``, and :meth:`reference` is the public reference implementation's
+    layer.
 
     Example:
         >>> import torch
