@@ -331,3 +331,25 @@ def test_a_network_of_escnns_tutorial_shape_takes_epdo_layers():
             expected = net(nn.GeometricTensor(x, net.in_type)).tensor
             torch.testing.assert_close(export_network(net)(x), expected, rtol=1e-4, atol=1e-5)
     assert shapes == {(3, 3, 11, 11)}
+
+
+def test_a_strided_1x1_map_and_a_residual_block():
+    from epdo.nn import Conv1x1, ResidualBlock
+
+    gs = gspaces.rot2dOnR2(4)
+    a, b = nn.FieldType(gs, [gs.regular_repr] * 2), nn.FieldType(gs, [gs.regular_repr] * 3)
+    shortcut = Conv1x1(a, b, stride=2)
+    x = nn.GeometricTensor(torch.randn(2, a.size, 9, 8), a)
+    expected = torch.nn.functional.conv2d(x.tensor, shortcut.filter_and_bias()[0], stride=2)
+    torch.testing.assert_close(shortcut(x).tensor, expected)
+    torch.testing.assert_close(shortcut.export()(x.tensor), expected)
+    assert shortcut.evaluate_output_shape((2, a.size, 9, 8)) == (2, b.size, 5, 4)
+    branch = nn.SequentialModule(nn.ReLU(a), PDOConv(a, b, 3, padding=1, stride=2))
+    block = ResidualBlock(branch, shortcut)
+    torch.testing.assert_close(block(x).tensor, branch(x).tensor + expected)
+    with pytest.raises(ValueError, match="needs a shortcut between the types"):
+        ResidualBlock(branch)
+    with pytest.raises(ValueError, match="gives \\(2, 12, 5, 4\\) and the shortcut \\(2, 12, 9, 8\\)"):
+        ResidualBlock(branch, Conv1x1(a, b))(x)
+    with pytest.raises(ValueError, match="Conv1x1: stride must be a positive integer, got 0"):
+        Conv1x1(a, b, stride=0)

@@ -337,3 +337,37 @@ def test_inference_never_differs_from_the_modules():
         layer.stencils[3] += layer.stencils[5]
         torch.testing.assert_close(model(x), module_by_module(model, x), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(model(x), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["epdo", "pdo", "escnn"])
+def test_a_wide_resnet_with_strides_trains_is_invariant_and_exports(layer):
+    """Stride-2 stages with strided 1x1 shortcuts: invariant features under quarter turns (training mode, so the
+    batch norms use the batch's statistics), a training step that lowers the loss, and an export equal to eval mode."""
+    from epdo.models import wide_resnet
+
+    torch.manual_seed(0)
+    model = wide_resnet(layer, widths=(2, 3, 4), group_order=4)
+    if layer == "epdo":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, NeuralePDO):
+                    module.generator_norm.weight.normal_()
+    assert sum(isinstance(m, NeuralePDO) for m in model.modules()) == (6 if layer == "epdo" else 0)
+    x, labels = torch.rand(8, 1, 29, 29), torch.arange(8)
+    with torch.no_grad():
+        features = model.features(x)
+        torch.testing.assert_close(model.features(torch.rot90(x, 1, (2, 3))), features, rtol=1e-4, atol=1e-5)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        expected = model.classifier(model.features(x))
+        torch.testing.assert_close(model.export()(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)

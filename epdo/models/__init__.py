@@ -4,6 +4,7 @@ from epdo.models.baselines import PlainCNN, plain_cnn
 from epdo.models.config import FIELDS, LAYERS, NONLINEARITIES, ModelConfig
 from epdo.models.presets import PAPER_WIDTHS, PRESETS, preset
 from epdo.models.skeleton import EquivariantClassifier, build_model, count_parameters
+from epdo.models.wide_resnet import RESNET_LAYERS, wide_resnet
 
 __all__ = [
     "FIELDS",
@@ -14,8 +15,10 @@ __all__ = [
     "EquivariantClassifier",
     "ModelConfig",
     "PlainCNN",
+    "RESNET_LAYERS",
     "build_model",
     "count_parameters",
     "plain_cnn",
     "preset",
+    "wide_resnet",
 ]

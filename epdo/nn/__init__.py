@@ -12,6 +12,7 @@ from epdo.nn.group_pooling import GroupMaxPool
 from epdo.nn.max_pool import FieldMaxPool, max_pool2x2
 from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
 from epdo.nn.pdo_conv import PDOConv
+from epdo.nn.residual import ResidualBlock
 from epdo.nn.restriction import RestrictToRotations
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PADDING_MODES",
     "PDOBasis",
     "PDOConv",
+    "ResidualBlock",
     "RestrictToRotations",
     "adaptive_pdo",
     "batch_norms",

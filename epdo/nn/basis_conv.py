@@ -41,6 +41,7 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
         groups: int = 1,
         gain: float = 1.0,
         geometry: Optional[Geometry] = None,
+        stride: int = 1,
     ) -> None:
         super().__init__()
         name = type(self).__name__  # error messages name the concrete layer (PDOConv, Conv1x1)
@@ -50,6 +51,7 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
         self.gspace = in_type.gspace
         self.size, self.groups = size, groups
         self.geometry = geometry if geometry is not None or size == 1 else Geometry(size)
+        self.stride = stride if self.geometry is None else self.geometry.stride  # a 1x1 map: every stride-th pixel
         self.filter_expansion = BlockBasisExpansion(group_in_type, out_type, basis, gain)
         self.bias_expansion: Optional[BlockBasisExpansion] = None
         if bias:
@@ -74,7 +76,8 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
         check_input(type(self).__name__, x, self.in_type)
         weight, bias = self.filter_and_bias()
         if self.geometry is None:
-            out = _pointwise(x.tensor, weight, bias, self.groups)
+            inputs = x.tensor if self.stride == 1 else x.tensor[..., :: self.stride, :: self.stride]
+            out = _pointwise(inputs, weight, bias, self.groups)
         else:
             self._output_size(x.tensor.shape)
             g = self.geometry
@@ -91,7 +94,7 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
     def _output_size(self, input_shape: Tuple[int, ...]) -> Tuple[int, int]:
         """``(H_out, W_out)`` of an input of ``input_shape``."""
         if self.geometry is None:
-            return tuple(input_shape[-2:])  # type: ignore[return-value]
+            return tuple(-(-n // self.stride) for n in input_shape[-2:])  # type: ignore[return-value]
         return checked_output_size(type(self).__name__, self.geometry, input_shape)
 
     @torch.no_grad()
@@ -100,7 +103,7 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
         :class:`epdo.nn.basis_conv.Pointwise` (a batched matrix product, faster than ``conv2d`` on CPU)."""
         weight, bias = self.filter_and_bias()
         if self.geometry is None:
-            return Pointwise(weight[:, :, 0, 0], bias, self.groups)
+            return Pointwise(weight[:, :, 0, 0], bias, self.groups, self.stride)
         g = self.geometry
         conv = torch.nn.Conv2d(
             self.in_type.size,
@@ -121,17 +124,20 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
 
 class Pointwise(torch.nn.Module):
     """``out(x) = W f(x) + b`` at every pixel, ``W`` ``(C_out, C_in / groups)`` in ``groups`` diagonal blocks, as a
-    batched matrix product; shapes ``(B, C_in, H, W)`` in, ``(B, C_out, H, W)`` out.  The exported form of a 1x1
-    :class:`BasisConv`."""
+    batched matrix product, at every ``stride``-th pixel; shapes ``(B, C_in, H, W)`` in, ``(B, C_out, ceil(H / stride),
+    ceil(W / stride))`` out.  The exported form of a 1x1 :class:`BasisConv`."""
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, groups: int = 1) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, groups: int = 1, stride: int = 1
+    ) -> None:
         super().__init__()
-        self.groups = groups
+        self.groups, self.stride = groups, stride
         self.weight = torch.nn.Parameter(weight.detach().clone())
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _pointwise(x, self.weight, self.bias, self.groups)
+        return _pointwise(x if self.stride == 1 else x[..., :: self.stride, :: self.stride], self.weight, self.bias,
+                          self.groups)  # fmt: skip
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:

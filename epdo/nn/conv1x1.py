@@ -6,19 +6,22 @@ from escnn.nn import FieldType
 
 from epdo.kernels import intertwiner_basis
 from epdo.nn.basis_conv import BasisConv
+from epdo.nn.checks import check_positive_int
 
 
 class Conv1x1(BasisConv):
     """Pointwise equivariant linear map ``out(x) = W f(x)``, ``W`` in ``Hom_G(rho_in, rho_out)`` per field pair.
 
     Unlike ``escnn.nn.R2Conv(kernel_size=1)``, the eval-mode filter cache cannot go stale and ``state_dict`` keys do
-    not depend on the mode.  Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)``.
+    not depend on the mode.  Shapes: input ``(B, in_type.size, H, W)``, output ``(B, out_type.size, H, W)`` at stride 1.
 
     Args:
         in_type: input field type.
         out_type: output field type of the same gspace.
         bias: add an invariant bias.
         groups: split both types into this many groups of fields, mapped independently (as ``conv2d``'s ``groups``).
+        stride: the map at every ``stride``-th pixel (``conv2d``'s 1x1 with that stride and no padding): output
+            ``(B, out_type.size, ceil(H / stride), ceil(W / stride))``.
         gain: parametrization gain: the same initial map, ``gain`` times faster learning under Adam
             (:class:`epdo.nn.basis_expansion.BlockBasisExpansion`).
 
@@ -31,6 +34,14 @@ class Conv1x1(BasisConv):
     """
 
     def __init__(
-        self, in_type: FieldType, out_type: FieldType, *, bias: bool = False, groups: int = 1, gain: float = 1.0
+        self,
+        in_type: FieldType,
+        out_type: FieldType,
+        *,
+        bias: bool = False,
+        groups: int = 1,
+        gain: float = 1.0,
+        stride: int = 1,
     ) -> None:
-        super().__init__(in_type, out_type, intertwiner_basis, 1, bias=bias, groups=groups, gain=gain)
+        check_positive_int("Conv1x1", "stride", stride)
+        super().__init__(in_type, out_type, intertwiner_basis, 1, bias=bias, groups=groups, gain=gain, stride=stride)
