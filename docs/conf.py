@@ -23,7 +23,7 @@ nitpick_ignore_regex = [
     (
         r"py:.*",
         r"(Tensor|Module|FieldType|GeometricTensor|Representation|GroupElement|GSpace2D|Group|"
-        r"EquivariantModule|NotebookNode|Generator|Optimizer|CDLL|Namespace|ndarray|spmatrix|dtype|device)",
+        r"EquivariantModule|SequentialModule|NotebookNode|Generator|Optimizer|CDLL|Namespace|ndarray|spmatrix|dtype|device)",
     ),
     (r"py:class", r"(optional|callable|.*Matrices|.*BasisFn)"),
 ]

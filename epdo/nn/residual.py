@@ -60,7 +60,7 @@ class ResidualBlock(Exportable, EquivariantModule):
         return self.branch.evaluate_output_shape(input_shape)
 
     def export(self, backend: str = "auto", like: Optional[torch.Tensor] = None) -> torch.nn.Module:
-        """:class:`ExportedResidual` of the exported branch (batch norms folded) and shortcut."""
+        """:class:`epdo.nn.residual.ExportedResidual` of the exported branch (batch norms folded) and shortcut."""
         shortcut = None if self.shortcut is None else exported_layers(self.shortcut, backend, like)
         return ExportedResidual(exported_layers(self.branch, backend, like), shortcut)
 
