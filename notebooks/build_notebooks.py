@@ -235,7 +235,98 @@ CONTINUOUS = [
 ]
 
 
-NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "equivariance.ipynb": EQUIVARIANCE, "continuous_groups.ipynb": CONTINUOUS}
+TUTORIAL = [
+    (
+        "md",
+        "# An escnn network with epdo layers\n\nA network of the shape of escnn's tutorial model, written as an escnn "
+        "user writes it: a `torch.nn.Module` whose forward wraps the image in a `GeometricTensor`, runs blocks of "
+        "equivariant layers (a 7x7 lift with `padding=1`, 5x5 layers with `padding=2` and `padding=1`), escnn's "
+        "antialiased pooling with stride 2 and group pooling, then a plain-PyTorch head. The convolution is a "
+        "parameter: `R2Conv`, `PDOConv` or `NeuralePDO`, each called with the same `R2Conv` arguments.",
+    ),
+    (
+        "code",
+        "import torch\nfrom escnn import gspaces, nn\n\nfrom epdo.nn import NeuralePDO, PDOConv, export_network\n\n\n"
+        "class SteerableCNN(torch.nn.Module):\n"
+        "    def __init__(self, conv, classes=10):\n"
+        "        super().__init__()\n"
+        "        gs = gspaces.rot2dOnR2(8)\n"
+        "        self.input_type = nn.FieldType(gs, [gs.trivial_repr])\n"
+        "        a, b = nn.FieldType(gs, 4 * [gs.regular_repr]), nn.FieldType(gs, 6 * [gs.regular_repr])\n"
+        "        lift = PDOConv if conv is NeuralePDO else conv  # on a scalar image a Neural ePDO is a static PDO\n"
+        "        self.mask = nn.MaskModule(self.input_type, 29, margin=1)\n"
+        "        self.block1 = nn.SequentialModule(lift(self.input_type, a, kernel_size=7, padding=1, bias=False),\n"
+        "                                          nn.InnerBatchNorm(a), nn.ReLU(a, inplace=True))\n"
+        "        self.block2 = nn.SequentialModule(conv(a, b, kernel_size=5, padding=2, bias=False),\n"
+        "                                          nn.InnerBatchNorm(b), nn.ReLU(b, inplace=True))\n"
+        "        self.pool = nn.PointwiseAvgPoolAntialiased2D(b, sigma=0.66, stride=2)\n"
+        "        self.block3 = nn.SequentialModule(conv(b, b, kernel_size=5, padding=1, bias=False),\n"
+        "                                          nn.InnerBatchNorm(b), nn.ReLU(b, inplace=True))\n"
+        "        self.gpool = nn.GroupPooling(b)\n"
+        "        self.head = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.BatchNorm1d(32), torch.nn.ELU(),\n"
+        "                                        torch.nn.Linear(32, classes))\n\n"
+        "    def forward(self, image):\n"
+        "        x = nn.GeometricTensor(image, self.input_type)\n"
+        "        x = self.block3(self.pool(self.block2(self.block1(self.mask(x)))))\n"
+        "        features = self.gpool(x).tensor.amax(dim=(2, 3))\n"
+        "        return self.head(features)\n\n\n"
+        "# three networks, one set of arguments: the same output shapes after every block\n"
+        "torch.manual_seed(0)\nimages = torch.rand(16, 1, 29, 29)\nnetworks = {}\n"
+        "for conv in (nn.R2Conv, PDOConv, NeuralePDO):\n"
+        "    model = networks[conv.__name__] = SteerableCNN(conv)\n"
+        "    x = model.mask(nn.GeometricTensor(images, model.input_type))\n"
+        "    shapes = []\n"
+        "    for block in (model.block1, model.block2, model.pool, model.block3):\n"
+        "        x = block(x)\n"
+        "        shapes.append(tuple(x.tensor.shape[1:]))\n"
+        "    parameters = sum(p.numel() for p in model.parameters())\n"
+        "    logits = tuple(model(images).shape)\n"
+        "    print(f'{conv.__name__:>10}: {parameters:6,} parameters, shapes {shapes}, logits {logits}')",
+    ),
+    (
+        "md",
+        "## Invariance to quarter turns\n\nIn training mode (each batch norm normalizes with the batch's "
+        "statistics, which a turn of every image leaves as they are), with the Neural ePDO's generators drawn at "
+        "random so that its PDOs follow the input.",
+    ),
+    (
+        "code",
+        "with torch.no_grad():\n"
+        "    for module in networks['NeuralePDO'].modules():\n"
+        "        if isinstance(module, NeuralePDO):\n"
+        "            module.generator_norm.weight.normal_()\n"
+        "    for name, model in networks.items():\n"
+        "        logits = model.train()(images)\n"
+        "        turned = model(torch.rot90(images, 1, (2, 3)))\n"
+        "        print(f'{name:>10}: change at 90 deg {(turned - logits).abs().max():.1e}, '\n"
+        "              f'spread across images {logits.std(0).max():.2e}')",
+    ),
+    (
+        "md",
+        "## Exported whole, head included\n\nAfter a plain `model.eval()`, `export_network` turns each network into "
+        "one `torch.fx.GraphModule` of plain PyTorch (escnn's and epdo's modules exported, the head traced): the same "
+        "logits as the network in eval mode.",
+    ),
+    (
+        "code",
+        "with torch.no_grad():\n"
+        "    for name, model in networks.items():\n"
+        "        for _ in range(3):\n"
+        "            model.train()(torch.rand(16, 1, 29, 29))  # running statistics away from their start\n"
+        "        model.eval()\n"
+        "        plain = export_network(model)\n"
+        "        kinds = sorted({type(m).__module__.split('.')[0] for m in plain.modules()})\n"
+        "        print(f'{name:>10}: export difference {(plain(images) - model(images)).abs().max():.1e}, '\n"
+        "              f'modules from {kinds}')",
+    ),
+]
+
+NOTEBOOKS = {
+    "quickstart.ipynb": QUICKSTART,
+    "equivariance.ipynb": EQUIVARIANCE,
+    "continuous_groups.ipynb": CONTINUOUS,
+    "escnn_network.ipynb": TUTORIAL,
+}
 
 
 def notebook(cells) -> nbformat.NotebookNode:

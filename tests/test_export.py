@@ -171,3 +171,41 @@ def test_a_module_that_cannot_be_traced_is_named():
     network = torch.nn.Sequential(torch.nn.ReLU(), _Branching())
     with pytest.raises(TypeError, match=r"export: cannot trace _Branching \(test_export\) into plain PyTorch"):
         export_network(network)
+
+
+def test_a_users_module_with_its_own_forward_exports_whole():
+    """A ``torch.nn.Module`` that wraps its input in a GeometricTensor, calls escnn and epdo modules, takes ``.tensor``
+    and ends in a plain head (escnn's tutorial style) exports to one plain graph equal to its eval outputs; a forward
+    that branches on values is refused in one line."""
+    from epdo.nn import NeuralePDO, PDOConv, export_network
+
+    gs = gspaces.rot2dOnR2(4)
+    image, fields = nn.FieldType(gs, [gs.trivial_repr]), nn.FieldType(gs, [gs.regular_repr] * 2)
+
+    class Network(torch.nn.Module):
+        def __init__(self, branching=False):
+            super().__init__()
+            self.branching = branching
+            self.body = nn.SequentialModule(PDOConv(image, fields, 5, padding=1), nn.InnerBatchNorm(fields),
+                                            nn.ReLU(fields), NeuralePDO(fields, fields, 3, stride=2))  # fmt: skip
+            self.pool = nn.GroupPooling(fields)
+            self.head = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+
+        def forward(self, x):
+            y = self.pool(self.body(nn.GeometricTensor(x, image))).tensor
+            if self.branching and y.sum() > 0:
+                y = -y
+            return self.head(y.amax(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    network = Network()
+    x = torch.rand(4, 1, 15, 15)
+    network(x)
+    network.eval()
+    with torch.no_grad():
+        plain = export_network(network)
+        torch.testing.assert_close(plain(x), network(x), rtol=1e-5, atol=1e-5)
+    assert {type(m).__module__.split(".")[0] for m in plain.modules()} == {"torch"}
+    assert network.body[0].training is False and isinstance(network(x), torch.Tensor)  # left as it was, escnn intact
+    with pytest.raises(TypeError, match="^export: cannot trace Network's forward into plain PyTorch: "):
+        export_network(Network(branching=True))

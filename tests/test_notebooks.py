@@ -34,6 +34,14 @@ def test_notebooks_execute_from_scratch(name, tmp_path):
     elif name == "equivariance.ipynb":  # exact on the grid, approximate off the grid
         grid = [float(v) for v in re.findall(r"grid ([\d.e+-]+) ", text)]
         assert len(grid) == 6 and max(grid) < 1e-4, text
+    elif name == "escnn_network.ipynb":  # three networks of one shape, invariant, exported to their eval outputs
+        shapes = re.findall(r"shapes (\[.*?\]), logits (\(.*?\))", text)
+        changes = [float(v) for v in re.findall(r"change at 90 deg ([\d.e+-]+)", text)]
+        spreads = [float(v) for v in re.findall(r"spread across images ([\d.e+-]+)", text)]
+        exported = [float(v) for v in re.findall(r"export difference ([\d.e+-]+)", text)]
+        assert len(shapes) == 3 and len(set(shapes)) == 1 and shapes[0][1] == "(16, 10)", text
+        assert len(changes) == 3 and max(changes) < 1e-4 and min(spreads) > 1e-3, text
+        assert len(exported) == 3 and max(exported) < 1e-4 and text.count("modules from ['torch']") == 3, text
     else:  # invariant networks at 90 degrees (with features that differ between images), layers exact there only
         changes = [float(v) for v in re.findall(r"change at 90 deg ([\d.e+-]+)", text)]
         spreads = [float(v) for v in re.findall(r"spread across images ([\d.e+-]+)", text)]

@@ -12,6 +12,7 @@ from escnn.nn import (
     EquivariantModule,
     FourierPointwise,
     GatedNonLinearity1,
+    GeometricTensor,
     MaskModule,
     MaxPoolChannels,
     MultipleModule,
@@ -46,9 +47,11 @@ _FRESH = (*_LINEAR, torch.nn.MaxPool2d, torch.nn.AvgPool2d, NativeMaxPool2x2)  #
 
 
 def export_network(network: torch.nn.Module, backend: str = "auto") -> torch.fx.GraphModule:
-    """``network`` (an escnn ``SequentialModule`` or any module :func:`epdo.nn.export.exported_layers` takes) as a
-    ``torch.fx.GraphModule`` on plain tensors ``(B, in_type.size, H, W)``, computing what ``network`` computes in eval
-    mode (to rounding: batch norms are folded into the maps before them).
+    """``network`` as a ``torch.fx.GraphModule`` on plain tensors, computing what ``network`` computes in eval mode (to
+    rounding: batch norms are folded into the maps before them): an escnn ``SequentialModule`` or any module
+    :func:`epdo.nn.export.exported_layers` takes, on ``(B, in_type.size, H, W)``; or a user's ``torch.nn.Module``
+    whose forward wraps its input in ``GeometricTensor``, calls escnn and epdo modules, takes ``.tensor`` and goes on
+    in plain PyTorch (escnn's tutorial model): each escnn and epdo module it calls is exported, the rest traced.
 
     ``backend`` (:data:`epdo.nn.functional.BACKENDS`) chooses how epdo's layers run: ``"auto"`` the compiled
     operators where the network's parameters are float32/float64 CPU tensors and they build, PyTorch's operations
@@ -67,7 +70,59 @@ def export_network(network: torch.nn.Module, backend: str = "auto") -> torch.fx.
         >>> bool(torch.allclose(plain(x), net(nn.GeometricTensor(x, image)).tensor, atol=1e-5))
         True
     """
-    return trace(exported_layers(network, backend))
+    if isinstance(network, (EquivariantModule, torch.nn.Sequential)):
+        return trace(exported_layers(network, backend))
+    return _export_user_network(network, backend)
+
+
+class _FieldProxy(torch.fx.Proxy):
+    """A traced tensor that stands for a ``GeometricTensor`` too: its ``.tensor`` is itself."""
+
+    def __getattr__(self, name: str):
+        return self if name == "tensor" else super().__getattr__(name)
+
+
+class _FieldTracer(torch.fx.Tracer):
+    """Traces a network's forward with its escnn and epdo modules as leaves, a geometric tensor as its tensor."""
+
+    def is_leaf_module(self, module: torch.nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, EquivariantModule) or super().is_leaf_module(module, qualified_name)
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _FieldProxy(node, self)
+
+    def create_arg(self, a):
+        return super().create_arg(a.tensor if isinstance(a, GeometricTensor) else a)
+
+
+def _export_user_network(network: torch.nn.Module, backend: str) -> torch.fx.GraphModule:
+    """:func:`export_network` of a module with its own forward: traced with its escnn and epdo modules as leaves (a
+    ``GeometricTensor`` of a traced tensor made without escnn's checks, which cannot read a traced shape), each
+    replaced by its exported form, and the whole traced again into plain PyTorch."""
+    like = next(network.parameters(), torch.empty(0)).detach().new_empty(0)
+    training = network.training
+    checked_init = GeometricTensor.__init__
+
+    def init(self, tensor, type, coords=None) -> None:  # noqa: A002 - escnn's argument names
+        if isinstance(tensor, torch.fx.Proxy):
+            self.tensor, self.type, self.coords = tensor, type, coords
+        else:
+            checked_init(self, tensor, type, coords)
+
+    GeometricTensor.__init__ = init  # type: ignore[method-assign]
+    try:
+        graph = _FieldTracer().trace(network.eval())
+    except Exception as error:  # noqa: BLE001 - fx raises several types
+        name = type(network).__name__
+        raise TypeError(f"export: cannot trace {name}'s forward into plain PyTorch: {error}") from None
+    finally:
+        GeometricTensor.__init__ = checked_init  # type: ignore[method-assign]
+        network.train(training)
+    staged = torch.fx.GraphModule(network, graph)
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(network.get_submodule(node.target), EquivariantModule):
+            staged.add_submodule(node.target, exported_layers(network.get_submodule(node.target), backend, like))
+    return trace(staged)
 
 
 def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
