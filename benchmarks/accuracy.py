@@ -77,6 +77,8 @@ MODELS: Dict[str, List[str]] = {
     # O(2) (the so2 skeleton with --flip) against escnn's R2Conv on the same skeleton
     "o2": ["--preset", "so2", "--flip", "--widths", "12,12,19,19,25,25"],  # 27,108
     "o2-escnn": ["--preset", "so2", "--flip", "--layer", "escnn", "--widths", "5,5,8,8,10,9"],  # 27,277
+    # SO(2) with 7x7 stencils (the same orders, frequencies and parameter count; the Gaussian twice as wide)
+    "so2-k7": ["--preset", "so2", "--kernel-size", "7"],  # 27,481
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count

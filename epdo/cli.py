@@ -26,6 +26,14 @@ def positive_int(text: str) -> int:
     return _integer_at_least(text, 1, "a positive integer")
 
 
+def kernel_size(text: str) -> int:
+    """An odd integer >= 3 (a stencil's width)."""
+    value = _integer_at_least(text, 3, "an odd integer >= 3")
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"expected an odd integer >= 3, got {text!r}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
     return _integer_at_least(text, 0, "a non-negative integer")

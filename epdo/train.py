@@ -34,6 +34,7 @@ from epdo.checkpoint import (
     set_rng_state,
 )
 from epdo.cli import (
+    kernel_size,
     max_frequency,
     non_negative_float,
     non_negative_int,
@@ -64,6 +65,7 @@ METRICS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error"
 MODEL_FLAGS = {
     "layer": "--layer", "fields": "--model", "group_order": "--group-order", "flip": "--flip", "widths": "--widths",
     "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
+    "basis.size": "--kernel-size",
     "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
     "field_frequency": "--field-frequency", "nonlinearity": "--nonlinearity",
 }  # fmt: skip
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--bandwidth", type=optional_bandwidth, help="band limit of the PDO bases: 'none' or cycles/pixel"
+    )
+    model.add_argument(
+        "--kernel-size", type=kernel_size, help="width of every layer's stencils (R2Conv's kernel size), odd; default 5"
     )
     model.add_argument("--dropout", type=float, help="field dropout of layers 3-6")
     model.add_argument("--head", type=non_negative_int, help="hidden units of the classifier (0: one linear map)")
@@ -169,7 +174,10 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]
     basis_changes = {k: given[flag] for k, flag in basis.items() if flag in given}
-    return replace(config, basis=replace(config.basis, **basis_changes), **changes)
+    changed = replace(config.basis, **basis_changes)
+    if "kernel_size" in given:  # the orders the width holds (3: <= 2)
+        changed = changed.of_width(given["kernel_size"])
+    return replace(config, basis=changed, **changes)
 
 
 def training_config(args: argparse.Namespace, base: Optional[TrainingConfig] = None) -> TrainingConfig:

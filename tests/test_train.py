@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from escnn import nn
 
 import epdo.train as train_module
 from epdo.checkpoint import load_checkpoint, read_checkpoint
@@ -125,8 +126,8 @@ def test_evaluate_refuses_other_files(tmp_path, capsys):
     [("--epochs", "-1"), ("--batch-size", "0"), ("--limit-train", "0"), ("--limit-test", "-5"), ("--lr-scale", "0"),
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
      ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--weight-decay", "-1"), ("--bandwidth", "0"),
-     ("--bandwidth", "1.5"), ("--bandwidth", "wide"), ("--max-frequency", "-1"), ("--max-frequency", "low"),
-     ("--preset", "R-fd")],
+     ("--bandwidth", "1.5"), ("--bandwidth", "wide"), ("--kernel-size", "4"), ("--kernel-size", "1"),
+     ("--max-frequency", "-1"), ("--max-frequency", "low"), ("--preset", "R-fd")],
 )  # fmt: skip
 def test_cli_refuses_bad_values(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -161,6 +162,10 @@ def test_cli_model_flags_reach_the_model_configuration():
         basis=PDOBasis("fd"), g=2, reduction=2
     )
     assert model_config(parse(["--layer", "escnn", "--widths", "5,5,7,7,10,11"])).widths == (5, 5, 7, 7, 10, 11)
+    assert model_config(parse(["--kernel-size", "7"])).basis == PDOBasis(size=7)
+    assert model_config(parse(["--kernel-size", "3", "--dis", "fd"])).basis == PDOBasis("fd", max_order=2, size=3)
+    escnn = build_model(model_config(parse(["--layer", "escnn", "--kernel-size", "3", *TINY[2:6]])))
+    assert {m.kernel_size for m in escnn.modules() if isinstance(m, nn.R2Conv)} == {3}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses torchrun with gloo")

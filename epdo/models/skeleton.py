@@ -117,7 +117,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
 
     def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
         if config.layer == "escnn":
-            return nn.R2Conv(in_type, out_type, 5, padding=2, bias=False)
+            return nn.R2Conv(in_type, out_type, config.basis.size, padding=config.basis.size // 2, bias=False)
         if config.layer == "pdo":
             return PDOConv(in_type, out_type, basis=config.basis)
         options = dict(g=config.g, s=config.s, reduction=config.reduction)
@@ -147,7 +147,8 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
 
     image = nn.FieldType(gspace, [gspace.trivial_repr])
     if config.layer == "escnn":
-        lift: nn.EquivariantModule = nn.R2Conv(image, outputs[0], 5, padding=2, bias=False)
+        size = config.basis.size
+        lift: nn.EquivariantModule = nn.R2Conv(image, outputs[0], size, padding=size // 2, bias=False)
     else:
         lift = PDOConv(image, outputs[0], basis=config.basis)
     modules: List[nn.EquivariantModule] = [lift, norm(outputs[0]), nonlinearity(outputs[0])]
