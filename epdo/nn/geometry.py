@@ -9,6 +9,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from epdo.kernels import PDOBasis
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 """``torch.nn.Conv2d``'s padding modes."""
 
@@ -119,13 +121,23 @@ def _rows_and_columns(x: torch.Tensor, row: int, column: int, step: int, span: i
 
 
 def layer_geometry(
-    module: str, kernel_size: int, padding: Optional[int], stride: int, dilation: int, padding_mode: str
-) -> Geometry:
-    """The :class:`Geometry` of a layer's ``R2Conv`` arguments; a bad one is one ``ValueError`` naming ``module``."""
+    module: str,
+    basis: PDOBasis,
+    kernel_size: Optional[int],
+    padding: Optional[int],
+    stride: int,
+    dilation: int,
+    padding_mode: str,
+) -> Tuple[PDOBasis, Geometry]:
+    """A PDO layer's basis on its stencils' width and the :class:`Geometry` of its ``R2Conv`` arguments
+    (``kernel_size=None``: ``basis.size``); a bad argument is one error naming ``module``."""
+    if not isinstance(basis, PDOBasis):
+        raise TypeError(f"{module}: basis must be an epdo.kernels.PDOBasis, got {type(basis).__name__}")
     try:
-        return Geometry(kernel_size, padding, stride, dilation, padding_mode)
+        geometry = Geometry(basis.size if kernel_size is None else kernel_size, padding, stride, dilation, padding_mode)
     except ValueError as error:
         raise ValueError(f"{module}: {error}") from None
+    return basis.of_width(geometry.kernel_size), geometry
 
 
 def checked_output_size(module: str, geometry: Geometry, input_shape: Tuple[int, ...]) -> Tuple[int, int]:

@@ -110,11 +110,8 @@ class NeuralePDO(Exportable, EquivariantModule):
         basis: PDOBasis = PDOBasis(),
     ) -> None:
         super().__init__()
-        if not isinstance(basis, PDOBasis):
-            raise TypeError(f"NeuralePDO: basis must be an epdo.kernels.PDOBasis, got {type(basis).__name__}")
-        size = basis.size if kernel_size is None else kernel_size
-        geometry = layer_geometry("NeuralePDO", size, padding, stride, dilation, padding_mode)
-        self._build(in_type, out_type, g, s, reduction, basis.of_width(geometry.kernel_size), False, geometry)
+        basis, geometry = layer_geometry("NeuralePDO", basis, kernel_size, padding, stride, dilation, padding_mode)
+        self._build(in_type, out_type, g, s, reduction, basis, False, geometry)
         self.mix = Conv1x1(in_type, out_type, gain=MIX_GAIN, groups=groups, bias=bias)
 
     @classmethod

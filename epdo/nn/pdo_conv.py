@@ -59,11 +59,7 @@ class PDOConv(BasisConv):
         *,
         basis: PDOBasis = PDOBasis(),
     ) -> None:
-        if not isinstance(basis, PDOBasis):
-            raise TypeError(f"PDOConv: basis must be an epdo.kernels.PDOBasis, got {type(basis).__name__}")
-        size = basis.size if kernel_size is None else kernel_size
-        geometry = layer_geometry("PDOConv", size, padding, stride, dilation, padding_mode)
-        basis = basis.of_width(geometry.kernel_size)
+        basis, geometry = layer_geometry("PDOConv", basis, kernel_size, padding, stride, dilation, padding_mode)
         gspace = in_type.gspace if isinstance(in_type, FieldType) else None
 
         def filters(rho_in, rho_out):
