@@ -371,3 +371,22 @@ def test_a_wide_resnet_with_strides_trains_is_invariant_and_exports(layer):
         expected = model.classifier(model.features(x))
         torch.testing.assert_close(model.export()(x), expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["epdo", "escnn"])
+def test_a_wide_resnet_restricted_d8_d4_d1_keeps_its_reflection_and_exports(layer):
+    """D8 -> D4 -> D1 between the stages: invariant to the reflection D1 keeps (x -> -x), no longer to quarter turns,
+    and exported to its eval outputs."""
+    from epdo.models import wide_resnet
+
+    torch.manual_seed(0)
+    model = wide_resnet(layer, widths=(2, 3, 4), group_order=8, flip=True, restrict=True)
+    x = torch.rand(4, 1, 29, 29)
+    with torch.no_grad():
+        features = model.features(x)
+        torch.testing.assert_close(model.features(torch.flip(x, (3,))), features, rtol=1e-4, atol=1e-5)
+        assert (model.features(torch.rot90(x, 1, (2, 3))) - features).abs().max() > 1e-2
+        model.eval()
+        torch.testing.assert_close(model.export()(x), model.classifier(model.features(x)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="restrict takes at most 3 stages and an even order"):
+        wide_resnet(layer, widths=(2, 2, 2, 2), restrict=True)

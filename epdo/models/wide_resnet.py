@@ -45,6 +45,7 @@ def wide_resnet(
     blocks: int = 1,
     group_order: int = 8,
     flip: bool = False,
+    restrict: bool = False,
     head: int = 64,
     classes: int = 10,
 ) -> EquivariantClassifier:
@@ -52,7 +53,10 @@ def wide_resnet(
     then one stage of ``blocks`` residual blocks per width, every stage after the first opening with a stride-2 block;
     batch norm, ReLU, group max pooling, the maximum over pixels and a classifier of ``head`` hidden units.
 
-    Quarter turns are exact where every stride-2 layer's input has an odd side (``H`` = 29: 29 -> 15 -> 8).
+    With ``restrict`` (as escnn's wide ResNet does), the second stage works on a subgroup of order N/2 (D_N -> D_(N/2))
+    and the third on reflections alone (D_1; C_1 without ``flip``): escnn's ``RestrictionModule`` before each stage's
+    first block.  Quarter turns (and, with ``flip``, reflections) are exact where every stride-2 layer's input has an
+    odd side (``H`` = 29: 29 -> 15 -> 8) and no restriction removed them.
 
     Example:
         >>> import torch
@@ -63,12 +67,21 @@ def wide_resnet(
         raise ValueError(f"wide_resnet: layer must be one of {RESNET_LAYERS}, got {layer!r}")
     if not widths or blocks < 1:
         raise ValueError(f"wide_resnet: expected at least one width and one block, got {tuple(widths)} and {blocks}")
+    if restrict and (len(widths) > 3 or group_order % 2):
+        raise ValueError(
+            f"wide_resnet: restrict takes at most 3 stages and an even order, got {len(widths)} and {group_order}"
+        )
     gspace = gspaces.flipRot2dOnR2(group_order) if flip else gspaces.rot2dOnR2(group_order)
     image = nn.FieldType(gspace, [gspace.trivial_repr])
-    types = [nn.FieldType(gspace, [gspace.regular_repr] * w) for w in widths]
-    modules = [_conv(layer, image, types[0], 1)]
-    current = types[0]
-    for stage, ftype in enumerate(types):
+    current = nn.FieldType(gspace, [gspace.regular_repr] * widths[0])
+    modules = [_conv(layer, image, current, 1)]
+    for stage, width in enumerate(widths):
+        if restrict and stage > 0:
+            order = group_order // 2 if stage == 1 else 1
+            restriction = nn.RestrictionModule(current, (0, order) if flip else order)
+            modules.append(restriction)
+            current = restriction.out_type
+        ftype = nn.FieldType(current.gspace, [current.gspace.regular_repr] * width)
         for index in range(blocks):
             modules.append(_block(layer, current, ftype, 2 if stage > 0 and index == 0 else 1))
             current = ftype
