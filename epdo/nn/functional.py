@@ -214,7 +214,8 @@ def adaptive_pdo(
     if backend != "pytorch" and key is None:
         key = stencil_key(stencils)
     native_key = key if uses_native(x, stencils, key, backend, geometry.stride) else None
-    return apply_pdo(x, coefficients, tap_matrix(stencils.to(x.dtype)), fields, normalization, geometry, native_key)
+    taps = tap_matrix(stencils.to(x.dtype))
+    return apply_pdo(x, coefficients.to(x.dtype), taps, fields, normalization, geometry, native_key)
 
 
 def check_shapes(x: torch.Tensor, coefficients: torch.Tensor, n_ops: int, fields: int, geometry: Geometry) -> None:
