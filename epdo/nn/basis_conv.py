@@ -76,8 +76,7 @@ class BasisConv(Exportable, CachedWeight, EquivariantModule):
         check_input(type(self).__name__, x, self.in_type)
         weight, bias = self.filter_and_bias()
         if self.geometry is None:
-            inputs = x.tensor if self.stride == 1 else x.tensor[..., :: self.stride, :: self.stride]
-            out = _pointwise(inputs, weight, bias, self.groups)
+            out = _pointwise(x.tensor, weight, bias, self.groups, self.stride)
         else:
             self._output_size(x.tensor.shape)
             g = self.geometry
@@ -136,14 +135,17 @@ class Pointwise(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _pointwise(x if self.stride == 1 else x[..., :: self.stride, :: self.stride], self.weight, self.bias,
-                          self.groups)  # fmt: skip
+        return _pointwise(x, self.weight, self.bias, self.groups, self.stride)
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
-    """``conv2d`` with a ``1 x 1`` filter as a batched matrix product (faster than ``conv2d`` on CPU), a bias added
-    by the product itself (``baddbmm``) when ``groups`` is 1: ``x (B, C_in, H, W)``, ``weight (C_out, C_in / groups,
-    ...)`` (1x1, or without the filter's axes) -> ``(B, C_out, H, W)``."""
+def _pointwise(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int, stride: int = 1
+) -> torch.Tensor:
+    """``conv2d`` with a ``1 x 1`` filter and ``stride`` as a batched matrix product (faster than ``conv2d`` on CPU), a
+    bias added by the product itself (``baddbmm``) when ``groups`` is 1: ``x (B, C_in, H, W)``, ``weight (C_out, C_in /
+    groups, ...)`` (1x1, or without the filter's axes) -> ``(B, C_out, ceil(H / stride), ceil(W / stride))``."""
+    if stride > 1:
+        x = x[..., ::stride, ::stride]
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
     w = weight.reshape(groups, out_channels // groups, channels // groups)

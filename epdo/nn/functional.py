@@ -244,14 +244,15 @@ def check_shapes(x: torch.Tensor, coefficients: torch.Tensor, n_ops: int, fields
 def apply_pdo(
     x: torch.Tensor,
     coefficients: torch.Tensor,
-    taps: torch.Tensor,
+    taps: Optional[torch.Tensor],
     fields: int,
     normalization: str,
     geometry: Geometry,
     native_key: Optional[str] = None,
     traceable: bool = False,
 ) -> torch.Tensor:
-    """:func:`adaptive_pdo` on arguments already checked: ``taps`` the :func:`tap_matrix` ``(k^2, n_ops)``; the
+    """:func:`adaptive_pdo` on arguments already checked: ``taps`` the :func:`tap_matrix` ``(k^2, n_ops)`` (unused,
+    and may be ``None``, with ``native_key``); the
     compiled operator of ``native_key`` (a :func:`stencil_key`) where it is given, else PyTorch's operations: with
     ``traceable`` :func:`pixelwise_pdo` itself (which ``torch.fx`` traces into plain torch calls), otherwise with a
     backward that keeps no temporary of the taps' size.  Every size it uses comes from the tensors or is a Python

@@ -219,7 +219,7 @@ class NeuralePDO(Exportable, EquivariantModule):
         coefficients = self.coefficients(x if centres is x.tensor else GeometricTensor(centres, self.in_type)).tensor
         key = _key(self)
         native_key = key if uses_native(x.tensor, self.stencils, key, "auto", self.geometry.stride) else None
-        taps = tap_matrix(self.stencils.to(x.tensor.dtype))
+        taps = None if native_key is not None else tap_matrix(self.stencils.to(x.tensor.dtype))  # PyTorch's path
 
         def pdo(inputs: torch.Tensor, operators: torch.Tensor, channels: int) -> torch.Tensor:
             return apply_pdo(inputs, operators, taps, self.g, self.normalization, self.geometry, native_key)
@@ -240,8 +240,8 @@ class NeuralePDO(Exportable, EquivariantModule):
         """Plain torch modules computing the same map on the ``.tensor`` of the input, with the adaptive PDO of
         ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where the layer's
         parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
-        like = next(self.parameters()).new_empty(0)
-        native = uses_native(like, self.stencils, _key(self), backend, self.geometry.stride)
+        own = next(self.parameters()).new_empty(0)  # the layer's own dtype and device decide, not ``like``
+        native = uses_native(own, self.stencils, _key(self), backend, self.geometry.stride)
         activation = (
             torch.nn.ReLU() if self.generator_activation is None else SampledPointwise.of(self.generator_activation)
         )
