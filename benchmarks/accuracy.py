@@ -79,6 +79,11 @@ MODELS: Dict[str, List[str]] = {
     "o2-escnn": ["--preset", "so2", "--flip", "--layer", "escnn", "--widths", "5,5,8,8,10,9"],  # 27,277
     # SO(2) with 7x7 stencils (the same orders, frequencies and parameter count; the Gaussian twice as wide)
     "so2-k7": ["--preset", "so2", "--kernel-size", "7"],  # 27,481
+    # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
+    # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
+    "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
+    "tutorial-pdo": ["--skeleton", "tutorial", "--layer", "pdo", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
+    "tutorial-epdo": ["--skeleton", "tutorial", "--dropout", "0", "--widths", "8,17,17,34,34,22"],
     "pdo": ["--layer", "pdo", "--widths", "5,5,7,7,10,11"],  # static PDOs, escnn's basis sizes: 27,123
     "reference": ["--layer", "reference", "--dis", "fd", "--reduction", "1", "--widths", "8,8,12,12,16,16"],
     "cnn": ["--layer", "cnn"],  # a plain CNN with the default network's parameter count

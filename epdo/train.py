@@ -46,7 +46,7 @@ from epdo.cli import (
 )
 from epdo.data import DATASETS, DatasetError, load_dataset
 from epdo.diffops import DISCRETIZATIONS
-from epdo.models import LAYERS, NONLINEARITIES, PRESETS, ModelConfig, build_model, count_parameters, preset
+from epdo.models import LAYERS, NONLINEARITIES, PRESETS, SKELETONS, ModelConfig, build_model, count_parameters, preset
 from epdo.plots import plot_curves
 from epdo.training import (
     NonFiniteLoss,
@@ -67,7 +67,7 @@ MODEL_FLAGS = {
     "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
     "basis.size": "--kernel-size",
     "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
-    "field_frequency": "--field-frequency", "nonlinearity": "--nonlinearity",
+    "field_frequency": "--field-frequency", "nonlinearity": "--nonlinearity", "skeleton": "--skeleton",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--field-frequency", type=positive_int, help="highest frequency of SO(2) fields (preset so2)")
     model.add_argument(
         "--nonlinearity", choices=NONLINEARITIES, help="pointwise (ReLU; Fourier ReLU on SO(2)), gated or norm (SO(2))"
+    )
+    model.add_argument(
+        "--skeleton", choices=SKELETONS, help="paper (the default) or tutorial (the shape of escnn's tutorial model)"
     )
     default = TrainingConfig()
     data = p.add_argument_group("data (with --resume: the run's)", argument_default=argparse.SUPPRESS)
@@ -169,7 +172,7 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
     config = preset(name) if name else base or preset("default")
     basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
     names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head", "field_frequency",
-             "nonlinearity")  # fmt: skip
+             "nonlinearity", "skeleton")  # fmt: skip
     changes = {k: given[k] for k in names if k in given}
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]
@@ -398,6 +401,8 @@ def _describe(config: ModelConfig) -> str:
     widths = ",".join(map(str, config.widths))
     if config.nonlinearity != "pointwise":
         widths += f", {config.nonlinearity} nonlinearity"
+    if config.skeleton != "paper":
+        widths += f", {config.skeleton} skeleton"
     if config.layer in ("escnn", "cnn", "pdo"):
         return f"{config.layer} baseline on {group}, widths {widths}"
     basis = config.basis

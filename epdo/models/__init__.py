@@ -1,7 +1,7 @@
 """Networks: the library's default network, the paper's MNIST-rot models (presets) and baselines on one skeleton."""
 
 from epdo.models.baselines import PlainCNN, plain_cnn
-from epdo.models.config import FIELDS, LAYERS, NONLINEARITIES, ModelConfig
+from epdo.models.config import FIELDS, LAYERS, NONLINEARITIES, SKELETONS, ModelConfig
 from epdo.models.presets import PAPER_WIDTHS, PRESETS, preset
 from epdo.models.skeleton import EquivariantClassifier, build_model, count_parameters
 from epdo.models.wide_resnet import RESNET_LAYERS, wide_resnet
@@ -16,6 +16,7 @@ __all__ = [
     "ModelConfig",
     "PlainCNN",
     "RESNET_LAYERS",
+    "SKELETONS",
     "build_model",
     "count_parameters",
     "plain_cnn",

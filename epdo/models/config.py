@@ -14,6 +14,8 @@ LAYERS = ("epdo", "reference", "pdo", "escnn", "cnn")
 """The layer kinds of :class:`ModelConfig` (``layer``)."""
 NONLINEARITIES = ("pointwise", "gated", "norm")
 """The nonlinearities of :class:`ModelConfig` (``nonlinearity``)."""
+SKELETONS = ("paper", "tutorial")
+"""The skeletons of :class:`ModelConfig` (``skeleton``)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class ModelConfig:
             ``GatedNonLinearity1`` (one extra scalar gate field per irrep, made by the layer before) or
             ``NormNonLinearity`` (``n_relu``); the invariant features are then the irreps' norms (escnn's
             ``NormPool``).
+        skeleton: ``"paper"`` (the paper's MNIST-rot skeleton: six 5x5 'same' layers at 28, 28, 14, 14, 7, 7 pixels,
+            described in :mod:`epdo.models.skeleton`) or ``"tutorial"`` (the shape of escnn's tutorial model: images
+            zero-padded at the bottom and right to 29x29 and masked to a disk, a 7x7 lift with padding 1, 5x5 layers
+            with padding 2, 2, 2, 2 and 1, each followed by batch norm and the nonlinearity, escnn's antialiased
+            average pooling (sigma 0.66) with stride 2 after layers 2 and 4 and, down to one pixel, after layer 6:
+            25, 25, 13, 13, 7 and 5 pixels).  ``"tutorial"`` needs ``basis.size`` 5 (its kernel sizes are fixed) and
+            an equivariant ``layer``.
     """
 
     layer: str = "epdo"
@@ -60,6 +69,7 @@ class ModelConfig:
     head: int = 64
     field_frequency: int = 2
     nonlinearity: str = "pointwise"
+    skeleton: str = "paper"
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -79,6 +89,13 @@ class ModelConfig:
         if self.nonlinearity != "pointwise" and self.fields != "fourier":
             raise ValueError(
                 f"nonlinearity {self.nonlinearity!r} needs fourier fields (SO(2) / O(2)), got {self.fields!r} fields"
+            )
+        if self.skeleton not in SKELETONS:
+            raise ValueError(f"skeleton must be one of {SKELETONS}, got {self.skeleton!r}")
+        if self.skeleton == "tutorial" and (self.basis.size != 5 or self.layer == "cnn"):
+            raise ValueError(
+                f"the tutorial skeleton has fixed kernel sizes (7, then 5) and equivariant layers: expected basis.size "
+                f"5 and a layer other than 'cnn', got {self.basis.size} and {self.layer!r}"
             )
         if self.field_frequency < 1:
             raise ValueError(f"field_frequency must be a positive integer, got {self.field_frequency}")
@@ -101,10 +118,10 @@ class ModelConfig:
     def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
         """The inverse of :meth:`as_dict`; every field checked (:func:`epdo.records.checked_fields`): raises
         ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses.  A dictionary
-        without ``nonlinearity`` (written before it existed) has the one there was then, ``"pointwise"``, and a basis
-        without ``scale`` the default scale."""
-        if isinstance(values, dict) and "nonlinearity" not in values:
-            values = {**values, "nonlinearity": "pointwise"}
+        without ``nonlinearity`` or ``skeleton`` (written before they existed) has the one there was then
+        (``"pointwise"``, ``"paper"``), and a basis without ``scale`` the default scale."""
+        if isinstance(values, dict):
+            values = {"nonlinearity": "pointwise", "skeleton": "paper", **values}
         if isinstance(values, dict) and isinstance(values.get("basis"), dict) and "scale" not in values["basis"]:
             values = {**values, "basis": {**values["basis"], "scale": None}}
         values = checked_fields("model configuration", values, _MODEL_KINDS)
@@ -113,6 +130,7 @@ class ModelConfig:
 
 
 _MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
-                    reduction=int, dropout=float, head=int, field_frequency=int, nonlinearity=str)  # fmt: skip
+                    reduction=int, dropout=float, head=int, field_frequency=int, nonlinearity=str,
+                    skeleton=str)  # fmt: skip
 _BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int,
                     scale=(float, None))  # fmt: skip

@@ -10,13 +10,13 @@ commute, values and gradients alike, and the ReLU then runs on a quarter of the 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from escnn import group, gspaces, nn
 
 from epdo.models.baselines import plain_cnn
-from epdo.models.classifier import classifier_head, exported_classifier, plain_classifier
+from epdo.models.classifier import classifier_head, exported_classifier, padded_images, plain_classifier
 from epdo.models.config import ModelConfig
 from epdo.models.presets import preset
 from epdo.nn import (
@@ -37,41 +37,49 @@ class EquivariantClassifier(torch.nn.Module):
     Inference that runs every module in eval mode without gradients runs the network's exported form instead
     (:class:`epdo.nn.inference.ExportedInference`: the same logits to rounding, faster), except where that could
     differ from the modules: under forward hooks, and a form made anew whenever a module or tensor changes.
+
+    ``input_size``: the side of the images the body takes; smaller images are zero-padded at the bottom and right to
+    it (as escnn's tutorial pads 28x28 digits to 29x29), larger ones refused.  ``None``: any size.
     """
 
-    def __init__(self, body: nn.SequentialModule, classifier: torch.nn.Module) -> None:
+    def __init__(
+        self, body: nn.SequentialModule, classifier: torch.nn.Module, input_size: Optional[int] = None
+    ) -> None:
         super().__init__()
         self.in_type = body.in_type
         self.body = body
         self.classifier = classifier
+        self.input_size = input_size
         widest = max(_channels(m) for m in body.modules())
         # in a plain attribute (not a submodule): torch.fx patches every module's __call__ while it traces
         self._inference = ExportedInference(_plain_form, widest)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Invariant features ``(B, C)`` before the classifier."""
-        _check_images(x)
-        y = self.body(nn.GeometricTensor(x, self.in_type)).tensor
+        _check_images(x, self.input_size)
+        y = self.body(nn.GeometricTensor(padded_images(x, self.input_size), self.in_type)).tensor
         return torch.amax(y, dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_images(x)
+        _check_images(x, self.input_size)
         logits = self._inference(self, x)
         return self.classifier(self.features(x)) if logits is None else logits
 
     def export(self, backend: str = "auto") -> torch.fx.GraphModule:
         """The network in plain PyTorch (:func:`epdo.nn.export_network`): the same eval-mode logits for images
         ``(B, 1, H, W)``, batch norms folded, traced by ``torch.fx``; ``backend`` as there."""
-        return exported_classifier(self.body, self.classifier, backend)
+        return exported_classifier(self.body, self.classifier, backend, self.input_size)
 
 
 def _plain_form(network: EquivariantClassifier) -> torch.nn.Module:
-    return plain_classifier(network.body, network.classifier, "auto")
+    return plain_classifier(network.body, network.classifier, "auto", network.input_size)
 
 
-def _check_images(x: torch.Tensor) -> None:
+def _check_images(x: torch.Tensor, input_size: Optional[int]) -> None:
     if x.dim() != 4 or x.shape[1] != 1:
         raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+    if input_size is not None and max(x.shape[2:]) > input_size:
+        raise ValueError(f"expected images of at most {input_size} x {input_size} pixels, got {tuple(x.shape)}")
 
 
 def _channels(module: torch.nn.Module) -> int:
@@ -115,23 +123,33 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
         quotient = gs.quotient_repr((None, 4)) if gs.flips_order > 0 else gs.quotient_repr(4)
         return group.directsum([gs.regular_repr, quotient])
 
-    def layer(in_type: nn.FieldType, out_type: nn.FieldType) -> nn.EquivariantModule:
+    tutorial = config.skeleton == "tutorial"
+    geometries = _TUTORIAL_GEOMETRY if tutorial else [(config.basis.size, config.basis.size // 2)] * 6
+
+    def layer(in_type: nn.FieldType, out_type: nn.FieldType, index: int) -> nn.EquivariantModule:
+        lift = index == 0
+        kernel_size, padding = geometries[index]
         if config.layer == "escnn":
-            return nn.R2Conv(in_type, out_type, config.basis.size, padding=config.basis.size // 2, bias=False)
-        if config.layer == "pdo":
-            return PDOConv(in_type, out_type, basis=config.basis)
+            return nn.R2Conv(in_type, out_type, kernel_size, padding=padding, bias=False)
+        geometry = dict(kernel_size=kernel_size, padding=padding) if tutorial else {}
+        if config.layer == "pdo" or lift:
+            return PDOConv(in_type, out_type, **geometry, basis=config.basis)
         options = dict(g=config.g, s=config.s, reduction=config.reduction)
         if config.layer == "reference":
             basis = config.basis
             return NeuralePDO.reference(
                 in_type, out_type, discretization=basis.discretization, max_order=basis.max_order, **options
             )
-        return NeuralePDO(in_type, out_type, basis=config.basis, **options)
+        return NeuralePDO(in_type, out_type, **geometry, basis=config.basis, **options)
 
     def norm(ftype: nn.FieldType) -> nn.EquivariantModule:
         return nn.IIDBatchNorm2d(ftype) if fourier else FieldBatchNorm(ftype)
 
-    def pool(ftype: nn.FieldType) -> nn.EquivariantModule:
+    def pool(ftype: nn.FieldType, index: int) -> nn.EquivariantModule:
+        if tutorial:
+            if index == 5:  # down to one pixel
+                return nn.PointwiseAvgPoolAntialiased2D(ftype, sigma=0.66, stride=1, padding=0)
+            return nn.PointwiseAvgPoolAntialiased2D(ftype, sigma=0.66, stride=2)
         return nn.PointwiseAvgPool2D(ftype, 2) if fourier else FieldMaxPool(ftype)
 
     split = fourier and config.nonlinearity != "pointwise"
@@ -146,28 +164,34 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             return _relu(ftype)
 
     image = nn.FieldType(gspace, [gspace.trivial_repr])
-    if config.layer == "escnn":
-        size = config.basis.size
-        lift: nn.EquivariantModule = nn.R2Conv(image, outputs[0], size, padding=size // 2, bias=False)
-    else:
-        lift = PDOConv(image, outputs[0], basis=config.basis)
-    modules: List[nn.EquivariantModule] = [lift, norm(outputs[0]), nonlinearity(outputs[0])]
-    for index in range(1, 6):
-        in_type = modules[-1].out_type
+    modules: List[nn.EquivariantModule] = [nn.MaskModule(image, TUTORIAL_INPUT_SIZE, margin=1)] if tutorial else []
+    in_type = image
+    for index in range(6):
         if index == 5 and config.flip and not fourier:
             restrict = RestrictToRotations(in_type)
             modules.append(restrict)
             in_type = restrict.out_type
             outputs[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
-        modules += [layer(in_type, outputs[index]), norm(outputs[index])]
-        if index in (1, 3):
-            modules.append(pool(outputs[index]))
+        modules += [layer(in_type, outputs[index], index), norm(outputs[index])]
+        pooled = index in (1, 3, 5) if tutorial else index in (1, 3)
+        if pooled and not tutorial:  # between batch norm and ReLU (see the module's docstring)
+            modules.append(pool(outputs[index], index))
         modules.append(nonlinearity(outputs[index]))
+        if pooled and tutorial:
+            modules.append(pool(modules[-1].out_type, index))
         if index >= 2 and config.dropout > 0:
             modules.append(FieldDropout(modules[-1].out_type, config.dropout))
+        in_type = modules[-1].out_type
     modules.append(nn.NormPool(modules[-1].out_type) if split else GroupMaxPool(modules[-1].out_type))
     body = nn.SequentialModule(*modules)
-    return EquivariantClassifier(body, classifier_head(body.out_type.size, config.head))
+    input_size = TUTORIAL_INPUT_SIZE if tutorial else None
+    return EquivariantClassifier(body, classifier_head(body.out_type.size, config.head), input_size)
+
+
+TUTORIAL_INPUT_SIZE = 29
+"""The image size of the ``"tutorial"`` skeleton (smaller images are zero-padded at the bottom and right)."""
+_TUTORIAL_GEOMETRY = [(7, 1), (5, 2), (5, 2), (5, 2), (5, 2), (5, 1)]
+"""``(kernel_size, padding)`` of layers 1-6 of the ``"tutorial"`` skeleton."""
 
 
 def _irrep_nonlinearities(
