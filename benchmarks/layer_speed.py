@@ -6,7 +6,8 @@ Default: the paper's layer (C16, 16 regular fields in and out, g=4, s=4, reducti
 <= 4), 28x28, batch 8 on CPU (64 on CUDA).  ``--so2``: instead, ``--fields`` copies of SO(2)'s ``bl_irreps(3)``
 (frequencies 0-3, 7 channels each) in and out, the Neural ePDO with its defaults (the commutant form) against
 R2Conv 5x5.  ``--geometry``: both layers with R2Conv's arguments for a stride-2 5x5 layer, a 3x3 layer or a
-dilation-2 5x5 layer instead of the 'same' 5x5 one.
+dilation-2 5x5 layer instead of the 'same' 5x5 one.  ``--floor``: also the Neural ePDO with its adaptive PDO replaced
+by reading the input at the output pixels (generator and mix alone: the time no PDO kernel can remove).
 
     python benchmarks/layer_speed.py --geometry stride2
 """
@@ -54,6 +55,14 @@ def unfold_adaptive_pdo(
     return (patches * taps[:, None]).sum(4).reshape(b, c, h, w)
 
 
+def without_pdo(
+    x: torch.Tensor, coefficients: torch.Tensor, stencils: torch.Tensor, fields: int, *, normalization: str, geometry
+) -> torch.Tensor:
+    """No PDO: the input at the output pixels, plus zero times a sum of the coefficients (so that the generator's
+    backward runs)."""
+    return geometry.centres(x) + 0.0 * coefficients.sum()
+
+
 class Reformulated(torch.nn.Module):
     """The same layer (shared parameters) with its adaptive PDO computed by ``pdo(x, coefficients, stencils, g,
     normalization)``: the unfold formulation, or :func:`adaptive_pdo` with another backend."""
@@ -81,6 +90,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--so2", action="store_true", help="SO(2) bl_irreps(3) fields, the layer's defaults")
     parser.add_argument("--geometry", choices=list(GEOMETRIES), default="same", help="R2Conv's arguments of both")
+    parser.add_argument("--floor", action="store_true", help="also the layer without its adaptive PDO")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/LOG.md")
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # internal: see below
     args = parser.parse_args(argv)
@@ -118,6 +128,10 @@ def main(argv=None) -> None:
             models["NeuralePDO (epdo, PyTorch path)"] = Reformulated(
                 layer, functools.partial(adaptive_pdo, backend="pytorch")
             )
+    if args.floor:
+        models["NeuralePDO without its PDO (generator and mix)"] = Reformulated(
+            layer, functools.partial(without_pdo, geometry=layer.geometry)
+        )
     x = torch.randn(batch, ftype.size, args.size, args.size, device=device)
 
     def step(model: torch.nn.Module, inputs: torch.Tensor = x) -> Callable[[], None]:

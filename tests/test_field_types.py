@@ -1,5 +1,6 @@
 """Every field type of escnn's planar gspaces (irreps, mixed types, any flip axis, SO(2), O(2)) in both PDO layers."""
 
+import copy
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from epdo.equivariance import (
     redraw_weights,
     smooth_field,
 )
-from epdo.kernels import PDOBasis, intertwiner_basis, pdo_filter_basis
+from epdo.kernels import PDOBasis, intertwiner_basis, isotypic_commutant_basis, pdo_filter_basis
 from epdo.nn import FieldDropout, FieldNorm, NeuralePDO, PDOConv
 from epdo.representations import finite_subgroup, matrices_on
 
@@ -230,6 +231,55 @@ def test_off_the_grid_within_one_and_a_half_times_r2convs_error(case):
             draws += list(equivariance_errors(layer.train(), x, elements, margin=4).values())
         errors[name] = float(np.mean(draws))
     assert errors["PDOConv"] < 1.5 * errors["escnn"] and errors["NeuralePDO"] < 1.5 * errors["escnn"], errors
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["SO(2)", "O(2)"])
+def test_the_isotypic_commutant_basis_spans_the_commutant_one_irrep_pair_an_element(flip):
+    gs = gspaces.flipRot2dOnR2(-1, maximum_frequency=4) if flip else gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    group = gs.fibergroup
+    rho = group.spectral_regular_representation(*group.bl_irreps(2))
+    sparse, canonical = isotypic_commutant_basis(rho), intertwiner_basis(rho, rho)
+    np.testing.assert_allclose(np.einsum("aij,bij->ab", sparse, sparse), np.eye(len(sparse)), atol=1e-12)
+    overlap = np.einsum("aij,bij->ab", canonical, sparse)  # the same span: an orthogonal change of basis
+    np.testing.assert_allclose(overlap @ overlap.T, np.eye(len(canonical)), atol=1e-12)
+    for element in [group.sample() for _ in range(5)]:
+        assert max(np.abs(e @ rho(element) - rho(element) @ e).max() for e in sparse) < 1e-12
+    reads = [(np.abs(e).max(axis=0) > 1e-12).sum() for e in sparse]
+    assert max(reads) == 2 and rho.size == (10 if flip else 5)  # each element reads one irrep
+
+
+@pytest.mark.parametrize("g", [1, 2])
+@pytest.mark.parametrize("flip", [False, True], ids=["SO(2)", "O(2)"])
+def test_the_commutant_form_on_its_irreps_channels_is_the_same_map(flip, g):
+    """SO(2) / O(2) band-limited regular fields take the isotypic basis (each PDO on one irrep's channels); with
+    every channel repeated for every PDO instead (the other way, forced here), the same outputs and gradients."""
+    gs = gspaces.flipRot2dOnR2(-1, maximum_frequency=4) if flip else gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    group = gs.fibergroup
+    ftype = nn.FieldType(
+        gs,
+        [group.spectral_regular_representation(*group.bl_irreps(2))] * 2 + [group.irrep(*group.bl_irreps(1)[-1])] * 2,
+    )
+    torch.set_default_dtype(torch.float64)  # bases built in float64: the two ways agree to float64's rounding
+    try:
+        layer = active(NeuralePDO(ftype, ftype, g=g))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    every_channel = copy.deepcopy(layer)
+    blocks = every_channel.layout.blocks
+    assert blocks[0][3] == 2 and blocks[1][3] is None  # the regular fields take the isotypic basis, the irrep not
+    every_channel.layout.blocks = [(fields, d, n, None) for fields, d, n, _ in blocks]
+    x = torch.randn(2, ftype.size, 9, 9, dtype=torch.float64)
+    outputs, gradients = [], []
+    for module in (layer, every_channel):
+        inputs = x.clone().requires_grad_()
+        y = module(nn.GeometricTensor(inputs, ftype)).tensor
+        y.square().sum().backward()
+        outputs.append(y)
+        gradients.append(inputs.grad)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.eval().export()(x), layer(nn.GeometricTensor(x, ftype)).tensor)
 
 
 @pytest.mark.parametrize("g", [2, 4])

@@ -390,3 +390,58 @@ def test_a_wide_resnet_restricted_d8_d4_d1_keeps_its_reflection_and_exports(laye
         torch.testing.assert_close(model.export()(x), model.classifier(model.features(x)), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="restrict takes at most 3 stages and an even order"):
         wide_resnet(layer, widths=(2, 2, 2, 2), restrict=True)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(**TINY, skeleton="tutorial", dropout=0.0),
+        ModelConfig(**TINY, skeleton="tutorial", layer="pdo"),
+        ModelConfig(**TINY, skeleton="tutorial", layer="escnn"),
+        ModelConfig(group_order=-1, fields="fourier", widths=(2,) * 6, skeleton="tutorial"),
+    ],
+    ids=["epdo", "pdo", "escnn", "SO(2)"],
+)
+def test_the_tutorial_skeleton_is_escnns_tutorial_shape_invariant_and_exports(config):
+    """Its layers have the tutorial's arguments and sizes; 29x29 images (the tutorial's) turn exactly; 28x28 images
+    are padded to 29x29, in the modules and in the export alike."""
+    torch.manual_seed(0)
+    model = build_model(config)
+    convs = [m for m in model.body.modules() if isinstance(m, (NeuralePDO, PDOConv, nn.R2Conv))]
+    assert [m.kernel_size if isinstance(m, nn.R2Conv) else m.geometry.kernel_size for m in convs] == [7, 5, 5, 5, 5, 5]
+    assert [m.padding if isinstance(m, nn.R2Conv) else m.geometry.padding for m in convs] == [1, 2, 2, 2, 2, 1]
+    assert isinstance(next(model.body.children()), nn.MaskModule)
+    sizes, x = [], nn.GeometricTensor(torch.rand(2, 1, 29, 29), model.in_type)
+    for module in model.body.children():
+        x = module(x)
+        if isinstance(module, (NeuralePDO, PDOConv, nn.R2Conv)):
+            sizes.append(x.shape[-1])
+    assert sizes == [25, 25, 13, 13, 7, 5] and x.shape[-1] == 1
+    images = torch.rand(6, 1, 29, 29)
+    populate_batch_norm(model, images)
+    with torch.no_grad():
+        logits = model(images)
+        assert float(logits.std(dim=0).mean()) > 1e-3 * float(logits.abs().mean())  # not degenerate
+        for k in (1, 2, 3):
+            torch.testing.assert_close(model(torch.rot90(images, k, dims=(2, 3))), logits, rtol=1e-3, atol=1e-3)
+        small = torch.rand(3, 1, 28, 28)
+        padded = torch.nn.functional.pad(small, (0, 1, 0, 1))
+        torch.testing.assert_close(model(small), model(padded), rtol=0, atol=0)
+        torch.testing.assert_close(model.export()(small), model.classifier(model.features(small)), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"at most 29 x 29 pixels, got \(1, 1, 30, 30\)"):
+        model(torch.rand(1, 1, 30, 30))
+
+
+def test_the_tutorial_skeleton_refuses_what_it_cannot_build():
+    with pytest.raises(ValueError, match="expected basis.size 5 and a layer other than 'cnn', got 7 and 'epdo'"):
+        ModelConfig(skeleton="tutorial", basis=PDOBasis().of_width(7))
+    with pytest.raises(ValueError, match="got 5 and 'cnn'"):
+        ModelConfig(skeleton="tutorial", layer="cnn")
+    with pytest.raises(ValueError, match="skeleton must be one of .'paper', 'tutorial'., got 'resnet'"):
+        ModelConfig(skeleton="resnet")
+    from epdo.train import build_parser, model_config
+
+    parsed = model_config(build_parser().parse_args(["--skeleton", "tutorial", "--layer", "pdo"]))
+    assert parsed == ModelConfig(skeleton="tutorial", layer="pdo")
+    older = {k: v for k, v in parsed.as_dict().items() if k != "skeleton"}  # stored before the field existed
+    assert ModelConfig.from_dict(older) == ModelConfig(layer="pdo")

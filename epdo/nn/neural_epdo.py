@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from escnn.group import Representation
 from escnn.nn import EquivariantModule, FieldType, FourierPointwise, GeometricTensor
 
 from epdo.diffops import coefficient_representation
-from epdo.kernels import PDOBasis, intertwiner_basis, pdo_coefficient_basis
+from epdo.kernels import PDOBasis, intertwiner_basis, isotypic_commutant_basis, pdo_coefficient_basis
 from epdo.nn.basis_conv import BasisConv
 from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
@@ -314,12 +316,18 @@ class ExportedNeuralePDO(torch.nn.Module):
 class CommutantLayout(torch.nn.Module):
     """How the commutant form applies ``g`` sets of ``K`` scalar PDOs to the fields of a field type: the fields
     grouped by representation (a channel permutation, when they are not already), and each group's commutant basis
-    ``E`` ``(n_e, d, d)`` (an orthonormal basis of ``{E : E rho(g) = rho(g) E}``).
+    ``E`` ``(n_e, d, d)`` (:func:`epdo.kernels.intertwiner_basis`, an orthonormal basis of ``{E : E rho(g) = rho(g)
+    E}``).
 
-    Field ``i`` of a group (``m`` fields of ``rho``, ``q = m / g`` partitions) gets ``sum_e E_e P_(i mod g, e) f_i``:
-    each of its ``d`` channels, repeated ``n_e`` times, is a partition of the adaptive PDO (which shares coefficients
-    across partitions), so PDO ``e`` of set ``j`` applies to every channel of repeat ``e`` and is normalized over the
-    set's PDOs; then ``E`` mixes the repeats.
+    Field ``i`` of a group (``m`` fields of ``rho``, ``q = m / g`` partitions) gets ``sum_e E_e P_(i mod g, e) f_i``,
+    PDO ``e`` of set ``j`` normalized over the set's PDOs.  Two ways to compute it, the same map:
+
+    * every channel, repeated ``n_e`` times, is a partition of the adaptive PDO, then ``E`` mixes the repeats
+      (``d n_e`` channel PDOs a field);
+    * where the irreps of ``rho`` lie on their own channels (SO(2) / O(2) band-limited regular fields), in the basis
+      ``E'`` of :func:`epdo.kernels.isotypic_commutant_basis` (``E = R E'``, ``R`` orthogonal): each ``E'_e`` reads
+      the ``|S_e| <= s < d`` channels of one irrep, so ``sum_e E'_e P'_e f`` with ``P' = R^T P`` needs PDO ``e`` on
+      those alone (``s n_e`` channel PDOs a field, the norm unchanged as ``R`` is orthogonal).
     """
 
     def __init__(self, in_type: FieldType, g: int) -> None:
@@ -333,15 +341,39 @@ class CommutantLayout(torch.nn.Module):
                     f"{len(fields)}"
                 )
             commutant = intertwiner_basis(rho, rho)
-            self.register_buffer(
-                f"commutant_{len(self.blocks)}", torch.tensor(commutant, dtype=torch.get_default_dtype())
-            )
-            self.blocks.append((len(fields), rho.size, len(commutant)))
+            index = len(self.blocks)
+            self.register_buffer(f"commutant_{index}", torch.tensor(commutant, dtype=torch.get_default_dtype()))
+            slots = self._register_sparse_form(index, rho, commutant, g)
+            self.blocks.append((len(fields), rho.size, len(commutant), slots))
             order += channels_of(in_type, fields).tolist()
-        self.g, self.operators = g, max(n for _, _, n in self.blocks)
+        self.g, self.operators = g, max(n for _, _, n, _ in self.blocks)
         identity = order == list(range(in_type.size))
         self.register_buffer("order", None if identity else torch.tensor(order))
         self.register_buffer("inverse", None if identity else torch.argsort(torch.tensor(order)))
+
+    def _register_sparse_form(self, index: int, rho: Representation, commutant: np.ndarray, g: int) -> Optional[int]:
+        """Buffers of the second way for ``rho`` (``reads`` the channels ``(s, g, n_e)`` of the slots ``(k, j, e)``
+        of a partition, slot ``k`` of PDO ``e`` holding ``S_e[min(k, |S_e| - 1)]``; ``rotation`` ``R``; ``mixing``
+        ``M[c, (k, e)] = E'_e[c, S_e[k]]``, zero past ``|S_e|``) and ``s``, or ``None`` (nothing registered) where
+        some ``E'_e`` reads every channel."""
+        sparse = isotypic_commutant_basis(rho)
+        supports = [np.flatnonzero(np.abs(element).max(axis=0) > 1e-12) for element in sparse]
+        slots = max(len(support) for support in supports)
+        if slots == rho.size:
+            return None
+        reads = np.array([[support[min(k, len(support) - 1)] for support in supports] for k in range(slots)])
+        channels = np.arange(g)[None, :, None] * rho.size + reads[:, None, :]
+        mixing = np.zeros((rho.size, slots, len(sparse)))
+        for e, (element, support) in enumerate(zip(sparse, supports)):
+            mixing[:, : len(support), e] = element[:, support]
+        rotation = np.einsum("aij,bij->ab", commutant, sparse)
+        dtype = torch.get_default_dtype()
+        self.register_buffer(f"reads_{index}", torch.tensor(channels.reshape(-1)), persistent=False)
+        self.register_buffer(f"rotation_{index}", torch.tensor(rotation, dtype=dtype), persistent=False)
+        self.register_buffer(
+            f"mixing_{index}", torch.tensor(mixing.reshape(rho.size, -1), dtype=dtype), persistent=False
+        )
+        return slots
 
     def forward(
         self,
@@ -357,21 +389,29 @@ class CommutantLayout(torch.nn.Module):
             x = x[:, self.order]
         operators = coefficients.reshape(batch, self.g, self.operators, -1, out_height, out_width)
         outputs, start = [], 0
-        for index, (fields, d, n) in enumerate(self.blocks):
-            # partitions (p, c): every channel c of a field is a partition of its own, so that the g * n PDOs of
-            # the coefficients apply to all d channels without copying them d times; the field repeated n times
+        for index, (fields, d, n, slots) in enumerate(self.blocks):
+            # partitions (p, k): slot k of every field is a partition of its own, so that the g * n PDOs of the
+            # coefficients apply to all slots without copying them
             parts = fields // self.g
-            block = x[:, start : start + fields * d].reshape(batch, parts, self.g, d, 1, height, width)
-            block = block.permute(0, 1, 3, 2, 4, 5, 6).expand(-1, -1, -1, -1, n, -1, -1)
-            own = operators[:, :, :n].reshape(batch, -1, out_height, out_width)
-            y = pdo(block.reshape(batch, -1, height, width), own, self.g * n)
-            commutant = getattr(self, f"commutant_{index}")  # (n, d, d): E_e[c, c']
-            if self.g == 1:  # y is (B, q, (c', e), H W): one matrix product, no copy
-                mixing = commutant.permute(1, 2, 0).reshape(d, d * n)  # [c, (c', e)]
-                y = torch.matmul(mixing, y.reshape(batch, parts, d * n, out_height * out_width))
+            block = x[:, start : start + fields * d]
+            own = operators[:, :, :n]
+            if slots is None:  # slot k = channel k, repeated n times
+                block = block.reshape(batch, parts, self.g, d, 1, height, width).permute(0, 1, 3, 2, 4, 5, 6)
+                block = block.expand(-1, -1, -1, -1, n, -1, -1)
+                commutant = getattr(self, f"commutant_{index}")  # (n, d, d): E_e[c, c']
+                mixing, slots = commutant.permute(1, 2, 0).reshape(d, d * n), d  # [c, (c', e)]
+            else:  # channel S_e[k] of field (p, j) at (p, k, j, e); P' = R^T P
+                block = block.reshape(batch, parts, self.g * d, height, width).index_select(
+                    2, getattr(self, f"reads_{index}")
+                )
+                own = torch.einsum("ef,bjeahw->bjfahw", getattr(self, f"rotation_{index}"), own)
+                mixing = getattr(self, f"mixing_{index}")  # [c, (k, e)]
+            y = pdo(block.reshape(batch, -1, height, width), own.reshape(batch, -1, out_height, out_width), self.g * n)
+            if self.g == 1:  # y is (B, q, (k, e), H W): one matrix product, no copy
+                y = torch.matmul(mixing, y.reshape(batch, parts, slots * n, out_height * out_width))
             else:
-                y = y.reshape(batch, parts, d, self.g, n, out_height, out_width)
-                y = torch.einsum("ecd,bqdgehw->bqgchw", commutant, y)
+                y = y.reshape(batch, parts, slots, self.g, n, out_height, out_width)
+                y = torch.einsum("cke,bpkgehw->bpgchw", mixing.reshape(d, slots, n), y)
             outputs.append(y.reshape(batch, -1, out_height, out_width))
             start += fields * d
         y = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
