@@ -3,7 +3,9 @@ in one plain process (every network runs one step per round), with the ratio to 
 size class.
 
 Sizes: ``equal`` (the default Neural ePDO network against escnn's R2Conv 5x5 network at the same parameter count, C8,
-batch 64: the comparison a user makes) and ``paper`` (the paper's four models and the escnn baseline at paper widths).
+batch 64: the comparison a user makes), ``paper`` (the paper's four models and the escnn baseline at paper widths),
+``so2`` / ``o2`` (the SO(2) / O(2) networks of ``benchmarks/accuracy.py``, ``so2`` / ``o2`` against ``so2-escnn`` /
+``o2-escnn``) and ``tutorial`` (escnn's tutorial shape, ``tutorial-epdo`` against ``tutorial-escnn``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ SIZES = {
         **{name: PRESETS[name] for name in ("paper-R-fd", "paper-R-gauss", "paper-Q-gauss", "paper-D16-5C16")},
         "escnn R2Conv 5x5": replace(PRESETS["paper-R-fd"], layer="escnn"),
     },
+    "so2": {
+        "Neural ePDO, preset so2": PRESETS["so2"],
+        "escnn R2Conv 5x5": replace(PRESETS["so2"], layer="escnn", widths=(7, 7, 11, 11, 14, 14)),
+    },
+    "o2": {
+        "Neural ePDO, O(2)": replace(PRESETS["so2"], flip=True, widths=(12, 12, 19, 19, 25, 25)),
+        "escnn R2Conv 5x5": replace(PRESETS["so2"], flip=True, layer="escnn", widths=(5, 5, 8, 8, 10, 9)),
+    },
+    "tutorial": {
+        "Neural ePDO, tutorial skeleton": ModelConfig(skeleton="tutorial", dropout=0.0, widths=(8, 17, 17, 34, 34, 22)),
+        "escnn R2Conv 7x7, 5x5": ModelConfig(
+            skeleton="tutorial", dropout=0.0, layer="escnn", widths=(3, 6, 6, 12, 12, 8)
+        ),
+    },
 }
 
 
@@ -53,7 +69,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--sizes", default="equal", help="equal, paper or both (comma-separated)")
+    parser.add_argument("--sizes", default="equal", help=f"some of {', '.join(SIZES)} (comma-separated)")
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)  # internal: "size:name"
     args = parser.parse_args(argv)
@@ -76,7 +92,7 @@ def main(argv=None) -> None:
             print(f"{name}: built in {time.perf_counter() - start:.1f} s", flush=True)
         steps = {name: random_batch_step(model, device, args.batch) for name, model in models.items()}
         seconds = interleaved_median_seconds(steps, device, args.repeats, warmup=2)
-        reference = seconds["escnn R2Conv 5x5"]
+        reference = next(seconds[name] for name in seconds if name.startswith("escnn"))
         for name, model in models.items():
             if device.type == "cuda":
                 memory = peak_bytes(random_batch_step(model, device, args.batch), device)
