@@ -48,7 +48,7 @@ class ModelConfig:
             ``NormNonLinearity`` (``n_relu``); the invariant features are then the irreps' norms (escnn's
             ``NormPool``).
         skeleton: ``"paper"`` (the paper's MNIST-rot skeleton: six 5x5 'same' layers at 28, 28, 14, 14, 7, 7 pixels,
-            described in :mod:`epdo.models.skeleton`) or ``"tutorial"`` (the shape of escnn's tutorial model: images
+            described in :func:`build_model`) or ``"tutorial"`` (the shape of escnn's tutorial model: images
             zero-padded at the bottom and right to 29x29 and masked to a disk, a 7x7 lift with padding 1, 5x5 layers
             with padding 2, 2, 2, 2 and 1, each followed by batch norm and the nonlinearity, escnn's antialiased
             average pooling (sigma 0.66) with stride 2 after layers 2 and 4 and, down to one pixel, after layer 6:

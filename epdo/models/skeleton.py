@@ -1,11 +1,5 @@
-"""The skeleton of every network (the MNIST-rot networks of the Neural ePDO paper and the library's), built from a
-:class:`epdo.models.ModelConfig`.
-
-Skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them; per-field batch norm and
-ReLU after every layer; 2x2 max pooling after layers 2 and 4, between the batch norm and the ReLU (maximum and ReLU
-commute, values and gradients alike, and the ReLU then runs on a quarter of the pixels); field dropout after layers
-3-6; group max pooling, global max pooling and a two-layer classifier.
-"""
+"""The skeletons of every network (the MNIST-rot networks of the Neural ePDO paper and the library's, and escnn's
+tutorial shape), built from a :class:`epdo.models.ModelConfig`."""
 
 from __future__ import annotations
 
@@ -91,6 +85,13 @@ def _channels(module: torch.nn.Module) -> int:
 def build_model(config: Union[ModelConfig, str] = "default") -> torch.nn.Module:
     """The network of ``config`` (a :class:`ModelConfig` or the name of a preset), in training mode.
 
+    The ``"paper"`` skeleton (28x28 input): layer 1 lifts the image to ``rho`` fields; layers 2-6 keep them;
+    per-field batch norm and ReLU after every layer; 2x2 max pooling after layers 2 and 4, between the batch norm and
+    the ReLU (maximum and ReLU commute, values and gradients alike, and the ReLU then runs on a quarter of the
+    pixels); field dropout after layers 3-6; group max pooling, global max pooling and a two-layer classifier.  The
+    ``"tutorial"`` skeleton: as :class:`ModelConfig` says, with the same field dropout, invariant features and
+    classifier.
+
     Example:
         >>> import torch
         >>> model = build_model(preset("default", widths=(4, 4, 4, 4, 4, 4)))
@@ -174,7 +175,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             outputs[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
         modules += [layer(in_type, outputs[index], index), norm(outputs[index])]
         pooled = index in (1, 3, 5) if tutorial else index in (1, 3)
-        if pooled and not tutorial:  # between batch norm and ReLU (see the module's docstring)
+        if pooled and not tutorial:  # between batch norm and ReLU (see build_model's docstring)
             modules.append(pool(outputs[index], index))
         modules.append(nonlinearity(outputs[index]))
         if pooled and tutorial:
