@@ -83,6 +83,7 @@ MODELS: Dict[str, List[str]] = {
     "so2-escnn-k3": ["--preset", "so2", "--layer", "escnn", "--kernel-size", "3", "--widths", "10,10,14,14,19,19"],
     # static PDOs on SO(2) with their basis orthonormal for the pixels (no band-limited metric), as R2Conv's is
     "so2-pdo-pixels": ["--preset", "so2", "--layer", "pdo", "--bandwidth", "none", "--widths", "7,7,11,11,14,14"],
+    "so2-pixels": ["--preset", "so2", "--bandwidth", "none"],  # the so2 preset without the band-limited metric
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
