@@ -84,6 +84,9 @@ MODELS: Dict[str, List[str]] = {
     # static PDOs on SO(2) with their basis orthonormal for the pixels (no band-limited metric), as R2Conv's is
     "so2-pdo-pixels": ["--preset", "so2", "--layer", "pdo", "--bandwidth", "none", "--widths", "7,7,11,11,14,14"],
     "so2-pixels": ["--preset", "so2", "--bandwidth", "none"],  # the so2 preset without the band-limited metric
+    # the default C8 network with the SO(2) networks' coefficient form (K = 8 scalar PDOs a field, mixed by the
+    # commutant) instead of one PDO per channel: the same parameters (27,454)
+    "default-commutant": ["--form", "commutant"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],

@@ -47,6 +47,7 @@ from epdo.cli import (
 from epdo.data import DATASETS, DatasetError, load_dataset
 from epdo.diffops import DISCRETIZATIONS
 from epdo.models import LAYERS, NONLINEARITIES, PRESETS, SKELETONS, ModelConfig, build_model, count_parameters, preset
+from epdo.nn.neural_epdo import FORMS
 from epdo.plots import plot_curves
 from epdo.training import (
     NonFiniteLoss,
@@ -68,6 +69,7 @@ MODEL_FLAGS = {
     "basis.size": "--kernel-size",
     "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
     "field_frequency": "--field-frequency", "nonlinearity": "--nonlinearity", "skeleton": "--skeleton",
+    "form": "--form",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--nonlinearity", choices=NONLINEARITIES, help="pointwise (ReLU; Fourier ReLU on SO(2)), gated or norm (SO(2))"
     )
+    model.add_argument("--form", choices=FORMS, help="coefficient form of the Neural ePDOs (default: auto)")
     model.add_argument(
         "--skeleton", choices=SKELETONS, help="paper (the default) or tutorial (the shape of escnn's tutorial model)"
     )
@@ -172,7 +175,7 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
     config = preset(name) if name else base or preset("default")
     basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
     names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head", "field_frequency",
-             "nonlinearity", "skeleton")  # fmt: skip
+             "nonlinearity", "skeleton", "form")  # fmt: skip
     changes = {k: given[k] for k in names if k in given}
     if "model" in given:
         changes["fields"] = {"R": "regular", "Q": "quotient"}[given["model"]]

@@ -338,3 +338,16 @@ def test_every_case_builds_the_same_bases_whatever_was_built_before():
         {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in out.splitlines()} for out, _ in outputs
     )
     assert len(forward) == 2 * len(CASES) and forward == reverse
+
+
+def test_the_commutant_form_on_regular_fields_is_exact_on_the_grid_and_refused_where_diagonal_cannot_be():
+    gs = gspaces.flipRot2dOnR2(4)
+    ftype = nn.FieldType(gs, [gs.regular_repr] * 2)
+    layer = active(NeuralePDO(ftype, ftype, form="commutant"))
+    assert layer.form == "commutant" and len(layer.coefficient_type) == 8  # K = |G| PDOs
+    x = nn.GeometricTensor(torch.randn(2, ftype.size, 12, 12), ftype)
+    assert max(equivariance_errors(layer, x).values()) < TOL
+    assert NeuralePDO(ftype, ftype, form="diagonal").form == "diagonal"
+    irreps = nn.FieldType(gs, [gs.irrep(1, 1)] * 2)
+    with pytest.raises(ValueError, match=r"form must be one of .*, got 'diagonal' for \['irrep_1,1'\]"):
+        NeuralePDO(irreps, irreps, form="diagonal")

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Tuple
 
 from epdo.kernels import PDOBasis
+from epdo.nn.neural_epdo import FORMS
 from epdo.records import checked_fields
 
 FIELDS = ("regular", "quotient", "fourier")
@@ -54,6 +55,7 @@ class ModelConfig:
             average pooling (sigma 0.66) with stride 2 after layers 2 and 4 and, down to one pixel, after layer 6:
             25, 25, 13, 13, 7 and 5 pixels).  ``"tutorial"`` needs ``basis.size`` 5 (its kernel sizes are fixed) and
             an equivariant ``layer``.
+        form: the coefficient form of every :class:`epdo.nn.NeuralePDO` (:data:`epdo.nn.neural_epdo.FORMS`).
     """
 
     layer: str = "epdo"
@@ -70,6 +72,7 @@ class ModelConfig:
     field_frequency: int = 2
     nonlinearity: str = "pointwise"
     skeleton: str = "paper"
+    form: str = "auto"
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -97,6 +100,8 @@ class ModelConfig:
                 f"the tutorial skeleton has fixed kernel sizes (7, then 5) and equivariant layers: expected basis.size "
                 f"5 and a layer other than 'cnn', got {self.basis.size} and {self.layer!r}"
             )
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.field_frequency < 1:
             raise ValueError(f"field_frequency must be a positive integer, got {self.field_frequency}")
         if not 0 <= self.dropout < 1:
@@ -118,10 +123,10 @@ class ModelConfig:
     def from_dict(cls, values: Dict[str, Any]) -> ModelConfig:
         """The inverse of :meth:`as_dict`; every field checked (:func:`epdo.records.checked_fields`): raises
         ``ValueError`` naming a missing, unknown or ill-typed field, or a value the network refuses.  A dictionary
-        without ``nonlinearity`` or ``skeleton`` (written before they existed) has the one there was then
-        (``"pointwise"``, ``"paper"``), and a basis without ``scale`` the default scale."""
+        without ``nonlinearity``, ``skeleton`` or ``form`` (written before they existed) has the one there was then
+        (``"pointwise"``, ``"paper"``, ``"auto"``), and a basis without ``scale`` the default scale."""
         if isinstance(values, dict):
-            values = {"nonlinearity": "pointwise", "skeleton": "paper", **values}
+            values = {"nonlinearity": "pointwise", "skeleton": "paper", "form": "auto", **values}
         if isinstance(values, dict) and isinstance(values.get("basis"), dict) and "scale" not in values["basis"]:
             values = {**values, "basis": {**values["basis"], "scale": None}}
         values = checked_fields("model configuration", values, _MODEL_KINDS)
@@ -131,6 +136,6 @@ class ModelConfig:
 
 _MODEL_KINDS = dict(layer=str, fields=str, group_order=int, flip=bool, widths=[int], basis=dict, g=int, s=int,
                     reduction=int, dropout=float, head=int, field_frequency=int, nonlinearity=str,
-                    skeleton=str)  # fmt: skip
+                    skeleton=str, form=str)  # fmt: skip
 _BASIS_KINDS = dict(discretization=str, max_order=int, max_frequency=(int, None), bandwidth=(float, None), size=int,
                     scale=(float, None))  # fmt: skip

@@ -141,7 +141,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             return NeuralePDO.reference(
                 in_type, out_type, discretization=basis.discretization, max_order=basis.max_order, **options
             )
-        return NeuralePDO(in_type, out_type, **geometry, basis=config.basis, **options)
+        return NeuralePDO(in_type, out_type, **geometry, basis=config.basis, form=config.form, **options)
 
     def norm(ftype: nn.FieldType) -> nn.EquivariantModule:
         return nn.IIDBatchNorm2d(ftype) if fourier else FieldBatchNorm(ftype)

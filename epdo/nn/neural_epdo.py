@@ -29,6 +29,10 @@ MIX_GAIN = 4.0
 lacks the ~15 operators), so with this gain Adam's relative steps ``lr / |theta|`` match a :class:`PDOConv`'s."""
 
 
+FORMS = ("auto", "diagonal", "commutant")
+"""The coefficient forms of :class:`NeuralePDO` (``form``): ``"auto"`` is ``"diagonal"`` where it applies."""
+
+
 class NeuralePDO(Exportable, EquivariantModule):
     r"""Neural ePDO: ``out = Mix( sum_a A_a(f(x)) d^a f(x) )``, a PDO whose coefficients depend on the local feature.
 
@@ -79,6 +83,8 @@ class NeuralePDO(Exportable, EquivariantModule):
         reduction: how much narrower the generator's hidden layer is than its input (at least one hidden field, so
             every valid input type has a generator).
         basis: which PDOs and the metric of the generator's output basis (:class:`epdo.kernels.PDOBasis`).
+        form: the coefficients' form (:data:`FORMS`): ``"auto"`` (the diagonal form where it applies), or the
+            commutant form on any field type (``"commutant"``).
 
     The defaults are the library's choice for a fixed parameter budget (benchmarks/RESULTS.md); the paper's layers
     differ in ``g``, ``s``, ``reduction`` and ``basis``, and :meth:`reference` is the public reference implementation's
@@ -110,10 +116,11 @@ class NeuralePDO(Exportable, EquivariantModule):
         s: int = 1,
         reduction: int = 4,
         basis: PDOBasis = PDOBasis(),
+        form: str = "auto",
     ) -> None:
         super().__init__()
         basis, geometry = layer_geometry("NeuralePDO", basis, kernel_size, padding, stride, dilation, padding_mode)
-        self._build(in_type, out_type, g, s, reduction, basis, False, geometry)
+        self._build(in_type, out_type, g, s, reduction, basis, False, geometry, form)
         self.mix = Conv1x1(in_type, out_type, gain=MIX_GAIN, groups=groups, bias=bias)
 
     @classmethod
@@ -134,7 +141,7 @@ class NeuralePDO(Exportable, EquivariantModule):
         layer = cls.__new__(cls)
         EquivariantModule.__init__(layer)
         basis = PDOBasis.reference(discretization, max_order)
-        layer._build(in_type, out_type, g, s, reduction, basis, True, Geometry())
+        layer._build(in_type, out_type, g, s, reduction, basis, True, Geometry(), "auto")
         layer.mix = Conv1x1(in_type, out_type)
         return layer
 
@@ -148,6 +155,7 @@ class NeuralePDO(Exportable, EquivariantModule):
         basis: PDOBasis,
         reference: bool,
         geometry: Geometry,
+        form: str,
     ) -> None:
         """Everything but the mix."""
         check_field_types("NeuralePDO", in_type, out_type)
@@ -157,6 +165,12 @@ class NeuralePDO(Exportable, EquivariantModule):
         names = {rho.name for rho in in_type.representations}
         rho = in_type.representations[0]
         diagonal = len(names) == 1 and is_permutation_representation(rho)
+        if form not in FORMS or form == "diagonal" and not diagonal:
+            raise ValueError(
+                f"NeuralePDO: form must be one of {FORMS} ('diagonal' only for fields of one permutation "
+                f"representation), got {form!r} for {sorted(names)}"
+            )
+        diagonal = diagonal and form != "commutant"
         if diagonal and len(in_type) % g:
             raise ValueError(f"NeuralePDO: g={g} must divide the number of input fields z={len(in_type)}")
         self.layout = None if diagonal else CommutantLayout(in_type, g)
