@@ -87,6 +87,9 @@ MODELS: Dict[str, List[str]] = {
     # the default C8 network with the SO(2) networks' coefficient form (K = 8 scalar PDOs a field, mixed by the
     # commutant) instead of one PDO per channel: the same parameters (27,454)
     "default-commutant": ["--form", "commutant"],
+    # SO(2) / O(2) with the sampled form (each of 12 / 24 sampled rotations its own PDO) at the presets' widths
+    "so2-sampled": ["--preset", "so2", "--form", "sampled"],  # 27,145
+    "o2-sampled": ["--preset", "so2", "--flip", "--form", "sampled", "--widths", "12,12,19,19,25,25"],  # 26,628
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],

@@ -84,6 +84,15 @@ def matrices_on(rho: Representation, order: Optional[int] = None) -> Matrices:
     return matrices
 
 
+def is_band_limited_regular(rho: Representation) -> bool:
+    """Whether ``rho`` is SO(2)'s or O(2)'s ``spectral_regular_representation`` of its irreps: a band-limited
+    regular field, the functions on the group up to a frequency."""
+    if not is_continuous(rho.group):
+        return False
+    irreps = list(dict.fromkeys(rho.irreps))
+    return rho == rho.group.spectral_regular_representation(*irreps)
+
+
 def is_permutation_representation(rho: Representation) -> bool:
     """Whether ``rho`` is a representation of a finite group whose matrices permute the basis (:func:`is_permutation`);
     never for SO(2) or O(2)."""

@@ -351,3 +351,24 @@ def test_the_commutant_form_on_regular_fields_is_exact_on_the_grid_and_refused_w
     irreps = nn.FieldType(gs, [gs.irrep(1, 1)] * 2)
     with pytest.raises(ValueError, match=r"form must be one of .*, got 'diagonal' for \['irrep_1,1'\]"):
         NeuralePDO(irreps, irreps, form="diagonal")
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["SO(2)", "O(2)"])
+def test_the_sampled_form_is_exact_for_the_sampled_elements_exports_and_is_refused_elsewhere(flip):
+    gs = gspaces.flipRot2dOnR2(-1, maximum_frequency=4) if flip else gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    group = gs.fibergroup
+    ftype = nn.FieldType(gs, [group.spectral_regular_representation(*group.bl_irreps(2))] * 4)
+    layer = active(NeuralePDO(ftype, ftype, g=2, form="sampled"))
+    assert layer.form == "sampled" and layer.layout.sample.shape == (12 * (2 if flip else 1), ftype.size // 4)
+    x = nn.GeometricTensor(torch.randn(2, ftype.size, 12, 12), ftype)
+    errors = equivariance_errors(layer, x)  # quarter turns (and reflections): sampled elements
+    assert len(errors) == (8 if flip else 4) and max(errors.values()) < TOL, errors
+    off_grid = equivariance_errors(layer, smooth_field(ftype, 2, 25), off_grid_elements(gs), margin=4)
+    assert 0 < max(off_grid.values()) < 0.2, off_grid  # approximate between the samples
+    with torch.no_grad():
+        torch.testing.assert_close(layer.eval().export()(x.tensor), layer(x).tensor)
+    irreps = nn.FieldType(gs, [group.irrep(*group.bl_irreps(1)[-1])] * 2)
+    with pytest.raises(
+        ValueError, match=r"'sampled' for SO\(2\) / O\(2\) band-limited regular fields\), got 'sampled'"
+    ):
+        NeuralePDO(irreps, irreps, form="sampled")

@@ -23,9 +23,11 @@ from epdo.representations import (
     continuous_element,
     contragredient,
     finite_subgroup,
+    frequency,
     from_matrices,
     is_continuous,
     matrices_of,
+    matrices_on,
     tensor_product,
 )
 
@@ -118,13 +120,22 @@ def coefficient_representation(
     gspace: GSpace2D, max_order: int = 4, field: Optional[Representation] = None
 ) -> Representation:
     """The contragredient ``D^-T(g) = D(g^-1)^T``: how PDO coefficients ``A`` with ``sum_a A_a d^a f`` invariant
-    transform; with ``field`` (a representation ``rho`` of a finite group, of the fields the PDOs act on, channel by
-    channel) the coefficients of every channel, ``rho (x) D^-T`` with index ``(c, a)`` (cached)."""
+    transform; with ``field`` (a representation ``rho`` of the fields the PDOs act on, channel by channel) the
+    coefficients of every channel, ``rho (x) D^-T`` with index ``(c, a)`` (cached).  For SO(2) / O(2) decomposed on
+    the subgroup of ``2 F + 1`` rotations, ``F`` the highest frequency of the product."""
     name = f"dual_derivatives{max_order}@{gspace.name}"
     if field is None:
         return _from_derivatives(gspace, max_order, name, dual=True)
-    dual = contragredient(derivative_matrices(gspace, max_order))
-    return tensor_product(gspace.fibergroup, f"({field.name})x({name})", matrices_of(field), dual)
+    group, product = gspace.fibergroup, f"({field.name})x({name})"
+    if not is_continuous(group):
+        dual = contragredient(derivative_matrices(gspace, max_order))
+        return tensor_product(group, product, matrices_of(field), dual)
+    if product in group.representations:
+        return group.representations[product]
+    order = 2 * (frequency(field) + max_order) + 1
+    dual = contragredient(derivative_matrices(gspace, max_order, order))
+    finite = tensor_product(finite_subgroup(group, order), product, matrices_on(field, order), dual)
+    return _lifted(group, finite)
 
 
 def _from_derivatives(gspace: GSpace2D, max_order: int, name: str, dual: bool) -> Representation:
@@ -138,9 +149,16 @@ def _from_derivatives(gspace: GSpace2D, max_order: int, name: str, dual: bool) -
         return from_matrices(group, name, matrices)
     if name in group.representations:
         return group.representations[name]
-    finite = from_matrices(finite_subgroup(group, order), name, matrices)
+    return _lifted(group, from_matrices(finite_subgroup(group, order), name, matrices))
+
+
+def _lifted(group, finite: Representation) -> Representation:
+    """The representation of SO(2) / O(2) ``group`` that ``finite`` (of a subgroup whose irreps are the whole
+    group's up to its frequencies) restricts, registered under ``finite``'s name."""
+    for irrep in finite.irreps:
+        group.irrep(*irrep)  # escnn instantiates the irreps of a continuous group on demand
     rho = Representation(
-        group, name, list(finite.irreps), finite.change_of_basis, change_of_basis_inv=finite.change_of_basis_inv
+        group, finite.name, list(finite.irreps), finite.change_of_basis, change_of_basis_inv=finite.change_of_basis_inv
     )
-    group.representations[name] = rho
+    group.representations[finite.name] = rho
     return rho

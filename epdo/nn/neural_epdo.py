@@ -22,15 +22,16 @@ from epdo.nn.field_norm import FieldNorm
 from epdo.nn.functional import apply_pdo, stencil_key, tap_matrix, uses_native
 from epdo.nn.geometry import Geometry, checked_output_size, layer_geometry
 from epdo.nn.sampled import SampledPointwise
-from epdo.representations import is_continuous, is_permutation_representation
+from epdo.representations import frequency, is_band_limited_regular, is_continuous, is_permutation_representation
 
 MIX_GAIN = 4.0
 """Parametrization gain of the output mix: a 1x1 map's weights start ~4x larger than a 5x5 PDO filter's (its fan-in
 lacks the ~15 operators), so with this gain Adam's relative steps ``lr / |theta|`` match a :class:`PDOConv`'s."""
 
 
-FORMS = ("auto", "diagonal", "commutant")
-"""The coefficient forms of :class:`NeuralePDO` (``form``): ``"auto"`` is ``"diagonal"`` where it applies."""
+FORMS = ("auto", "diagonal", "commutant", "sampled")
+"""The coefficient forms of :class:`NeuralePDO` (``form``): ``"auto"`` is ``"diagonal"`` where it applies, else
+``"commutant"``."""
 
 
 class NeuralePDO(Exportable, EquivariantModule):
@@ -42,7 +43,7 @@ class NeuralePDO(Exportable, EquivariantModule):
        regular fields (frequencies up to the PDOs' highest) and escnn's ``FourierPointwise`` ReLU.
     2. Each coefficient field's per-pixel PDOs are composed into ``k x k`` taps, scaled by 1/5 and divided by their
        norm + 0.01 (the root mean square of the field's PDOs' L2 norms: a white input keeps its variance).
-    3. The coefficients take one of two forms (``form``):
+    3. The coefficients take one of three forms (``form``):
 
        * ``"diagonal"`` (``in_type`` of one permutation representation ``rho``: regular, quotient, their sums): ``g``
          fields of ``rho (x) D^-T``, one PDO per channel; the ``q = z / g`` partitions of ``g`` input fields share
@@ -52,6 +53,11 @@ class NeuralePDO(Exportable, EquivariantModule):
          scalar PDOs (``D^-T`` fields); field ``i`` of representation ``rho`` gets ``sum_e E_e P_(i mod g, e) f_i``
          with ``E_e`` a basis of the maps that commute with ``rho`` (``K`` = the most of them over ``in_type``'s
          representations: 1 for a trivial field, 2 for an SO(2) irrep, ``|G|`` for a regular field).
+       * ``"sampled"`` (SO(2) / O(2) band-limited regular fields, frequencies up to ``L``; chosen only when asked
+         for): the diagonal form on the fields' values at ``N = 4 (L + 1)`` rotations (O(2): and their reflections),
+         as escnn's ``FourierPointwise`` samples them: ``g`` fields of ``rho (x) D^-T`` sampled at the same
+         elements give each sample its own PDO, and the result is projected back (:class:`SampledLayout`); exact
+         for the sampled rotations (quarter turns included), approximate between them.
 
     4. An equivariant 1x1 map (the mix) ``in_type`` -> ``out_type``.
 
@@ -165,16 +171,19 @@ class NeuralePDO(Exportable, EquivariantModule):
         names = {rho.name for rho in in_type.representations}
         rho = in_type.representations[0]
         diagonal = len(names) == 1 and is_permutation_representation(rho)
-        if form not in FORMS or form == "diagonal" and not diagonal:
+        sampled = len(names) == 1 and is_band_limited_regular(rho)
+        if form not in FORMS or form == "diagonal" and not diagonal or form == "sampled" and not sampled:
             raise ValueError(
                 f"NeuralePDO: form must be one of {FORMS} ('diagonal' only for fields of one permutation "
-                f"representation), got {form!r} for {sorted(names)}"
+                f"representation, 'sampled' for SO(2) / O(2) band-limited regular fields), got {form!r} for "
+                f"{sorted(names)}"
             )
-        diagonal = diagonal and form != "commutant"
-        if diagonal and len(in_type) % g:
+        self.form = form if form != "auto" else "diagonal" if diagonal else "commutant"
+        if self.form != "commutant" and len(in_type) % g:
             raise ValueError(f"NeuralePDO: g={g} must divide the number of input fields z={len(in_type)}")
-        self.layout = None if diagonal else CommutantLayout(in_type, g)
-        self.form = "diagonal" if diagonal else "commutant"
+        layouts = {"diagonal": lambda: None, "commutant": lambda: CommutantLayout(in_type, g)}
+        layouts["sampled"] = lambda: SampledLayout(in_type, g)
+        self.layout = layouts[self.form]()
         if is_continuous(group):
             top = basis.max_order if basis.max_frequency is None else min(basis.max_frequency, basis.max_order)
             irreps = group.bl_irreps(max(top, 1))
@@ -187,7 +196,7 @@ class NeuralePDO(Exportable, EquivariantModule):
             hidden = max(1, in_type.size // (reduction * group.order()))
             self.generator_activation = None
             hidden_type = FieldType(gspace, [gspace.regular_repr] * hidden)
-        if diagonal:
+        if self.form != "commutant":
             coefficient_rep, field = coefficient_representation(gspace, basis.max_order, rho), rho
             self.coefficient_type = FieldType(gspace, [coefficient_rep] * g)
         else:
@@ -430,6 +439,43 @@ class CommutantLayout(torch.nn.Module):
             start += fields * d
         y = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         return y if self.inverse is None else y[:, self.inverse]
+
+
+class SampledLayout(torch.nn.Module):
+    """The sampled form: fields of an SO(2) / O(2) band-limited regular representation ``rho`` (``d`` channels)
+    evaluated at ``S`` group elements (``A`` ``(S, d)``, escnn's ``FourierPointwise`` sampling, ``N = 4 (L + 1)``
+    rotations), each sample given its own PDO (the ``rho (x) D^-T`` coefficients sampled the same way, normalized
+    over the ``S`` samples of a set), and the result projected back by ``A``'s least-squares inverse ``(d, S)``.
+
+    For a sampled element ``h`` the samples permute as the group's elements do and the sampled coefficients move with
+    them, so the layer is equivariant to ``h`` exactly; between the samples the projection is approximate.
+    """
+
+    def __init__(self, in_type: FieldType, g: int) -> None:
+        super().__init__()
+        rho = in_type.representations[0]
+        irreps = list(dict.fromkeys(rho.irreps))
+        sampling = FourierPointwise(in_type.gspace, 1, irreps, type="regular", N=4 * (frequency(rho) + 1))
+        self.g, self.d = g, rho.size
+        self.register_buffer("sample", sampling.A.clone(), persistent=False)  # (S, d)
+        self.register_buffer("unsample", sampling.Ainv.clone(), persistent=False)  # (d, S)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        coefficients: torch.Tensor,
+        pdo: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> torch.Tensor:
+        """``x`` ``(B, z d, H, W)``, ``coefficients`` ``(B, g d n_ops, H_out, W_out)``; ``pdo`` as in
+        :class:`CommutantLayout`; the result ``(B, z d, H_out, W_out)``."""
+        batch, channels, height, width = x.shape
+        out_height, out_width = coefficients.shape[2], coefficients.shape[3]
+        samples = torch.matmul(self.sample, x.reshape(batch, channels // self.d, self.d, height * width))
+        operators = coefficients.reshape(batch, self.g, self.d, -1, out_height * out_width)
+        operators = torch.einsum("sd,bgdap->bgsap", self.sample, operators)
+        y = pdo(samples.reshape(batch, -1, height, width), operators.reshape(batch, -1, out_height, out_width), 0)
+        y = torch.matmul(self.unsample, y.reshape(batch, channels // self.d, -1, out_height * out_width))
+        return y.reshape(batch, channels, out_height, out_width)
 
 
 def _key(module: torch.nn.Module) -> str:
