@@ -41,10 +41,14 @@ SIZES = {
     },
     "so2": {
         "Neural ePDO, preset so2": PRESETS["so2"],
+        "Neural ePDO, so2, sampled form": replace(PRESETS["so2"], form="sampled"),
         "escnn R2Conv 5x5": replace(PRESETS["so2"], layer="escnn", widths=(7, 7, 11, 11, 14, 14)),
     },
     "o2": {
         "Neural ePDO, O(2)": replace(PRESETS["so2"], flip=True, widths=(12, 12, 19, 19, 25, 25)),
+        "Neural ePDO, O(2), sampled form": replace(
+            PRESETS["so2"], flip=True, form="sampled", widths=(12, 12, 19, 19, 25, 25)
+        ),
         "escnn R2Conv 5x5": replace(PRESETS["so2"], flip=True, layer="escnn", widths=(5, 5, 8, 8, 10, 9)),
     },
     "tutorial": {
