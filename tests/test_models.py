@@ -274,6 +274,12 @@ def test_bad_model_arguments():
         ModelConfig(nonlinearity="elu")
     with pytest.raises(ValueError, match="nonlinearity 'gated' needs fourier fields .SO.2. / O.2.., got 'regular'"):
         ModelConfig(nonlinearity="gated")
+    with pytest.raises(
+        ValueError, match="form 'sampled' needs fourier fields and the pointwise nonlinearity, got 'regular'"
+    ):
+        ModelConfig(form="sampled")
+    with pytest.raises(ValueError, match="form must be one of .'auto', 'diagonal', 'commutant', 'sampled'., got 'x'"):
+        ModelConfig(form="x")
     with pytest.raises(ValueError, match="unknown preset 'R-fd'; valid ones are default, half, so2, paper-R-fd"):
         preset("R-fd")
     with pytest.raises(ValueError, match="g=3 must divide"):
