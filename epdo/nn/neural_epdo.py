@@ -29,6 +29,9 @@ MIX_GAIN = 4.0
 lacks the ~15 operators), so with this gain Adam's relative steps ``lr / |theta|`` match a :class:`PDOConv`'s."""
 
 
+AdaptivePDO = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``pdo(inputs, operators, channels)``: the adaptive PDO of a layer's ``g`` coefficient fields (a layout calls it)."""
+
 FORMS = ("auto", "diagonal", "commutant", "sampled")
 """The coefficient forms of :class:`NeuralePDO` (``form``): ``"auto"`` is ``"diagonal"`` where it applies, else
 ``"commutant"``."""
@@ -398,12 +401,7 @@ class CommutantLayout(torch.nn.Module):
         )
         return slots
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        coefficients: torch.Tensor,
-        pdo: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coefficients: torch.Tensor, pdo: AdaptivePDO) -> torch.Tensor:
         """``x`` ``(B, C, H, W)``, ``coefficients`` ``(B, g K n_ops, H, W)``; ``pdo(inputs, operators, channels)`` the
         adaptive PDO of ``g`` coefficient fields of ``channels / g`` channels."""
         batch, _, height, width = x.shape
@@ -460,12 +458,7 @@ class SampledLayout(torch.nn.Module):
         self.register_buffer("sample", sampling.A.clone(), persistent=False)  # (S, d)
         self.register_buffer("unsample", sampling.Ainv.clone(), persistent=False)  # (d, S)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        coefficients: torch.Tensor,
-        pdo: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coefficients: torch.Tensor, pdo: AdaptivePDO) -> torch.Tensor:
         """``x`` ``(B, z d, H, W)``, ``coefficients`` ``(B, g d n_ops, H_out, W_out)``; ``pdo`` as in
         :class:`CommutantLayout`; the result ``(B, z d, H_out, W_out)``."""
         batch, channels, height, width = x.shape
