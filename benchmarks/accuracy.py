@@ -83,7 +83,6 @@ MODELS: Dict[str, List[str]] = {
     "so2-escnn-k3": ["--preset", "so2", "--layer", "escnn", "--kernel-size", "3", "--widths", "10,10,14,14,19,19"],
     # static PDOs on SO(2) with their basis orthonormal for the pixels (no band-limited metric), as R2Conv's is
     "so2-pdo-pixels": ["--preset", "so2", "--layer", "pdo", "--bandwidth", "none", "--widths", "7,7,11,11,14,14"],
-    "so2-pixels": ["--preset", "so2", "--bandwidth", "none"],  # the so2 preset without the band-limited metric
     # the default C8 network with the SO(2) networks' coefficient form (K = 8 scalar PDOs a field, mixed by the
     # commutant) instead of one PDO per channel: the same parameters (27,454)
     "default-commutant": ["--form", "commutant"],
