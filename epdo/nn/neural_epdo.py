@@ -92,8 +92,8 @@ class NeuralePDO(Exportable, EquivariantModule):
         reduction: how much narrower the generator's hidden layer is than its input (at least one hidden field, so
             every valid input type has a generator).
         basis: which PDOs and the metric of the generator's output basis (:class:`epdo.kernels.PDOBasis`).
-        form: the coefficients' form (:data:`FORMS`): ``"auto"`` (the diagonal form where it applies), or the
-            commutant form on any field type (``"commutant"``).
+        form: the coefficients' form (:data:`FORMS`, step 3): ``"auto"`` (``"diagonal"`` where it applies, else
+            ``"commutant"``), or one of the three by name (``"commutant"`` takes any field type).
 
     The defaults are the library's choice for a fixed parameter budget (benchmarks/RESULTS.md); the paper's layers
     differ in ``g``, ``s``, ``reduction`` and ``basis``, and :meth:`reference` is the public reference implementation's
@@ -184,9 +184,11 @@ class NeuralePDO(Exportable, EquivariantModule):
         self.form = form if form != "auto" else "diagonal" if diagonal else "commutant"
         if self.form != "commutant" and len(in_type) % g:
             raise ValueError(f"NeuralePDO: g={g} must divide the number of input fields z={len(in_type)}")
-        layouts = {"diagonal": lambda: None, "commutant": lambda: CommutantLayout(in_type, g)}
-        layouts["sampled"] = lambda: SampledLayout(in_type, g)
-        self.layout = layouts[self.form]()
+        self.layout: Optional[torch.nn.Module] = None  # the diagonal form
+        if self.form == "commutant":
+            self.layout = CommutantLayout(in_type, g)
+        elif self.form == "sampled":
+            self.layout = SampledLayout(in_type, g)
         if is_continuous(group):
             top = basis.max_order if basis.max_frequency is None else min(basis.max_frequency, basis.max_order)
             irreps = group.bl_irreps(max(top, 1))
