@@ -59,8 +59,9 @@ class NeuralePDO(Exportable, EquivariantModule):
        * ``"sampled"`` (SO(2) / O(2) band-limited regular fields, frequencies up to ``L``; chosen only when asked
          for): the diagonal form on the fields' values at ``N = 4 (L + 1)`` rotations (O(2): and their reflections),
          as escnn's ``FourierPointwise`` samples them: ``g`` fields of ``rho (x) D^-T`` sampled at the same
-         elements give each sample its own PDO, and the result is projected back (:class:`SampledLayout`); exact
-         for the sampled rotations (quarter turns included), approximate between them.
+         elements give each sample its own PDO, and the result is projected back
+         (:class:`epdo.nn.neural_epdo.SampledLayout`); exact for the sampled rotations (quarter turns included),
+         approximate between them.
 
     4. An equivariant 1x1 map (the mix) ``in_type`` -> ``out_type``.
 
@@ -92,8 +93,9 @@ class NeuralePDO(Exportable, EquivariantModule):
         reduction: how much narrower the generator's hidden layer is than its input (at least one hidden field, so
             every valid input type has a generator).
         basis: which PDOs and the metric of the generator's output basis (:class:`epdo.kernels.PDOBasis`).
-        form: the coefficients' form (:data:`FORMS`, step 3): ``"auto"`` (``"diagonal"`` where it applies, else
-            ``"commutant"``), or one of the three by name (``"commutant"`` takes any field type).
+        form: the coefficients' form (:data:`epdo.nn.neural_epdo.FORMS`, step 3): ``"auto"`` (``"diagonal"``
+            where it applies, else ``"commutant"``), or one of the three by name (``"commutant"`` takes any field
+            type).
 
     The defaults are the library's choice for a fixed parameter budget (benchmarks/RESULTS.md); the paper's layers
     differ in ``g``, ``s``, ``reduction`` and ``basis``, and :meth:`reference` is the public reference implementation's
