@@ -42,17 +42,18 @@ def intertwiner_basis(rho_in: Representation, rho_out: Representation) -> np.nda
 
 @memoize
 def isotypic_commutant_basis(rho: Representation) -> np.ndarray:
-    """An orthonormal basis of ``End_G(rho) = Hom_G(rho, rho)`` ``(n_basis, d, d)`` (float64, read-only, cached) whose
-    elements each map one irrep of ``rho`` to an equal one: ``Q (E_(i, j) (x) A_k) Q^T`` for ``rho = Q (sum of
-    irreps) Q^T``, every pair ``(i, j)`` of positions of the same irrep and ``A_k`` an orthogonal basis of the irrep's
-    endomorphisms, scaled to unit norm.  The span is :func:`intertwiner_basis`'s; where ``Q`` is sparse (SO(2) and
-    O(2) band-limited regular fields: ``Q = I``), each element reads only the channels of one irrep."""
+    """A basis of ``End_G(rho) = Hom_G(rho, rho)`` ``(n_basis, d, d)`` (float64, read-only, cached) whose elements
+    each map one irrep of ``rho`` to an equal one: ``Q (E_(i, j) (x) A_k) Q^-1`` for ``rho = Q (sum of irreps) Q^-1``,
+    every pair ``(i, j)`` of positions of the same irrep and ``A_k`` an orthogonal basis of the irrep's
+    endomorphisms, scaled to unit norm (orthonormal where ``Q`` is orthogonal).  The span is
+    :func:`intertwiner_basis`'s; where ``Q`` is sparse (SO(2) and O(2) band-limited regular fields: ``Q = I``), each
+    element reads only the channels of one irrep."""
     blocks, start = [], 0
     for name in rho.irreps:
         irrep = rho.group.irrep(*name)
         blocks.append((name, slice(start, start + irrep.size), irrep.endomorphism_basis()))
         start += irrep.size
-    q = rho.change_of_basis
+    q, q_inverse = rho.change_of_basis, rho.change_of_basis_inv
     elements = []
     for name, rows, endomorphisms in blocks:
         for other, columns, _ in blocks:
@@ -61,7 +62,7 @@ def isotypic_commutant_basis(rho: Representation) -> np.ndarray:
             for endomorphism in endomorphisms:
                 element = np.zeros((rho.size, rho.size))
                 element[rows, columns] = endomorphism
-                element = q @ element @ q.T
+                element = q @ element @ q_inverse
                 elements.append(element / np.linalg.norm(element))
     basis = np.array(elements).reshape(len(elements), rho.size, rho.size)
     basis.setflags(write=False)

@@ -385,18 +385,18 @@ class CommutantLayout(torch.nn.Module):
         """Buffers of the second way for ``rho`` (``reads`` the channels ``(s, g, n_e)`` of the slots ``(k, j, e)``
         of a partition, slot ``k`` of PDO ``e`` holding ``S_e[min(k, |S_e| - 1)]``; ``rotation`` ``R``; ``mixing``
         ``M[c, (k, e)] = E'_e[c, S_e[k]]``, zero past ``|S_e|``) and ``s``, or ``None`` (nothing registered) where
-        some ``E'_e`` reads every channel."""
+        some ``E'_e`` reads every channel or ``R`` is not orthogonal."""
         sparse = isotypic_commutant_basis(rho)
         supports = [np.flatnonzero(np.abs(element).max(axis=0) > 1e-12) for element in sparse]
         slots = max(len(support) for support in supports)
-        if slots == rho.size:
+        rotation = np.einsum("aij,bij->ab", commutant, sparse)
+        if slots == rho.size or not np.allclose(rotation @ rotation.T, np.eye(len(rotation)), atol=1e-9):
             return None
         reads = np.array([[support[min(k, len(support) - 1)] for support in supports] for k in range(slots)])
         channels = np.arange(g)[None, :, None] * rho.size + reads[:, None, :]
         mixing = np.zeros((rho.size, slots, len(sparse)))
         for e, (element, support) in enumerate(zip(sparse, supports)):
             mixing[:, : len(support), e] = element[:, support]
-        rotation = np.einsum("aij,bij->ab", commutant, sparse)
         dtype = torch.get_default_dtype()
         self.register_buffer(f"reads_{index}", torch.tensor(channels.reshape(-1)), persistent=False)
         self.register_buffer(f"rotation_{index}", torch.tensor(rotation, dtype=dtype), persistent=False)
