@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 import scipy.linalg
-from escnn.group import Representation
+from escnn.group import Group, Representation
 from escnn.gspaces import GSpace2D
 
 from epdo.diffops.multiindex import check_max_order, multi_indices
@@ -152,7 +152,7 @@ def _from_derivatives(gspace: GSpace2D, max_order: int, name: str, dual: bool) -
     return _lifted(group, from_matrices(finite_subgroup(group, order), name, matrices))
 
 
-def _lifted(group, finite: Representation) -> Representation:
+def _lifted(group: Group, finite: Representation) -> Representation:
     """The representation of SO(2) / O(2) ``group`` that ``finite`` (of a subgroup whose irreps are the whole
     group's up to its frequencies) restricts, registered under ``finite``'s name."""
     for irrep in finite.irreps:

@@ -174,11 +174,10 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
             in_type = restrict.out_type
             outputs[5] = nn.FieldType(in_type.gspace, [field(in_type.gspace)] * (2 * config.widths[5]))
         modules += [layer(in_type, outputs[index], index), norm(outputs[index])]
-        pooled = index in (1, 3, 5) if tutorial else index in (1, 3)
-        if pooled and not tutorial:  # between batch norm and ReLU (see build_model's docstring)
+        if not tutorial and index in (1, 3):  # between batch norm and ReLU (see build_model's docstring)
             modules.append(pool(outputs[index], index))
         modules.append(nonlinearity(outputs[index]))
-        if pooled and tutorial:
+        if tutorial and index in (1, 3, 5):
             modules.append(pool(modules[-1].out_type, index))
         if index >= 2 and config.dropout > 0:
             modules.append(FieldDropout(modules[-1].out_type, config.dropout))
