@@ -101,3 +101,18 @@ def test_memoized_constructions_run_with_one_blas_thread():
 
     assert construction(3) == construction(3) == 3
     assert len(threads) == 1 and threads[0] and set(threads[0]) == {1}
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["SO(2)", "O(2)"])
+def test_coefficients_of_band_limited_fields_transform_by_the_kronecker_product(flip):
+    """``rho (x) D^-T`` of an SO(2) / O(2) field at arbitrary elements, not only those of the subgroup it is solved
+    on: frequencies up to 2 + 4 need 13 rotations."""
+    gs = gspaces.flipRot2dOnR2(-1, maximum_frequency=2) if flip else gspaces.rot2dOnR2(-1, maximum_frequency=2)
+    group = gs.fibergroup
+    rho = group.spectral_regular_representation(*group.bl_irreps(2))
+    dual, product = coefficient_representation(gs, 4), coefficient_representation(gs, 4, rho)
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(0, 2 * np.pi, 6)
+    elements = [group.element((k % 2, t) if flip else t, "radians") for k, t in enumerate(angles)]
+    for g in elements:
+        np.testing.assert_allclose(product(g), np.kron(rho(g), dual(g)), atol=1e-12)
