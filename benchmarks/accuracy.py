@@ -89,6 +89,8 @@ MODELS: Dict[str, List[str]] = {
     # SO(2) / O(2) with the sampled form (each of 12 / 24 sampled rotations its own PDO) at the presets' widths
     "so2-sampled": ["--preset", "so2", "--form", "sampled"],  # 27,145
     "o2-sampled": ["--preset", "so2", "--flip", "--form", "sampled", "--widths", "12,12,19,19,25,25"],  # 26,628
+    # ... O(2) at R2Conv's parameters (27,277) within 0.5%
+    "o2-sampled-w13": ["--preset", "so2", "--flip", "--form", "sampled", "--widths", "13,13,19,19,25,25"],  # 27,143
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
