@@ -21,6 +21,7 @@ GEOMETRIES = [  # (kernel_size, padding, stride, dilation, padding_mode)
     (5, 3, 1, 2, "circular"),
     (3, 1, 2, 1, "replicate"),
     (5, 2, 2, 2, "zeros"),
+    (5, 4, 2, 2, "zeros"),
     (7, 3, 1, 1, "reflect"),
     (3, None, 1, 3, "zeros"),
     (5, 4, 3, 1, "replicate"),
@@ -241,13 +242,15 @@ def test_shapes_are_checked_before_the_compiled_code_runs():
         with pytest.raises(ValueError, match="adaptive_pdo: coefficients"):
             adaptive_pdo(x, torch.randn(bad), s, 16)
         with pytest.raises(ValueError, match="epdo::adaptive_pdo: coefficients"):
-            torch.ops.epdo.adaptive_pdo(x, torch.randn(bad), stencil_key(s), 16, False)
+            torch.ops.epdo.adaptive_pdo(x, torch.randn(bad), stencil_key(s), 16, False, 1)
     with pytest.raises(ValueError, match="every tensor must be of x's dtype"):
-        torch.ops.epdo.adaptive_pdo(x, torch.randn(8, 240, 16, 16, dtype=torch.float64), stencil_key(s), 16, False)
+        torch.ops.epdo.adaptive_pdo(x, torch.randn(8, 240, 16, 16, dtype=torch.float64), stencil_key(s), 16, False, 1)
     a = torch.randn(8, 240, 16, 16)
-    out, norm = torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False)
+    with pytest.raises(ValueError, match="dilation >= 1, got .* dilation=0"):
+        torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False, 0)
+    out, norm = torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False, 1)
     with pytest.raises(ValueError, match="expected a tensor of shape \\(8, 16, 16, 16\\), got \\(8, 16, 8, 16\\)"):
-        torch.ops.epdo.adaptive_pdo_backward(x, a, norm, out, out[:, :, :8], stencil_key(s), 16, False)
+        torch.ops.epdo.adaptive_pdo_backward(x, a, norm, out, out[:, :, :8], stencil_key(s), 16, False, 1)
 
 
 @pytest.mark.parametrize("geometry", [GEOMETRIES[1], GEOMETRIES[4], GEOMETRIES[5]])

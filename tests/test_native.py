@@ -49,6 +49,21 @@ def test_native_equals_pytorch_in_float32(shape, normalization):
         assert (got - expected).abs().max() <= 1e-5 * scale, (got - expected).abs().max() / scale
 
 
+@pytest.mark.parametrize("dilation", [2, 3])
+@pytest.mark.parametrize("shape", [(1, 2, 1, 2, 60, 40, "gauss", 4, 5), SHAPES[2], SHAPES[5]])
+def test_native_dilated_taps_equal_pytorch(shape, dilation):
+    """Taps ``dilation`` apart, computed by the kernel itself: blocks of rows (60 x 40: three), an image smaller than
+    the reach, 3x3 stencils; values and gradients as the PyTorch path's."""
+    x, a, s, g = _inputs(shape, torch.float64)
+    grad = torch.randn(x.shape, dtype=x.dtype)
+    results = []
+    for backend in ("native", "pytorch"):
+        y = adaptive_pdo(x, a, s, g, dilation=dilation, backend=backend)
+        results.append((y, *torch.autograd.grad(y, (x, a), grad)))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("shape", [SHAPES[3], (1, 2, 2, 2, 6, 5, "fd", 2, 3)])
 def test_native_gradcheck_float64(shape, normalization):
@@ -205,8 +220,8 @@ def test_the_operator_is_registered_with_fake_and_autograd():
     real kernel (``torch.library.opcheck``)."""
     x, a, s, g = _inputs(SHAPES[0], torch.float64)
     key = stencil_key(s)
-    torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, a, key, g, False))
-    torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, a, key, g, True))
+    for l1, dilation in [(False, 1), (True, 1), (False, 2)]:
+        torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, a, key, g, l1, dilation))
 
 
 def _graph_kept(graphs: list):

@@ -274,23 +274,22 @@ def apply_pdo(
 def _native_pdo(
     x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int, l1: bool, geometry: Geometry
 ) -> torch.Tensor:
-    """The compiled operator (which computes 'same' geometry at stride 1) on any geometry: the input padded once,
-    split into ``dilation^2`` phases (rows and columns by their index modulo the dilation: a dilated PDO on the grid
-    is an undilated one on each phase), the coefficients zero-padded by ``r`` (the operator is then zero there), and
-    the ``r`` pixels a side that 'same' adds cut off.  A stride ``s`` runs the stride-1 operator with the
-    coefficients at every ``s``-th pixel and zeros between (``s^2`` times the work of the output pixels alone)."""
-    if geometry.is_same:
-        return torch.ops.epdo.adaptive_pdo(x, coefficients, key, fields, l1)[0]
-    r, d, s, reach = geometry.kernel_size // 2, geometry.dilation, geometry.stride, geometry.reach
-    padded = geometry.pad(x)
+    """The compiled operator (which computes every pixel of its input, zeros around it, taps ``dilation`` apart) on
+    any geometry.  Zero padding of the reach ``d r`` is the operator's own; otherwise the input is padded once, the
+    coefficients zero-padded by the reach (the operator is then zero there), and the reach cut off again.  A stride
+    ``s`` runs the stride-1 operator with the coefficients at every ``s``-th pixel and zeros between (``s^2`` times
+    the work of the output pixels alone)."""
+    s, d, reach = geometry.stride, geometry.dilation, geometry.reach
+    own_padding = geometry.padding_mode == "zeros" and geometry.padding == reach
+    padded = x if own_padding else geometry.pad(x)
     if s > 1:
-        coefficients = _spread(coefficients, s, padded.shape[2] - 2 * reach, padded.shape[3] - 2 * reach)
-    out_h, out_w = coefficients.shape[2], coefficients.shape[3]
-    if d > 1:
-        padded, coefficients = _phases(padded, d), _phases(coefficients, d)
-    out = torch.ops.epdo.adaptive_pdo(padded, F.pad(coefficients, (r, r, r, r)), key, fields, l1)[0]
-    out = out[..., r:-r, r:-r]
-    out = _unphased(out, d, out_h, out_w) if d > 1 else out
+        full = geometry.padding - reach
+        coefficients = _spread(coefficients, s, x.shape[2] + 2 * full, x.shape[3] + 2 * full)
+    if own_padding:
+        out = torch.ops.epdo.adaptive_pdo(padded, coefficients, key, fields, l1, d)[0]
+    else:
+        out = torch.ops.epdo.adaptive_pdo(padded, F.pad(coefficients, (reach,) * 4), key, fields, l1, d)[0]
+        out = out[..., reach:-reach, reach:-reach]
     return out[..., ::s, ::s] if s > 1 else out
 
 
@@ -299,19 +298,3 @@ def _spread(x: torch.Tensor, s: int, height: int, width: int) -> torch.Tensor:
     batch, channels, h, w = x.shape
     spread = F.pad(x.reshape(batch, channels, h, 1, w, 1), (0, s - 1, 0, 0, 0, s - 1))
     return spread.reshape(batch, channels, h * s, w * s)[..., :height, :width]
-
-
-def _phases(x: torch.Tensor, d: int) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(d^2 B, C, ceil(H / d), ceil(W / d))``: phase ``(a, b)`` (first) holds the pixels of rows
-    ``a mod d`` and columns ``b mod d``, zeros past the image."""
-    batch, channels, height, width = x.shape
-    x = F.pad(x, (0, (-width) % d, 0, (-height) % d))
-    h, w = x.shape[2] // d, x.shape[3] // d
-    return x.reshape(batch, channels, h, d, w, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * batch, channels, h, w)
-
-
-def _unphased(x: torch.Tensor, d: int, height: int, width: int) -> torch.Tensor:
-    """:func:`_phases`' inverse: ``(d^2 B, C, h, w)`` -> ``(B, C, height, width)``."""
-    _, channels, h, w = x.shape
-    x = x.reshape(d, d, -1, channels, h, w).permute(2, 3, 4, 0, 5, 1)
-    return x.reshape(-1, channels, h * d, w * d)[..., :height, :width]

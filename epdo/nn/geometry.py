@@ -63,11 +63,6 @@ class Geometry:
         """Pixels between an output pixel's centre and its outermost tap, ``d r``."""
         return self.dilation * (self.kernel_size // 2)
 
-    @property
-    def is_same(self) -> bool:
-        """Stride 1, no dilation, zero padding of ``r``: the output has the input's size."""
-        return self.stride == 1 and self.dilation == 1 and self.padding_mode == "zeros" and self.padding == self.reach
-
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         """``(H_out, W_out)`` of an ``H x W`` input (``torch.nn.Conv2d``'s formula); ``ValueError`` when the input
         is too small for any output pixel or for ``padding_mode`` (``reflect`` pads by less than the input's side,

@@ -13,13 +13,13 @@
  *
  *   taps[j, c, t](x) = sum_a coef[j, c, a](x) STENCIL[a, t]                       (per vector of pixels, in registers)
  *   nu[j](x)         = rms: sqrt(sum_{c, t} taps^2 / d) + eps      l1: sum_{c, t} |taps| + eps
- *   out[p, j, c](x)  = sum_t taps[j, c, t](x) x[p, j, c](x + offset_t) / nu[j](x)      (zero padding)
+ *   out[p, j, c](x)  = sum_t taps[j, c, t](x) x[p, j, c](x + D offset_t) / nu[j](x)    (zero padding, dilation D)
  *
  * Work: one item is one (batch, field) pair; it owns the channels (all p, that field, all c) of out, grad_x and
  * grad_coef, so items never write the same memory.  An item walks its image in blocks of whole rows and, within a
  * block, channel by channel over the block's pixels as one flat range in vectors: tap (u, v) reads x at flat
- * offset (u - r) W + (v - r) in a copy of the block's rows and r rows around them, zeros outside the image ("padded
- * plane"); reads that wrap around a row edge are removed by multiplying the tap with a 0/1 column mask, which is
+ * offset D ((u - r) W + v - r) in a copy of the block's rows and D r rows around them, zeros outside the image
+ * ("padded plane"); reads that wrap around a row edge are removed by multiplying the tap with a 0/1 column mask, which is
  * exactly zero padding.  The norm uses the unmasked taps.  The backward recomputes the taps instead of storing
  * them, reads the forward's output and norm, and forms the input gradient as a gather from the channel's masked taps
  * and scaled output gradients (kept per block in padded planes).
@@ -103,7 +103,7 @@ static inline void compose_transposed(const vec_t grad_taps[KK], vec_t grad_coef
 }
 
 typedef struct {
-    int64_t batch, parts, fields, dim, ops, size, height, width;
+    int64_t batch, parts, fields, dim, ops, size, height, width, dilation;
 } shape_t;
 
 /* Rows per block: about BLOCK_PIXELS pixels, at least one row. */
@@ -113,13 +113,13 @@ static int64_t block_rows(const shape_t *sh) {
 }
 
 /* Padded planes: a block's flat pixels [0, m) at `origin`, zeros in front and behind; reads at flat offsets within
- * +-(2 r W + r + LANES) of [0, m) stay inside.  `stride` reals per plane. */
+ * +-(2 D r W + D r + LANES) of [0, m) stay inside.  `stride` reals per plane. */
 typedef struct {
     int64_t origin, stride, vectors_max; /* vectors_max: pixels of the largest block rounded up to whole vectors */
 } planes_t;
 
 static planes_t planes_of(const shape_t *sh) {
-    const int64_t pad = round_up(2 * R * sh->width + R, LANES) + LANES;
+    const int64_t reach = R * sh->dilation, pad = round_up(2 * reach * sh->width + reach, LANES) + LANES;
     const int64_t vectors_max = round_up(block_rows(sh) * sh->width, LANES);
     planes_t pl = {pad, 2 * pad + vectors_max, vectors_max};
     return pl;
@@ -137,22 +137,25 @@ static block_t block_at(const shape_t *sh, int64_t h0) {
 }
 
 /* Flat offset of tap t relative to the output pixel. */
-static inline int64_t tap_offset(const shape_t *sh, int t) { return (t / SIZE - R) * sh->width + (t % SIZE - R); }
+static inline int64_t tap_offset(const shape_t *sh, int t) {
+    return ((t / SIZE - R) * sh->width + (t % SIZE - R)) * sh->dilation;
+}
 
 /* mask[v][i] = 1 where tap column v of block pixel i reads inside its row, else 0, for i in [0, vectors): the same
  * for every block, since blocks begin at a row's start. */
 static void column_masks(const shape_t *sh, real *mask, int64_t vectors) {
     for (int v = 0; v < SIZE; v++)
         for (int64_t i = 0; i < vectors; i++) {
-            const int64_t column = i % sh->width + v - R;
+            const int64_t column = i % sh->width + (v - R) * sh->dilation;
             mask[v * vectors + i] = column >= 0 && column < sh->width;
         }
 }
 
-/* Copies rows [h0 - r, h0 + rows + r) of plane `src` (H, W) into the padded plane `dst` (zeros outside the image). */
+/* Copies rows [h0 - D r, h0 + rows + D r) of plane `src` (H, W) into the padded plane `dst` (zeros outside the
+ * image). */
 static void copy_padded(const shape_t *sh, block_t bl, planes_t pl, const real *src, real *dst) {
-    const int64_t W = sh->width, first = bl.h0 - R < 0 ? 0 : bl.h0 - R;
-    const int64_t last = bl.h0 + bl.rows + R > sh->height ? sh->height : bl.h0 + bl.rows + R;
+    const int64_t W = sh->width, reach = R * sh->dilation, first = bl.h0 - reach < 0 ? 0 : bl.h0 - reach;
+    const int64_t last = bl.h0 + bl.rows + reach > sh->height ? sh->height : bl.h0 + bl.rows + reach;
     memset(dst, 0, (size_t)pl.stride * sizeof(real));
     memcpy(dst + pl.origin + (first - bl.h0) * W, src + first * W, (size_t)((last - first) * W) * sizeof(real));
 }
@@ -375,9 +378,10 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
                 if (USED[t]) memset(mts + t * pl.stride + pl.origin + vectors, 0, (size_t)pl.origin * sizeof(real));
             for (int64_t p = 0; p < q; p++)
                 memset(grs + p * pl.stride + pl.origin + vectors, 0, (size_t)pl.origin * sizeof(real));
-            /* pass 2: grad_x[p](y) += sum_t (taps_t grad_raw[p])(y - offset_t) for y in the block and r rows around */
-            const int64_t y_lo = -(h0 < R ? h0 : R) * W;
-            const int64_t below = H - h0 - bl.rows, y_hi = m + (below < R ? below : R) * W;
+            /* pass 2: grad_x[p](y) += sum_t (taps_t grad_raw[p])(y - offset_t) for y in the block and D r rows
+             * around */
+            const int64_t reach = R * sh->dilation, y_lo = -(h0 < reach ? h0 : reach) * W;
+            const int64_t below = H - h0 - bl.rows, y_hi = m + (below < reach ? below : reach) * W;
             for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK)
                 for (int64_t y = y_lo; y < y_hi; y += LANES) {
                     const int64_t n = y_hi - y;
@@ -423,15 +427,15 @@ static int run_items(const shape_t *sh, int threads, int64_t planes,
 }
 
 static int run(const int64_t *dims, args_t *args, int threads, int backward) {
-    const shape_t sh = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7]};
-    if (sh.ops != OPS || sh.size != SIZE) return -2;
+    const shape_t sh = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8]};
+    if (sh.ops != OPS || sh.size != SIZE || sh.dilation < 1) return -2;
     if (backward) /* padded planes: q of x, q of grad_raw, KK of taps */
         return run_items(&sh, threads, 2 * sh.parts + KK, backward_item, args);
     return run_items(&sh, threads, sh.parts, forward_item, args);
 }
 
-/* dims: batch, parts, fields, dim, ops, size, height, width.  Both return 0, -1 when out of memory, or -2 when ops
- * or size differ from the stencil this library was compiled for. */
+/* dims: batch, parts, fields, dim, ops, size, height, width, dilation.  Both return 0, -1 when out of memory, or -2
+ * when ops or size differ from the stencil this library was compiled for (or the dilation is below 1). */
 int epdo_adaptive_pdo_forward(const real *x, const real *coef, real *out, real *norm, const int64_t *dims, int l1,
                               double eps, int threads) {
     args_t args = {x, coef, NULL, out, norm, NULL, NULL, l1, (real)eps};

@@ -44,16 +44,16 @@ def _library(key: str, dtype: torch.dtype) -> ctypes.CDLL:
 
 
 def _dims(
-    x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int, *outputs: torch.Tensor
+    x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int, dilation: int, *outputs: torch.Tensor
 ) -> Tuple[int, ...]:
-    """The kernel's 8 dimensions; ``ValueError`` unless ``x`` ``(B, q fields d, H, W)``, ``coefficients`` ``(B, fields
+    """The kernel's 9 dimensions; ``ValueError`` unless ``x`` ``(B, q fields d, H, W)``, ``coefficients`` ``(B, fields
     d n, H, W)`` and every tensor of ``outputs`` (the backward's: norm ``(B, fields, H, W)``, out and its gradient
-    like ``x``) fit together: the kernel reads them all at these sizes."""
+    like ``x``) fit together (the kernel reads them all at these sizes) and ``dilation >= 1``."""
     n, kk = key_stencils(key).shape
-    if x.dim() != 4 or coefficients.dim() != 4 or fields < 1:
+    if x.dim() != 4 or coefficients.dim() != 4 or fields < 1 or dilation < 1:
         raise ValueError(
-            f"epdo::adaptive_pdo: expected x and coefficients of shape (B, C, H, W) and fields >= 1, got "
-            f"{tuple(x.shape)}, {tuple(coefficients.shape)} and fields={fields}"
+            f"epdo::adaptive_pdo: expected x and coefficients of shape (B, C, H, W), fields >= 1 and dilation >= 1, "
+            f"got {tuple(x.shape)}, {tuple(coefficients.shape)}, fields={fields} and dilation={dilation}"
         )
     batch, channels, height, width = x.shape
     d = coefficients.shape[1] // (fields * n)
@@ -70,7 +70,7 @@ def _dims(
             )
     if any(t.dtype != x.dtype for t in (coefficients, *outputs)):
         raise ValueError(f"epdo::adaptive_pdo: every tensor must be of x's dtype {x.dtype}")
-    return (batch, channels // (fields * d), fields, d, n, int(round(kk**0.5)), height, width)
+    return (batch, channels // (fields * d), fields, d, n, int(round(kk**0.5)), height, width, dilation)
 
 
 def _check(status: int, direction: str) -> None:
@@ -82,16 +82,17 @@ def _check(status: int, direction: str) -> None:
 
 @torch.library.custom_op("epdo::adaptive_pdo", mutates_args=(), device_types="cpu")
 def adaptive_pdo_op(
-    x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool
+    x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool, dilation: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(out (B, C, H, W), nu (B, fields, H, W))``: the per-pixel PDOs of
-    :func:`epdo.nn.functional.adaptive_pdo` (``x`` and ``coefficients`` as there, ``stencils`` a
-    :func:`stencil_key`, ``l1`` the reference's normalization) and the per-pixel norms the backward reuses."""
+    :func:`epdo.nn.functional.adaptive_pdo` at every pixel with zero padding (``x`` and ``coefficients`` as there,
+    ``stencils`` a :func:`stencil_key`, ``l1`` the reference's normalization, taps ``dilation`` pixels apart) and the
+    per-pixel norms the backward reuses."""
     x, coefficients = x.contiguous(), coefficients.contiguous()
-    dims = _dims(x, coefficients, stencils, fields)
+    dims = _dims(x, coefficients, stencils, fields, dilation)
     out, norm = torch.empty_like(x), x.new_empty(dims[0], fields, dims[6], dims[7])
     status = _library(stencils, x.dtype).epdo_adaptive_pdo_forward(
-        x.data_ptr(), coefficients.data_ptr(), out.data_ptr(), norm.data_ptr(), (ctypes.c_int64 * 8)(*dims), l1,
+        x.data_ptr(), coefficients.data_ptr(), out.data_ptr(), norm.data_ptr(), (ctypes.c_int64 * 9)(*dims), l1,
         NORM_EPS, native.threads_for(coefficients),
     )  # fmt: skip
     _check(status, "forward")
@@ -99,7 +100,7 @@ def adaptive_pdo_op(
 
 
 @adaptive_pdo_op.register_fake
-def _(x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool):
+def _(x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool, dilation: int):
     batch, _, height, width = x.shape
     return torch.empty_like(x), x.new_empty(batch, fields, height, width)
 
@@ -114,17 +115,18 @@ def adaptive_pdo_backward_op(
     stencils: str,
     fields: int,
     l1: bool,
+    dilation: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_coefficients)`` of :func:`adaptive_pdo_op`'s ``out``; the taps are recomposed, never stored.
     The gradients' memory comes from :data:`epdo.nn.native.GRADIENT_BUFFERS` (kept between steps)."""
     x, coefficients, grad_out = x.contiguous(), coefficients.contiguous(), grad_out.contiguous()
     norm, out = norm.contiguous(), out.contiguous()
-    dims = _dims(x, coefficients, stencils, fields, norm, out, grad_out)
+    dims = _dims(x, coefficients, stencils, fields, dilation, norm, out, grad_out)
     buffers = native.GRADIENT_BUFFERS
     grad_x, grad_coefficients = buffers.empty(x.shape, x.dtype), buffers.empty(coefficients.shape, x.dtype)
     status = _library(stencils, x.dtype).epdo_adaptive_pdo_backward(
         x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
-        grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 8)(*dims), l1, NORM_EPS,
+        grad_x.data_ptr(), grad_coefficients.data_ptr(), (ctypes.c_int64 * 9)(*dims), l1, NORM_EPS,
         native.threads_for(coefficients),
     )  # fmt: skip
     _check(status, "backward")
@@ -132,23 +134,23 @@ def adaptive_pdo_backward_op(
 
 
 @adaptive_pdo_backward_op.register_fake
-def _(x, coefficients, norm, out, grad_out, stencils, fields, l1):
+def _(x, coefficients, norm, out, grad_out, stencils, fields, l1, dilation):
     return torch.empty_like(x), torch.empty_like(coefficients)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, coefficients, stencils, fields, l1 = inputs
+    x, coefficients, stencils, fields, l1, dilation = inputs
     out, norm = output
     ctx.save_for_backward(x, coefficients, norm, out)
-    ctx.stencils, ctx.fields, ctx.l1 = stencils, fields, l1
+    ctx.stencils, ctx.fields, ctx.l1, ctx.dilation = stencils, fields, l1, dilation
 
 
 def _backward(ctx, grad_out: torch.Tensor, grad_norm: torch.Tensor):
     x, coefficients, norm, out = ctx.saved_tensors
     grad_x, grad_coefficients = adaptive_pdo_backward_op(
-        x, coefficients, norm, out, grad_out, ctx.stencils, ctx.fields, ctx.l1
+        x, coefficients, norm, out, grad_out, ctx.stencils, ctx.fields, ctx.l1, ctx.dilation
     )
-    return grad_x, grad_coefficients, None, None, None
+    return grad_x, grad_coefficients, None, None, None, None
 
 
 adaptive_pdo_op.register_autograd(_backward, setup_context=_setup_context)
