@@ -410,6 +410,8 @@ def _describe(config: ModelConfig) -> str:
         return f"{config.layer} baseline on {group}, widths {widths}"
     basis = config.basis
     kind = "reference Neural ePDO" if config.layer == "reference" else "Neural ePDO"
+    if config.form != "auto":
+        kind += f" ({config.form} form)"
     return (
         f"{kind} {config.fields} on {group}, widths {widths}, "
         f"g={config.g} s={config.s} reduction={config.reduction}, {basis.discretization} stencils, "

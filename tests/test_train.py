@@ -52,6 +52,13 @@ def test_outputs_and_exact_resume(tmp_path, capsys):
     assert checkpoint.training == training_config(build_parser().parse_args([*TINY, "--epochs", "2"]))
 
 
+def test_the_model_line_names_a_coefficient_form_other_than_auto(tmp_path, capsys):
+    assert train_main([*TINY, "--epochs", "1", "--out", str(tmp_path / "auto")]) == 0
+    assert " form)" not in capsys.readouterr().out.splitlines()[0]
+    assert train_main([*TINY, "--epochs", "1", "--form", "commutant", "--out", str(tmp_path / "commutant")]) == 0
+    assert "model Neural ePDO (commutant form) regular on C4" in capsys.readouterr().out.splitlines()[0]
+
+
 def test_batch_norm_is_reestimated_on_the_stored_training_images(tmp_path):
     """What ``epdo-train`` evaluates with: BatchNorm statistics of the final weights on the stored (not augmented)
     training images, exactly :func:`epdo.training.reestimate_batch_norm`'s."""

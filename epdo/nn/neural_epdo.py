@@ -468,8 +468,7 @@ class SampledLayout(torch.nn.Module):
         batch, channels, height, width = x.shape
         out_height, out_width = coefficients.shape[2], coefficients.shape[3]
         samples = torch.matmul(self.sample, x.reshape(batch, channels // self.d, self.d, height * width))
-        operators = coefficients.reshape(batch, self.g, self.d, -1, out_height * out_width)
-        operators = torch.einsum("sd,bgdap->bgsap", self.sample, operators)
+        operators = torch.matmul(self.sample, coefficients.reshape(batch, self.g, self.d, -1))  # (B, g, S, n_ops HW)
         y = pdo(samples.reshape(batch, -1, height, width), operators.reshape(batch, -1, out_height, out_width), 0)
         y = torch.matmul(self.unsample, y.reshape(batch, channels // self.d, -1, out_height * out_width))
         return y.reshape(batch, channels, out_height, out_width)
