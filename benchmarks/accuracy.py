@@ -86,7 +86,7 @@ MODELS: Dict[str, List[str]] = {
     # the default C8 network with the SO(2) networks' coefficient form (K = 8 scalar PDOs a field, mixed by the
     # commutant) instead of one PDO per channel: the same parameters (27,454)
     "default-commutant": ["--form", "commutant"],
-    # SO(2) / O(2) with the sampled form (each of 12 / 24 sampled rotations its own PDO) at the presets' widths
+    # SO(2) / O(2) with the sampled form (each sampled rotation, and reflection, its own PDO) at the presets' widths
     "so2-sampled": ["--preset", "so2", "--form", "sampled"],  # 27,145
     "o2-sampled": ["--preset", "so2", "--flip", "--form", "sampled", "--widths", "12,12,19,19,25,25"],  # 26,628
     # ... O(2) at R2Conv's parameters (27,277) within 0.5%

@@ -18,6 +18,7 @@ from epdo.equivariance import (
 )
 from epdo.kernels import PDOBasis, intertwiner_basis, isotypic_commutant_basis, pdo_filter_basis
 from epdo.nn import FieldDropout, FieldNorm, NeuralePDO, PDOConv
+from epdo.nn.neural_epdo import SampledLayout
 from epdo.representations import finite_subgroup, matrices_on
 
 TOL = 2e-5
@@ -359,12 +360,12 @@ def test_the_sampled_form_is_exact_for_the_sampled_elements_exports_and_is_refus
     group = gs.fibergroup
     ftype = nn.FieldType(gs, [group.spectral_regular_representation(*group.bl_irreps(2))] * 4)
     layer = active(NeuralePDO(ftype, ftype, g=2, form="sampled"))
-    assert layer.form == "sampled" and layer.layout.sample.shape == (12 * (2 if flip else 1), ftype.size // 4)
+    assert layer.form == "sampled" and layer.layout.sample.shape == (8 * (2 if flip else 1), ftype.size // 4)
     x = nn.GeometricTensor(torch.randn(2, ftype.size, 12, 12), ftype)
     errors = equivariance_errors(layer, x)  # quarter turns (and reflections): sampled elements
     assert len(errors) == (8 if flip else 4) and max(errors.values()) < TOL, errors
     off_grid = equivariance_errors(layer, smooth_field(ftype, 2, 25), off_grid_elements(gs), margin=4)
-    assert 0 < max(off_grid.values()) < 0.2, off_grid  # approximate between the samples
+    assert 0 < max(off_grid.values()) < 0.2, off_grid  # the stencils' error off the grid
     with torch.no_grad():
         torch.testing.assert_close(layer.eval().export()(x.tensor), layer(x).tensor)
     irreps = nn.FieldType(gs, [group.irrep(*group.bl_irreps(1)[-1])] * 2)
@@ -372,3 +373,23 @@ def test_the_sampled_form_is_exact_for_the_sampled_elements_exports_and_is_refus
         ValueError, match=r"'sampled' for SO\(2\) / O\(2\) band-limited regular fields\), got 'sampled'"
     ):
         NeuralePDO(irreps, irreps, form="sampled")
+    with pytest.raises(ValueError, match="frequencies up to 2 need at least 5 sampled rotations, got samples=4"):
+        SampledLayout(ftype, 2, samples=4)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["SO(2)", "O(2)"])
+def test_the_sampled_form_is_its_continuous_group_form_from_3L_plus_1_samples(flip):
+    """Per-sample products have frequencies <= 2 L: 8 samples of L = 2 fields give what 24 and 36 give (to the float32
+    rounding of escnn's sampling matrices), 6 samples alias them (and so do not)."""
+    gs = gspaces.flipRot2dOnR2(-1, maximum_frequency=4) if flip else gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    ftype = nn.FieldType(gs, [gs.fibergroup.spectral_regular_representation(*gs.fibergroup.bl_irreps(2))] * 4)
+    layer = active(NeuralePDO(ftype, ftype, g=2, form="sampled")).double()
+    x = nn.GeometricTensor(torch.randn(2, ftype.size, 9, 9, dtype=torch.float64), ftype)
+    outputs = {}
+    for samples in (8, 24, 36, 6):
+        layer.layout = SampledLayout(ftype, 2, samples).double()
+        outputs[samples] = layer(x).tensor
+    scale = outputs[8].abs().max()
+    for samples in (24, 36):
+        assert (outputs[samples] - outputs[8]).abs().max() < 1e-6 * scale
+    assert (outputs[6] - outputs[8]).abs().max() > 1e-2 * scale

@@ -57,11 +57,10 @@ class NeuralePDO(Exportable, EquivariantModule):
          with ``E_e`` a basis of the maps that commute with ``rho`` (``K`` = the most of them over ``in_type``'s
          representations: 1 for a trivial field, 2 for an SO(2) irrep, ``|G|`` for a regular field).
        * ``"sampled"`` (SO(2) / O(2) band-limited regular fields, frequencies up to ``L``; chosen only when asked
-         for): the diagonal form on the fields' values at ``N = 4 (L + 1)`` rotations (O(2): and their reflections),
-         as escnn's ``FourierPointwise`` samples them: ``g`` fields of ``rho (x) D^-T`` sampled at the same
-         elements give each sample its own PDO, and the result is projected back
-         (:class:`epdo.nn.neural_epdo.SampledLayout`); exact for the sampled rotations (quarter turns included),
-         approximate between them.
+         for): the diagonal form on the fields' values at ``N`` rotations (O(2): and their reflections), as
+         escnn's ``FourierPointwise`` samples them: ``g`` fields of ``rho (x) D^-T`` sampled at the same elements
+         give each sample its own PDO, and the result is projected back (:class:`epdo.nn.neural_epdo.SampledLayout`;
+         ``N`` a multiple of 4 of at least ``3 L + 1``, which makes the projection its continuous-group form).
 
     4. An equivariant 1x1 map (the mix) ``in_type`` -> ``out_type``.
 
@@ -444,20 +443,31 @@ class CommutantLayout(torch.nn.Module):
 
 
 class SampledLayout(torch.nn.Module):
-    """The sampled form: fields of an SO(2) / O(2) band-limited regular representation ``rho`` (``d`` channels)
-    evaluated at ``S`` group elements (``A`` ``(S, d)``, escnn's ``FourierPointwise`` sampling, ``N = 4 (L + 1)``
-    rotations), each sample given its own PDO (the ``rho (x) D^-T`` coefficients sampled the same way, normalized
-    over the ``S`` samples of a set), and the result projected back by ``A``'s least-squares inverse ``(d, S)``.
+    """The sampled form: fields of an SO(2) / O(2) band-limited regular representation ``rho`` (``d`` channels,
+    frequencies up to ``L``) evaluated at ``S`` group elements (``A`` ``(S, d)``, escnn's ``FourierPointwise``
+    sampling at ``N`` rotations, and their reflections on O(2)), each sample given its own PDO (the ``rho (x) D^-T``
+    coefficients sampled the same way, normalized over the ``S`` samples of a set), and the result projected back by
+    ``A``'s least-squares inverse ``(d, S)``.
 
-    For a sampled element ``h`` the samples permute as the group's elements do and the sampled coefficients move with
-    them, so the layer is equivariant to ``h`` exactly; between the samples the projection is approximate.
+    A sample's output is a product of two functions of frequency ``<= L`` on the group (coefficients and input), of
+    frequency ``<= 2 L``; ``N >= 3 L + 1`` samples alias none of it onto the frequencies ``<= L`` that the projection
+    keeps, so the layer is then its continuous-group form, equivariant to every rotation as far as its stencils are.
+    Fewer samples (down to ``2 L + 1``) are exact for the sampled elements only.
     """
 
-    def __init__(self, in_type: FieldType, g: int) -> None:
+    def __init__(self, in_type: FieldType, g: int, samples: Optional[int] = None) -> None:
+        """``samples``: the rotations ``N``; by default the fewest multiple of 4 (the quarter turns among them) of at
+        least ``3 L + 1`` (8 for ``L = 2``).  At least ``2 L + 1``, so that ``A`` has a left inverse."""
         super().__init__()
         rho = in_type.representations[0]
         irreps = list(dict.fromkeys(rho.irreps))
-        sampling = FourierPointwise(in_type.gspace, 1, irreps, type="regular", N=4 * (frequency(rho) + 1))
+        least, samples = 2 * frequency(rho) + 1, samples or 4 * -(-(3 * frequency(rho) + 1) // 4)
+        if samples < least:
+            raise ValueError(
+                f"SampledLayout: fields of frequencies up to {frequency(rho)} need at least {least} sampled "
+                f"rotations, got samples={samples}"
+            )
+        sampling = FourierPointwise(in_type.gspace, 1, irreps, type="regular", N=samples)
         self.g, self.d = g, rho.size
         self.register_buffer("sample", sampling.A.clone(), persistent=False)  # (S, d)
         self.register_buffer("unsample", sampling.Ainv.clone(), persistent=False)  # (d, S)
