@@ -47,7 +47,7 @@ SIZES = {
     "o2": {
         "Neural ePDO, O(2)": replace(PRESETS["so2"], flip=True, widths=(12, 12, 19, 19, 25, 25)),
         "Neural ePDO, O(2), sampled form": replace(
-            PRESETS["so2"], flip=True, form="sampled", widths=(12, 12, 19, 19, 25, 25)
+            PRESETS["so2"], flip=True, form="sampled", widths=(13, 13, 19, 19, 25, 25)
         ),
         "escnn R2Conv 5x5": replace(PRESETS["so2"], flip=True, layer="escnn", widths=(5, 5, 8, 8, 10, 9)),
     },
