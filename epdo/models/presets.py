@@ -49,7 +49,8 @@ PRESETS: Dict[str, ModelConfig] = {
 """Named configurations: ``"default"`` (the library's default network, C8, ~27k parameters), ``"half"`` (the same
 network at half escnn's parameter count, 13,814: a narrower generator and no dropout buy wider layers), ``"so2"``
 (the same skeleton on SO(2) band-limited regular fields of frequencies up to 2, 27,481 parameters; escnn's R2Conv on
-it at 27,614: ``layer="escnn", widths=(7, 7, 11, 11, 14, 14)``) and the paper's four MNIST-rot models (C16;
+it at 27,614: ``layer="escnn", widths=(7, 7, 11, 11, 14, 14)``; ``form="sampled"``: each sampled rotation its own PDO,
+27,145 parameters, the form benchmarks/RESULTS.md compares with R2Conv) and the paper's four MNIST-rot models (C16;
 D16|5C16), whose parameter counts are within 1% of the reference implementation's.
 ``replace(PRESETS[name], layer="reference")`` gives a paper model with the reference implementation's layers."""
 
