@@ -19,8 +19,8 @@
  * grad_coef, so items never write the same memory.  An item walks its image in blocks of whole rows and, within a
  * block, channel by channel over the block's pixels as one flat range in vectors: tap (u, v) reads x at flat
  * offset D ((u - r) W + v - r) in a copy of the block's rows and D r rows around them, zeros outside the image
- * ("padded plane"); reads that wrap around a row edge are removed by multiplying the tap with a 0/1 column mask, which is
- * exactly zero padding.  The norm uses the unmasked taps.  The backward recomputes the taps instead of storing
+ * ("padded plane"); reads that wrap around a row edge are removed by multiplying the tap with a 0/1 column mask,
+ * which is exactly zero padding.  The norm uses the unmasked taps.  The backward recomputes the taps instead of storing
  * them, reads the forward's output and norm, and forms the input gradient as a gather from the channel's masked taps
  * and scaled output gradients (kept per block in padded planes).
  */
