@@ -82,7 +82,7 @@ def _check(status: int, direction: str) -> None:
 
 @torch.library.custom_op("epdo::adaptive_pdo", mutates_args=(), device_types="cpu")
 def adaptive_pdo_op(
-    x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool, dilation: int
+    x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool, dilation: int = 1
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(out (B, C, H, W), nu (B, fields, H, W))``: the per-pixel PDOs of
     :func:`epdo.nn.functional.adaptive_pdo` at every pixel with zero padding (``x`` and ``coefficients`` as there,
@@ -100,7 +100,7 @@ def adaptive_pdo_op(
 
 
 @adaptive_pdo_op.register_fake
-def _(x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool, dilation: int):
+def _(x: torch.Tensor, coefficients: torch.Tensor, stencils: str, fields: int, l1: bool, dilation: int = 1):
     batch, _, height, width = x.shape
     return torch.empty_like(x), x.new_empty(batch, fields, height, width)
 
@@ -115,7 +115,7 @@ def adaptive_pdo_backward_op(
     stencils: str,
     fields: int,
     l1: bool,
-    dilation: int,
+    dilation: int = 1,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_coefficients)`` of :func:`adaptive_pdo_op`'s ``out``; the taps are recomposed, never stored.
     The gradients' memory comes from :data:`epdo.nn.native.GRADIENT_BUFFERS` (kept between steps)."""
@@ -134,7 +134,7 @@ def adaptive_pdo_backward_op(
 
 
 @adaptive_pdo_backward_op.register_fake
-def _(x, coefficients, norm, out, grad_out, stencils, fields, l1, dilation):
+def _(x, coefficients, norm, out, grad_out, stencils, fields, l1, dilation=1):
     return torch.empty_like(x), torch.empty_like(coefficients)
 
 
