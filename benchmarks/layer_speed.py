@@ -110,9 +110,8 @@ def main(argv=None) -> None:
         ftype = nn.FieldType(gs, [gs.regular_repr] * args.fields)
         basis = PDOBasis("fd", max_frequency=None)
         layer = NeuralePDO(ftype, ftype, **geometry, g=4, s=4, reduction=1, basis=basis).to(device).train()
-        native = device.type == "cpu" and layer.geometry.stride <= 2
-        route = "native kernel" + (", stride 1 subsampled" if layer.geometry.stride > 1 else "")
-        models = {f"NeuralePDO (epdo, {route if native else 'PyTorch path'})": layer}
+        native = device.type == "cpu"
+        models = {f"NeuralePDO (epdo, {'native kernel' if native else 'PyTorch path'})": layer}
     models[f"escnn R2Conv ({args.geometry})"] = nn.R2Conv(ftype, ftype, **geometry, bias=False).to(device).train()
     reformulations = not args.so2 and args.geometry == "same"  # the unfold formulation computes 'same' only
     if not args.so2 and args.geometry != "same" and device.type == "cpu":  # the other route of the same layer

@@ -246,8 +246,11 @@ def test_shapes_are_checked_before_the_compiled_code_runs():
     with pytest.raises(ValueError, match="every tensor must be of x's dtype"):
         torch.ops.epdo.adaptive_pdo(x, torch.randn(8, 240, 16, 16, dtype=torch.float64), stencil_key(s), 16, False, 1)
     a = torch.randn(8, 240, 16, 16)
-    with pytest.raises(ValueError, match="dilation >= 1, got .* dilation=0"):
-        torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False, 0)
+    for dilation, stride in [(0, 1), (1, 0)]:
+        with pytest.raises(ValueError, match=f"stride >= 1, got .* dilation={dilation} and stride={stride}"):
+            torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False, dilation, stride)
+    with pytest.raises(ValueError, match=r"at stride 2: expected \(B, fields \* d \* 15, ceil\(H / stride\)"):
+        torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False, 1, 2)
     out, norm = torch.ops.epdo.adaptive_pdo(x, a, stencil_key(s), 16, False, 1)
     with pytest.raises(ValueError, match="expected a tensor of shape \\(8, 16, 16, 16\\), got \\(8, 16, 8, 16\\)"):
         torch.ops.epdo.adaptive_pdo_backward(x, a, norm, out, out[:, :, :8], stencil_key(s), 16, False, 1)

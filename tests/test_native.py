@@ -49,16 +49,18 @@ def test_native_equals_pytorch_in_float32(shape, normalization):
         assert (got - expected).abs().max() <= 1e-5 * scale, (got - expected).abs().max() / scale
 
 
-@pytest.mark.parametrize("dilation", [2, 3])
-@pytest.mark.parametrize("shape", [(1, 2, 1, 2, 60, 40, "gauss", 4, 5), SHAPES[2], SHAPES[5]])
-def test_native_dilated_taps_equal_pytorch(shape, dilation):
-    """Taps ``dilation`` apart, computed by the kernel itself: blocks of rows (60 x 40: three), an image smaller than
-    the reach, 3x3 stencils; values and gradients as the PyTorch path's."""
+@pytest.mark.parametrize("dilation, stride", [(2, 1), (3, 1), (1, 2), (2, 2), (1, 3)])
+@pytest.mark.parametrize("shape", [(1, 2, 1, 2, 150, 40, "gauss", 4, 5), SHAPES[2], SHAPES[5]])
+def test_native_dilated_and_strided_taps_equal_pytorch(shape, dilation, stride):
+    """Taps ``dilation`` apart and PDOs on every ``stride``-th pixel, computed by the kernel itself: blocks of rows
+    (150 x 40: several at every stride), an image smaller than the reach, 3x3 stencils; values and gradients as the
+    PyTorch path's."""
     x, a, s, g = _inputs(shape, torch.float64)
-    grad = torch.randn(x.shape, dtype=x.dtype)
+    a = a[..., ::stride, ::stride].detach().requires_grad_(True)  # the coefficients at the output pixels
     results = []
     for backend in ("native", "pytorch"):
-        y = adaptive_pdo(x, a, s, g, dilation=dilation, backend=backend)
+        y = adaptive_pdo(x, a, s, g, dilation=dilation, stride=stride, backend=backend)
+        grad = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(0))
         results.append((y, *torch.autograd.grad(y, (x, a), grad)))
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

@@ -130,16 +130,12 @@ def stencil_key(stencils: torch.Tensor) -> str:
     return op.stencil_key(stencils.detach().double().reshape(n_ops, k * k) * COEFFICIENT_SCALE)
 
 
-def uses_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str, stride: int = 1) -> bool:
-    """Whether ``backend`` (one of :data:`BACKENDS`) runs the compiled kernel for ``x`` (a CPU float32/float64 tensor),
-    ``stencils`` (whose :func:`stencil_key` is ``key``) and ``stride``: ``"auto"`` takes the kernel up to stride 2 (it
-    computes stride 1 and keeps every ``stride``-th pixel: at stride 2 still faster than PyTorch's operations, at 3
-    slower; benchmarks/RESULTS.md)."""
+def uses_native(x: torch.Tensor, stencils: torch.Tensor, key: str, backend: str) -> bool:
+    """Whether ``backend`` (one of :data:`BACKENDS`) runs the compiled kernel for ``x`` (a CPU float32/float64 tensor)
+    and ``stencils`` (whose :func:`stencil_key` is ``key``)."""
     if backend not in BACKENDS:
         raise ValueError(f"adaptive_pdo: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pytorch":
-        return False
-    if stride > 2 and backend == "auto":  # the kernel computes stride 1: s^2 times the output pixels' work
         return False
     if x.device.type != "cpu":
         if backend == "native":
@@ -195,7 +191,7 @@ def adaptive_pdo(
             that a white input keeps its variance on average; ``"l1"`` by their summed absolute values (the
             reference implementation: the output is about ``d^2`` times smaller in variance than the input).
         backend: one of :data:`BACKENDS`; ``"auto"`` uses the compiled kernel on CPU where it is available, the
-            stencils need no gradient (it compiles them in: one build per stencil set) and the stride is at most 2.
+            stencils need no gradient (it compiles them in: one build per stencil set).
         key: :func:`stencil_key` of ``stencils``, when known (it is needed for the compiled kernel, and it must be
             given under ``torch.compile``, which cannot read the stencils' values).
 
@@ -213,7 +209,7 @@ def adaptive_pdo(
     check_normalization(normalization)
     if backend != "pytorch" and key is None:
         key = stencil_key(stencils)
-    native_key = key if uses_native(x, stencils, key, backend, geometry.stride) else None
+    native_key = key if uses_native(x, stencils, key, backend) else None
     taps = tap_matrix(stencils.to(x.dtype))
     return apply_pdo(x, coefficients.to(x.dtype), taps, fields, normalization, geometry, native_key)
 
@@ -274,27 +270,19 @@ def apply_pdo(
 def _native_pdo(
     x: torch.Tensor, coefficients: torch.Tensor, key: str, fields: int, l1: bool, geometry: Geometry
 ) -> torch.Tensor:
-    """The compiled operator (which computes every pixel of its input, zeros around it, taps ``dilation`` apart) on
-    any geometry.  Zero padding of the reach ``d r`` is the operator's own; otherwise the input is padded once, the
-    coefficients zero-padded by the reach (the operator is then zero there), and the reach cut off again.  A stride
-    ``s`` runs the stride-1 operator with the coefficients at every ``s``-th pixel and zeros between (``s^2`` times
-    the work of the output pixels alone)."""
+    """The compiled operator (which centres a PDO on every ``stride``-th pixel of its input, zeros around it, taps
+    ``dilation`` apart) on any geometry.  Zero padding of the reach ``e = d r`` is the operator's own.  Otherwise the
+    input is padded once, and ``(-e) mod s`` zero rows and columns more in front, so that the output pixels' centres
+    ``e + s i`` fall on the operator's ``s (k + i)``; the coefficients are placed there on a zero canvas (the operator
+    is zero elsewhere) and the output cut out of its result."""
     s, d, reach = geometry.stride, geometry.dilation, geometry.reach
-    own_padding = geometry.padding_mode == "zeros" and geometry.padding == reach
-    padded = x if own_padding else geometry.pad(x)
-    if s > 1:
-        full = geometry.padding - reach
-        coefficients = _spread(coefficients, s, x.shape[2] + 2 * full, x.shape[3] + 2 * full)
-    if own_padding:
-        out = torch.ops.epdo.adaptive_pdo(padded, coefficients, key, fields, l1, d)[0]
-    else:
-        out = torch.ops.epdo.adaptive_pdo(padded, F.pad(coefficients, (reach,) * 4), key, fields, l1, d)[0]
-        out = out[..., reach:-reach, reach:-reach]
-    return out[..., ::s, ::s] if s > 1 else out
-
-
-def _spread(x: torch.Tensor, s: int, height: int, width: int) -> torch.Tensor:
-    """``(B, C, h, w)`` -> ``(B, C, height, width)`` with ``x`` at every ``s``-th row and column, zeros between."""
-    batch, channels, h, w = x.shape
-    spread = F.pad(x.reshape(batch, channels, h, 1, w, 1), (0, s - 1, 0, 0, 0, s - 1))
-    return spread.reshape(batch, channels, h * s, w * s)[..., :height, :width]
+    if geometry.padding_mode == "zeros" and geometry.padding == reach:
+        return torch.ops.epdo.adaptive_pdo(x, coefficients, key, fields, l1, d, s)[0]
+    front = -reach % s
+    padded = F.pad(geometry.pad(x), (front, 0, front, 0))
+    k = (reach + front) // s
+    out_h, out_w = coefficients.shape[2], coefficients.shape[3]
+    full_h, full_w = -(-padded.shape[2] // s), -(-padded.shape[3] // s)
+    canvas = F.pad(coefficients, (k, full_w - out_w - k, k, full_h - out_h - k))
+    out = torch.ops.epdo.adaptive_pdo(padded, canvas, key, fields, l1, d, s)[0]
+    return out[..., k : k + out_h, k : k + out_w]

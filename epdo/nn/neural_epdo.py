@@ -249,7 +249,7 @@ class NeuralePDO(Exportable, EquivariantModule):
         centres = self.geometry.centres(x.tensor)
         coefficients = self.coefficients(x if centres is x.tensor else GeometricTensor(centres, self.in_type)).tensor
         key = _key(self)
-        native_key = key if uses_native(x.tensor, self.stencils, key, "auto", self.geometry.stride) else None
+        native_key = key if uses_native(x.tensor, self.stencils, key, "auto") else None
         taps = None if native_key is not None else tap_matrix(self.stencils.to(x.tensor.dtype))  # PyTorch's path
 
         def pdo(inputs: torch.Tensor, operators: torch.Tensor, channels: int) -> torch.Tensor:
@@ -272,7 +272,7 @@ class NeuralePDO(Exportable, EquivariantModule):
         ``backend`` (:data:`epdo.nn.functional.BACKENDS`; ``"auto"``: the compiled operator where the layer's
         parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
         own = next(self.parameters()).new_empty(0)  # the layer's own dtype and device decide, not ``like``
-        native = uses_native(own, self.stencils, _key(self), backend, self.geometry.stride)
+        native = uses_native(own, self.stencils, _key(self), backend)
         activation = (
             torch.nn.ReLU() if self.generator_activation is None else SampledPointwise.of(self.generator_activation)
         )

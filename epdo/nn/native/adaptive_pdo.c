@@ -102,9 +102,19 @@ static inline void compose_transposed(const vec_t grad_taps[KK], vec_t grad_coef
     }
 }
 
+/* height, width: the output's; in_height, in_width: the input's, ceil(in / stride) = out. */
 typedef struct {
-    int64_t batch, parts, fields, dim, ops, size, height, width, dilation;
+    int64_t batch, parts, fields, dim, ops, size, height, width, dilation, stride, in_height, in_width;
 } shape_t;
+
+static inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+static inline int64_t floor_mod(int64_t a, int64_t b) { return a - b * floor_div(a, b); }
+
+/* Rows (and columns) of output resolution between an output pixel and its outermost tap's phase position. */
+static inline int64_t reach_rows(const shape_t *sh) { return (R * sh->dilation + sh->stride - 1) / sh->stride; }
+
+/* Input rows s r + a (columns s c + b) that exist, for phase row (column) offset a (b): the phase's extent. */
+static inline int64_t phase_extent(int64_t in, int64_t a, int64_t s) { return in > a ? (in - a + s - 1) / s : 0; }
 
 /* Rows per block: about BLOCK_PIXELS pixels, at least one row. */
 static int64_t block_rows(const shape_t *sh) {
@@ -113,13 +123,14 @@ static int64_t block_rows(const shape_t *sh) {
 }
 
 /* Padded planes: a block's flat pixels [0, m) at `origin`, zeros in front and behind; reads at flat offsets within
- * +-(2 D r W + D r + LANES) of [0, m) stay inside.  `stride` reals per plane. */
+ * +-(2 e W + e + LANES) of [0, m) stay inside (e = ceil(D r / s), W the output's width).  `stride` reals per plane.
+ * An input channel's block takes s^2 of them: phase (a, b) holds its pixels (s i + a, s j + b) at (i, j). */
 typedef struct {
     int64_t origin, stride, vectors_max; /* vectors_max: pixels of the largest block rounded up to whole vectors */
 } planes_t;
 
 static planes_t planes_of(const shape_t *sh) {
-    const int64_t reach = R * sh->dilation, pad = round_up(2 * reach * sh->width + reach, LANES) + LANES;
+    const int64_t reach = reach_rows(sh), pad = round_up(2 * reach * sh->width + reach, LANES) + LANES;
     const int64_t vectors_max = round_up(block_rows(sh) * sh->width, LANES);
     planes_t pl = {pad, 2 * pad + vectors_max, vectors_max};
     return pl;
@@ -136,35 +147,59 @@ static block_t block_at(const shape_t *sh, int64_t h0) {
     return bl;
 }
 
-/* Flat offset of tap t relative to the output pixel. */
-static inline int64_t tap_offset(const shape_t *sh, int t) {
-    return ((t / SIZE - R) * sh->width + (t % SIZE - R)) * sh->dilation;
+/* Tap t reads the input at (s i + du, s j + dv) from output pixel (i, j), (du, dv) = D (u - r, v - r): phase
+ * (du mod s, dv mod s) at flat offset floor(du / s) W + floor(dv / s); its phase's index a s + b and that offset. */
+static inline int64_t tap_phase(const shape_t *sh, int t) {
+    const int64_t du = (t / SIZE - R) * sh->dilation, dv = (t % SIZE - R) * sh->dilation;
+    return floor_mod(du, sh->stride) * sh->stride + floor_mod(dv, sh->stride);
 }
 
-/* mask[v][i] = 1 where tap column v of block pixel i reads inside its row, else 0, for i in [0, vectors): the same
- * for every block, since blocks begin at a row's start. */
+static inline int64_t tap_flat(const shape_t *sh, int t) {
+    const int64_t du = (t / SIZE - R) * sh->dilation, dv = (t % SIZE - R) * sh->dilation;
+    return floor_div(du, sh->stride) * sh->width + floor_div(dv, sh->stride);
+}
+
+/* mask[v][i] = 1 where tap column v of block pixel i reads inside its phase's row, else 0, for i in [0, vectors):
+ * the same for every block, since blocks begin at a row's start. */
 static void column_masks(const shape_t *sh, real *mask, int64_t vectors) {
-    for (int v = 0; v < SIZE; v++)
+    for (int v = 0; v < SIZE; v++) {
+        const int64_t dv = (v - R) * sh->dilation, s = sh->stride;
+        const int64_t columns = phase_extent(sh->in_width, floor_mod(dv, s), s);
         for (int64_t i = 0; i < vectors; i++) {
-            const int64_t column = i % sh->width + (v - R) * sh->dilation;
-            mask[v * vectors + i] = column >= 0 && column < sh->width;
+            const int64_t column = i % sh->width + floor_div(dv, s);
+            mask[v * vectors + i] = column >= 0 && column < columns;
+        }
+    }
+}
+
+/* Copies rows [h0 - e, h0 + rows + e) of the s^2 phases of input plane `src` (in_height, in_width) into the padded
+ * planes at `dst`, `pl.stride` apart (zeros outside the image). */
+static void copy_phases(const shape_t *sh, block_t bl, planes_t pl, const real *src, real *dst) {
+    const int64_t s = sh->stride, W = sh->width, reach = reach_rows(sh);
+    for (int64_t a = 0; a < s; a++)
+        for (int64_t b = 0; b < s; b++) {
+            real *plane = dst + (a * s + b) * pl.stride + pl.origin;
+            const int64_t rows = phase_extent(sh->in_height, a, s), columns = phase_extent(sh->in_width, b, s);
+            const int64_t first = bl.h0 - reach < 0 ? 0 : bl.h0 - reach;
+            const int64_t last = bl.h0 + bl.rows + reach > rows ? rows : bl.h0 + bl.rows + reach;
+            memset(plane - pl.origin, 0, (size_t)pl.stride * sizeof(real));
+            for (int64_t r = first; r < last; r++) {
+                const real *row = src + (s * r + a) * sh->in_width + b;
+                real *to = plane + (r - bl.h0) * W;
+                if (s == 1)
+                    memcpy(to, row, (size_t)columns * sizeof(real));
+                else
+                    for (int64_t c = 0; c < columns; c++) to[c] = row[s * c];
+            }
         }
 }
 
-/* Copies rows [h0 - D r, h0 + rows + D r) of plane `src` (H, W) into the padded plane `dst` (zeros outside the
- * image). */
-static void copy_padded(const shape_t *sh, block_t bl, planes_t pl, const real *src, real *dst) {
-    const int64_t W = sh->width, reach = R * sh->dilation, first = bl.h0 - reach < 0 ? 0 : bl.h0 - reach;
-    const int64_t last = bl.h0 + bl.rows + reach > sh->height ? sh->height : bl.h0 + bl.rows + reach;
-    memset(dst, 0, (size_t)pl.stride * sizeof(real));
-    memcpy(dst + pl.origin + (first - bl.h0) * W, src + first * W, (size_t)((last - first) * W) * sizeof(real));
-}
-
-/* Copies the block's rows of one channel's q partitions (x_c: partition 0's (H, W) plane, the others part_stride
- * apart) into q padded planes at xs. */
+/* Copies the block's rows of one channel's q partitions (x_c: partition 0's input plane, the others part_stride
+ * apart) into q groups of s^2 padded planes at xs, s^2 pl.stride apart. */
 static void copy_partitions(const shape_t *sh, block_t bl, planes_t pl, const real *x_c, int64_t part_stride,
                             real *xs) {
-    for (int64_t p = 0; p < sh->parts; p++) copy_padded(sh, bl, pl, x_c + p * part_stride, xs + p * pl.stride);
+    const int64_t group = sh->stride * sh->stride * pl.stride;
+    for (int64_t p = 0; p < sh->parts; p++) copy_phases(sh, bl, pl, x_c + p * part_stride, xs + p * group);
 }
 
 typedef struct {
@@ -255,15 +290,17 @@ static inline __attribute__((always_inline)) void gather_products(const real *ta
 
 /* Scratch of one thread: geometry, masks, per-pixel rows, then padded planes. */
 typedef struct {
-    int64_t offset[KK];
+    int64_t offset[KK], flat[KK], phase[KK]; /* offset: from a partition's phase planes, the phase included */
     real *mask, *rows, *planes;
 } scratch_t;
 
 static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64_t j, scratch_t *s) {
     const int64_t plane = sh->height * sh->width, d = sh->dim, q = sh->parts;
-    const int64_t part_stride = sh->fields * d * plane; /* from partition p to p + 1 */
+    const int64_t in_plane = sh->in_height * sh->in_width;
+    const int64_t part_stride = sh->fields * d * plane, part_in = sh->fields * d * in_plane; /* partition p to p + 1 */
     const planes_t pl = planes_of(sh);
-    real *nrm = s->rows, *xs = s->planes; /* q padded planes of x */
+    const int64_t group = sh->stride * sh->stride * pl.stride; /* a partition's phase planes */
+    real *nrm = s->rows, *xs = s->planes; /* q groups of padded planes of x */
     const real *coef = args->coef + (b * sh->fields + j) * d * OPS * plane;
     for (int64_t h0 = 0; h0 < sh->height; h0 += block_rows(sh)) {
         const block_t bl = block_at(sh, h0);
@@ -272,7 +309,7 @@ static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64
         for (int64_t c = 0; c < d; c++) {
             const int64_t at_c = ((b * q * sh->fields + j) * d + c) * plane + bl.begin;
             real *out_c = args->out + at_c;
-            copy_partitions(sh, bl, pl, args->x + at_c - bl.begin, part_stride, xs);
+            copy_partitions(sh, bl, pl, args->x + ((b * q * sh->fields + j) * d + c) * in_plane, part_in, xs);
             for (int64_t i = 0; i < m; i += LANES) {
                 const int64_t n = m - i;
                 vec_t taps[KK];
@@ -284,12 +321,12 @@ static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64
                 mask_taps(taps, s->mask, pl.vectors_max, i);
                 for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK) {
                     const int parts = q - p0 < PART_BLOCK ? (int)(q - p0) : PART_BLOCK;
-                    const real *x0 = xs + p0 * pl.stride + pl.origin + i;
+                    const real *x0 = xs + p0 * group + pl.origin + i;
                     vec_t acc[PART_BLOCK];
                     if (parts == PART_BLOCK) /* the same call with a constant: no per-load partition checks */
-                        apply_taps(taps, x0, pl.stride, s->offset, PART_BLOCK, acc);
+                        apply_taps(taps, x0, group, s->offset, PART_BLOCK, acc);
                     else
-                        apply_taps(taps, x0, pl.stride, s->offset, parts, acc);
+                        apply_taps(taps, x0, group, s->offset, parts, acc);
                     for (int p = 0; p < parts; p++) store_n(out_c + (p0 + p) * part_stride + i, acc[p], n);
                 }
             }
@@ -308,16 +345,53 @@ static void forward_item(const shape_t *sh, const args_t *args, int64_t b, int64
     }
 }
 
+/* Pass 2 at stride s > 1, for one channel's block: phase (a, b) of the input gradient at phase pixel y is
+ * sum over the taps t of that phase of (taps_t grad_raw[p])(y - flat_t), for y in the block and e rows around; each
+ * value is added where the phase pixel lies in the input, grad_x[p](s i + a, s j + b) (grad_c: partition 0's
+ * input-gradient plane, the others part_in apart). */
+static void strided_input_gradient(const shape_t *sh, block_t bl, planes_t pl, const scratch_t *s, const real *mts,
+                                   const real *grs, real *grad_c, int64_t part_in) {
+    const int64_t st = sh->stride, W = sh->width, reach = reach_rows(sh), q = sh->parts;
+    for (int64_t a = 0; a < st; a++)
+        for (int64_t b = 0; b < st; b++) {
+            const int64_t phase = a * st + b, rows = phase_extent(sh->in_height, a, st);
+            const int64_t columns = phase_extent(sh->in_width, b, st);
+            const int64_t first = bl.h0 - reach < 0 ? 0 : bl.h0 - reach;
+            const int64_t last = bl.h0 + bl.rows + reach > rows ? rows : bl.h0 + bl.rows + reach;
+            for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK) {
+                const int parts = q - p0 < PART_BLOCK ? (int)(q - p0) : PART_BLOCK;
+                for (int64_t y = (first - bl.h0) * W; y < (last - bl.h0) * W; y += LANES) {
+                    vec_t acc[PART_BLOCK] = {{0}};
+                    for (int t = 0; t < KK; t++) {
+                        if (!USED[t] || s->phase[t] != phase) continue;
+                        const int64_t at = pl.origin + y - s->flat[t];
+                        const vec_t tap = load(mts + t * pl.stride + at);
+                        for (int p = 0; p < parts; p++) acc[p] += tap * load(grs + (p0 + p) * pl.stride + at);
+                    }
+                    for (int p = 0; p < parts; p++) {
+                        real *grad = grad_c + (p0 + p) * part_in;
+                        for (int64_t k = 0; k < LANES && y + k < (last - bl.h0) * W; k++) {
+                            const int64_t r = bl.h0 + floor_div(y + k, W), c = floor_mod(y + k, W);
+                            if (c < columns) grad[(st * r + a) * sh->in_width + st * c + b] += acc[p][k];
+                        }
+                    }
+                }
+            }
+        }
+}
+
 static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int64_t j, scratch_t *s) {
     const int64_t W = sh->width, H = sh->height, plane = H * W, d = sh->dim, q = sh->parts;
-    const int64_t part_stride = sh->fields * d * plane;
+    const int64_t in_plane = sh->in_height * sh->in_width;
+    const int64_t part_stride = sh->fields * d * plane, part_in = sh->fields * d * in_plane;
     const planes_t pl = planes_of(sh);
+    const int64_t group = sh->stride * sh->stride * pl.stride;
     real *inv = s->rows, *grad_nu = inv + pl.vectors_max;
-    real *xs = s->planes, *grs = xs + q * pl.stride, *mts = grs + q * pl.stride; /* padded planes: x, grad_raw, taps */
+    real *xs = s->planes, *grs = xs + q * group, *mts = grs + q * pl.stride; /* padded planes: x, grad_raw, taps */
     const real *coef = args->coef + (b * sh->fields + j) * d * OPS * plane;
     real *grad_coef = args->grad_coef + (b * sh->fields + j) * d * OPS * plane;
     for (int64_t p = 0; p < q; p++)
-        memset(args->grad_x + ((b * q + p) * sh->fields + j) * d * plane, 0, (size_t)(d * plane) * sizeof(real));
+        memset(args->grad_x + ((b * q + p) * sh->fields + j) * d * in_plane, 0, (size_t)(d * in_plane) * sizeof(real));
     for (int64_t h0 = 0; h0 < H; h0 += block_rows(sh)) {
         const block_t bl = block_at(sh, h0);
         const int64_t m = bl.count, vectors = round_up(m, LANES);
@@ -340,7 +414,8 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
         }
         for (int64_t c = 0; c < d; c++) {
             const int64_t at_c = ((b * q * sh->fields + j) * d + c) * plane + bl.begin;
-            copy_partitions(sh, bl, pl, args->x + at_c - bl.begin, part_stride, xs);
+            const int64_t in_c = ((b * q * sh->fields + j) * d + c) * in_plane;
+            copy_partitions(sh, bl, pl, args->x + in_c, part_in, xs);
             /* pass 1, per vector: taps (masked copies kept for pass 2), grad_raw = G / nu (kept), tap gradients,
              * coefficient gradients */
             for (int64_t i = 0; i < m; i += LANES) {
@@ -362,11 +437,11 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
                         gr[p] = load_n(args->grad_out + at_c + (p0 + p) * part_stride + i, n) * scale;
                         store(grs + (p0 + p) * pl.stride + pl.origin + i, gr[p]);
                     }
-                    const real *x0 = xs + p0 * pl.stride + pl.origin + i, *mask = s->mask + i;
+                    const real *x0 = xs + p0 * group + pl.origin + i, *mask = s->mask + i;
                     if (parts == PART_BLOCK) /* the same call with a constant: no per-load partition checks */
-                        add_tap_gradients(gr, x0, pl.stride, s->offset, mask, pl.vectors_max, PART_BLOCK, grad_taps);
+                        add_tap_gradients(gr, x0, group, s->offset, mask, pl.vectors_max, PART_BLOCK, grad_taps);
                     else
-                        add_tap_gradients(gr, x0, pl.stride, s->offset, mask, pl.vectors_max, parts, grad_taps);
+                        add_tap_gradients(gr, x0, group, s->offset, mask, pl.vectors_max, parts, grad_taps);
                 }
                 vec_t grad_a[OPS];
                 compose_transposed(grad_taps, grad_a);
@@ -378,6 +453,10 @@ static void backward_item(const shape_t *sh, const args_t *args, int64_t b, int6
                 if (USED[t]) memset(mts + t * pl.stride + pl.origin + vectors, 0, (size_t)pl.origin * sizeof(real));
             for (int64_t p = 0; p < q; p++)
                 memset(grs + p * pl.stride + pl.origin + vectors, 0, (size_t)pl.origin * sizeof(real));
+            if (sh->stride > 1) {
+                strided_input_gradient(sh, bl, pl, s, mts, grs, args->grad_x + in_c, part_in);
+                continue;
+            }
             /* pass 2: grad_x[p](y) += sum_t (taps_t grad_raw[p])(y - offset_t) for y in the block and D r rows
              * around */
             const int64_t reach = R * sh->dilation, y_lo = -(h0 < reach ? h0 : reach) * W;
@@ -410,7 +489,11 @@ static int run_items(const shape_t *sh, int threads, int64_t planes,
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         scratch_t s;
-        for (int t = 0; t < KK; t++) s.offset[t] = tap_offset(sh, t);
+        for (int t = 0; t < KK; t++) {
+            s.flat[t] = tap_flat(sh, t);
+            s.phase[t] = tap_phase(sh, t);
+            s.offset[t] = s.phase[t] * pl.stride + s.flat[t];
+        }
         /* SIZE masks, 2 pixel rows, the padded planes; zeros: the planes' pads */
         real *buffer = calloc((size_t)((SIZE + 2) * pl.vectors_max + planes * pl.stride), sizeof(real));
         failed = buffer == NULL;
@@ -427,15 +510,20 @@ static int run_items(const shape_t *sh, int threads, int64_t planes,
 }
 
 static int run(const int64_t *dims, args_t *args, int threads, int backward) {
-    const shape_t sh = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8]};
-    if (sh.ops != OPS || sh.size != SIZE || sh.dilation < 1) return -2;
-    if (backward) /* padded planes: q of x, q of grad_raw, KK of taps */
-        return run_items(&sh, threads, 2 * sh.parts + KK, backward_item, args);
-    return run_items(&sh, threads, sh.parts, forward_item, args);
+    const shape_t sh = {dims[0], dims[1], dims[2], dims[3], dims[4],  dims[5],
+                        dims[6], dims[7], dims[8], dims[9], dims[10], dims[11]};
+    const int64_t s = sh.stride;
+    if (sh.ops != OPS || sh.size != SIZE || sh.dilation < 1 || s < 1 || (sh.in_height + s - 1) / s != sh.height ||
+        (sh.in_width + s - 1) / s != sh.width)
+        return -2;
+    if (backward) /* padded planes: q s^2 of x, q of grad_raw, KK of taps */
+        return run_items(&sh, threads, (s * s + 1) * sh.parts + KK, backward_item, args);
+    return run_items(&sh, threads, s * s * sh.parts, forward_item, args);
 }
 
-/* dims: batch, parts, fields, dim, ops, size, height, width, dilation.  Both return 0, -1 when out of memory, or -2
- * when ops or size differ from the stencil this library was compiled for (or the dilation is below 1). */
+/* dims: batch, parts, fields, dim, ops, size, height, width (the output's), dilation, stride, in_height, in_width
+ * (the input's).  Both return 0, -1 when out of memory, or -2 when ops or size differ from the stencil this library
+ * was compiled for, or the geometry is not one (dilation, stride >= 1, output = ceil(input / stride)). */
 int epdo_adaptive_pdo_forward(const real *x, const real *coef, real *out, real *norm, const int64_t *dims, int l1,
                               double eps, int threads) {
     args_t args = {x, coef, NULL, out, norm, NULL, NULL, l1, (real)eps};
