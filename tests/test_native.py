@@ -224,6 +224,8 @@ def test_the_operator_is_registered_with_fake_and_autograd():
     key = stencil_key(s)
     for l1, dilation in [(False, 1), (True, 1), (False, 2)]:
         torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, a, key, g, l1, dilation))
+    strided = a[..., ::2, ::2].detach().contiguous().requires_grad_(True)
+    torch.library.opcheck(torch.ops.epdo.adaptive_pdo.default, (x, strided, key, g, False, 2, 2))
     # calls (and exported programs) of the schema without the dilation keep working: it defaults to 1
     assert torch.equal(
         torch.ops.epdo.adaptive_pdo(x, a, key, g, False)[0], torch.ops.epdo.adaptive_pdo(x, a, key, g, False, 1)[0]

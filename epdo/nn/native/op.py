@@ -123,15 +123,7 @@ def adaptive_pdo_op(
 
 
 @adaptive_pdo_op.register_fake
-def _(
-    x: torch.Tensor,
-    coefficients: torch.Tensor,
-    stencils: str,
-    fields: int,
-    l1: bool,
-    dilation: int = 1,
-    stride: int = 1,
-):
+def _(x, coefficients, stencils, fields, l1, dilation=1, stride=1):
     height, width = _output_size(x, stride)
     return x.new_empty(x.shape[0], x.shape[1], height, width), x.new_empty(x.shape[0], fields, height, width)
 
