@@ -360,22 +360,21 @@ static void strided_input_gradient(const shape_t *sh, block_t bl, planes_t pl, c
             const int64_t last = bl.h0 + bl.rows + reach > rows ? rows : bl.h0 + bl.rows + reach;
             for (int64_t p0 = 0; p0 < q; p0 += PART_BLOCK) {
                 const int parts = q - p0 < PART_BLOCK ? (int)(q - p0) : PART_BLOCK;
-                for (int64_t y = (first - bl.h0) * W; y < (last - bl.h0) * W; y += LANES) {
-                    vec_t acc[PART_BLOCK] = {{0}};
-                    for (int t = 0; t < KK; t++) {
-                        if (!USED[t] || s->phase[t] != phase) continue;
-                        const int64_t at = pl.origin + y - s->flat[t];
-                        const vec_t tap = load(mts + t * pl.stride + at);
-                        for (int p = 0; p < parts; p++) acc[p] += tap * load(grs + (p0 + p) * pl.stride + at);
-                    }
-                    for (int p = 0; p < parts; p++) {
-                        real *grad = grad_c + (p0 + p) * part_in;
-                        for (int64_t k = 0; k < LANES && y + k < (last - bl.h0) * W; k++) {
-                            const int64_t r = bl.h0 + floor_div(y + k, W), c = floor_mod(y + k, W);
-                            if (c < columns) grad[(st * r + a) * sh->in_width + st * c + b] += acc[p][k];
+                for (int64_t r = first; r < last; r++)
+                    for (int64_t c = 0; c < columns; c += LANES) {
+                        const int64_t y = (r - bl.h0) * W + c, n = columns - c < LANES ? columns - c : LANES;
+                        vec_t acc[PART_BLOCK] = {{0}};
+                        for (int t = 0; t < KK; t++) {
+                            if (!USED[t] || s->phase[t] != phase) continue;
+                            const int64_t at = pl.origin + y - s->flat[t];
+                            const vec_t tap = load(mts + t * pl.stride + at);
+                            for (int p = 0; p < parts; p++) acc[p] += tap * load(grs + (p0 + p) * pl.stride + at);
+                        }
+                        for (int p = 0; p < parts; p++) {
+                            real *grad = grad_c + (p0 + p) * part_in + (st * r + a) * sh->in_width + st * c + b;
+                            for (int64_t k = 0; k < n; k++) grad[st * k] += acc[p][k];
                         }
                     }
-                }
             }
         }
 }
