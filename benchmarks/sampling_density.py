@@ -3,7 +3,7 @@
 mean ± std over the checkpoints.  Tests whether the sampled form's approximation between its samples is what
 raises the error off the grid.
 
-    python benchmarks/sampling_density.py /work/runs/acc37/screening/so2-sampled-seed*/checkpoint.pt --samples 12,24
+    python benchmarks/sampling_density.py RUNS/screening/so2-sampled-seed*/checkpoint.pt --samples 8,12
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from common import report_table
 
-from epdo.checkpoint import load_checkpoint
+from epdo.checkpoint import CheckpointError, load_checkpoint
+from epdo.cli import positive_int
 from epdo.evaluate import parse_angles
 from epdo.nn import NeuralePDO
 from epdo.nn.neural_epdo import SampledLayout
@@ -35,7 +36,12 @@ def with_samples(model: torch.nn.Module, samples: int) -> torch.nn.Module:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--samples", default="12,24", help="comma-separated numbers of sampled rotations")
+    parser.add_argument(
+        "--samples",
+        type=lambda text: [positive_int(n) for n in text.split(",")],
+        default=[8, 12],
+        help="comma-separated numbers of sampled rotations",
+    )
     parser.add_argument("--rotations", type=parse_angles, default=parse_angles("0,22.5,45"))
     parser.add_argument("--limit-test", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
@@ -44,9 +50,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     errors = {}  # (samples, angle) -> [error of each checkpoint]
     for path in args.checkpoints:
-        model, checkpoint = load_checkpoint(path)
+        try:
+            model, checkpoint = load_checkpoint(path)
+        except CheckpointError as err:
+            raise SystemExit(f"sampling_density: {err}") from None
         _, test = checkpoint.run_data(None, args.limit_test)
-        for samples in (int(n) for n in args.samples.split(",")):
+        for samples in args.samples:
             for angle, error in rotation_errors(with_samples(model, samples), test, args.rotations):
                 errors.setdefault((samples, angle), []).append(100 * error)
             print(path, samples, {a: round(errors[samples, a][-1], 2) for a in args.rotations}, flush=True)

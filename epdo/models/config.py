@@ -102,13 +102,16 @@ class ModelConfig:
             )
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
-        needs = {"sampled": "fourier fields and the pointwise nonlinearity", "diagonal": "regular or quotient fields"}
-        fits = {"sampled": self.fields == "fourier" and self.nonlinearity == "pointwise"}
-        fits["diagonal"] = self.fields != "fourier"
-        if not fits.get(self.form, True):
+        requirements = {  # form: (whether the configuration has what it needs, what it needs)
+            "sampled": (self.fields == "fourier" and self.nonlinearity == "pointwise", "fourier fields and the "
+                        "pointwise nonlinearity"),
+            "diagonal": (self.fields != "fourier", "regular or quotient fields"),
+        }  # fmt: skip
+        fits, needs = requirements.get(self.form, (True, ""))
+        if not fits:
             raise ValueError(
-                f"form {self.form!r} needs {needs[self.form]}, got {self.fields!r} fields and the "
-                f"{self.nonlinearity!r} nonlinearity"
+                f"form {self.form!r} needs {needs}, got {self.fields!r} fields and the {self.nonlinearity!r} "
+                "nonlinearity"
             )
         if self.field_frequency < 1:
             raise ValueError(f"field_frequency must be a positive integer, got {self.field_frequency}")

@@ -279,7 +279,9 @@ def _native_pdo(
     if geometry.padding_mode == "zeros" and geometry.padding == reach:
         return torch.ops.epdo.adaptive_pdo(x, coefficients, key, fields, l1, d, s)[0]
     front = -reach % s
-    padded = F.pad(geometry.pad(x), (front, 0, front, 0))
+    padded = geometry.pad(x)
+    if front:
+        padded = F.pad(padded, (front, 0, front, 0))
     k = (reach + front) // s
     out_h, out_w = coefficients.shape[2], coefficients.shape[3]
     full_h, full_w = -(-padded.shape[2] // s), -(-padded.shape[3] // s)

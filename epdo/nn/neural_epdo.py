@@ -460,12 +460,12 @@ class SampledLayout(torch.nn.Module):
         least ``3 L + 1`` (8 for ``L = 2``).  At least ``2 L + 1``, so that ``A`` has a left inverse."""
         super().__init__()
         rho = in_type.representations[0]
-        irreps = list(dict.fromkeys(rho.irreps))
-        least, samples = 2 * frequency(rho) + 1, samples or 4 * -(-(3 * frequency(rho) + 1) // 4)
+        irreps, top = list(dict.fromkeys(rho.irreps)), frequency(rho)
+        least, samples = 2 * top + 1, samples or 4 * -(-(3 * top + 1) // 4)
         if samples < least:
             raise ValueError(
-                f"SampledLayout: fields of frequencies up to {frequency(rho)} need at least {least} sampled "
-                f"rotations, got samples={samples}"
+                f"SampledLayout: fields of frequencies up to {top} need at least {least} sampled rotations, got "
+                f"samples={samples}"
             )
         sampling = FourierPointwise(in_type.gspace, 1, irreps, type="regular", N=samples)
         self.g, self.d = g, rho.size

@@ -6,23 +6,25 @@
  * The stencil is a compile-time constant: the compiler unrolls tap composition and its transpose into straight-line
  * multiply-adds with the nonzero entries only, and the taps of a vector of pixels live in registers.
  *
- * Layouts (C-contiguous):
- *   x, out, grad_x              (B, q, g, d, H, W)   q partitions of g fields of d channels
+ * Layouts (C-contiguous), H = ceil(H_in / s), W = ceil(W_in / s) for stride s:
+ *   x, grad_x                   (B, q, g, d, H_in, W_in)   q partitions of g fields of d channels
+ *   out                         (B, q, g, d, H, W)
  *   coef, grad_coef             (B, g, d, n, H, W)   n operator coefficients per channel (generator output)
  *   norm                        (B, g, H, W)         nu - eps per field and pixel (forward output, backward input)
  *
  *   taps[j, c, t](x) = sum_a coef[j, c, a](x) STENCIL[a, t]                       (per vector of pixels, in registers)
  *   nu[j](x)         = rms: sqrt(sum_{c, t} taps^2 / d) + eps      l1: sum_{c, t} |taps| + eps
- *   out[p, j, c](x)  = sum_t taps[j, c, t](x) x[p, j, c](x + D offset_t) / nu[j](x)    (zero padding, dilation D)
+ *   out[p, j, c](x)  = sum_t taps[j, c, t](x) x[p, j, c](s x + D offset_t) / nu[j](x)  (zero padding, dilation D)
  *
  * Work: one item is one (batch, field) pair; it owns the channels (all p, that field, all c) of out, grad_x and
- * grad_coef, so items never write the same memory.  An item walks its image in blocks of whole rows and, within a
- * block, channel by channel over the block's pixels as one flat range in vectors: tap (u, v) reads x at flat
- * offset D ((u - r) W + v - r) in a copy of the block's rows and D r rows around them, zeros outside the image
- * ("padded plane"); reads that wrap around a row edge are removed by multiplying the tap with a 0/1 column mask,
- * which is exactly zero padding.  The norm uses the unmasked taps.  The backward recomputes the taps instead of storing
- * them, reads the forward's output and norm, and forms the input gradient as a gather from the channel's masked taps
- * and scaled output gradients (kept per block in padded planes).
+ * grad_coef, so items never write the same memory.  An item walks its output in blocks of whole rows and, within a
+ * block, channel by channel over the block's pixels as one flat range in vectors.  The input's block rows and those
+ * around them are copied into s^2 "padded planes" (phase (a, b) holds input pixel (s i + a, s j + b) at (i, j),
+ * zeros outside the image), so that tap t reads one phase at a fixed flat offset; reads that wrap around a row edge
+ * are removed by multiplying the tap with a 0/1 column mask, which is exactly zero padding.  The norm uses the
+ * unmasked taps.  The backward recomputes the taps instead of storing them, reads the forward's output and norm, and
+ * forms the input gradient as a gather from the channel's masked taps and scaled output gradients (kept per block in
+ * padded planes), phase by phase at stride s > 1.
  */
 #include <math.h>
 #include <stdint.h>
@@ -148,15 +150,11 @@ static block_t block_at(const shape_t *sh, int64_t h0) {
 }
 
 /* Tap t reads the input at (s i + du, s j + dv) from output pixel (i, j), (du, dv) = D (u - r, v - r): phase
- * (du mod s, dv mod s) at flat offset floor(du / s) W + floor(dv / s); its phase's index a s + b and that offset. */
-static inline int64_t tap_phase(const shape_t *sh, int t) {
-    const int64_t du = (t / SIZE - R) * sh->dilation, dv = (t % SIZE - R) * sh->dilation;
-    return floor_mod(du, sh->stride) * sh->stride + floor_mod(dv, sh->stride);
-}
-
-static inline int64_t tap_flat(const shape_t *sh, int t) {
-    const int64_t du = (t / SIZE - R) * sh->dilation, dv = (t % SIZE - R) * sh->dilation;
-    return floor_div(du, sh->stride) * sh->width + floor_div(dv, sh->stride);
+ * (du mod s, dv mod s), its index a s + b into *phase, at flat offset floor(du / s) W + floor(dv / s), into *flat. */
+static void tap_place(const shape_t *sh, int t, int64_t *phase, int64_t *flat) {
+    const int64_t du = (t / SIZE - R) * sh->dilation, dv = (t % SIZE - R) * sh->dilation, s = sh->stride;
+    *phase = floor_mod(du, s) * s + floor_mod(dv, s);
+    *flat = floor_div(du, s) * sh->width + floor_div(dv, s);
 }
 
 /* mask[v][i] = 1 where tap column v of block pixel i reads inside its phase's row, else 0, for i in [0, vectors):
@@ -489,8 +487,7 @@ static int run_items(const shape_t *sh, int threads, int64_t planes,
     {
         scratch_t s;
         for (int t = 0; t < KK; t++) {
-            s.flat[t] = tap_flat(sh, t);
-            s.phase[t] = tap_phase(sh, t);
+            tap_place(sh, t, &s.phase[t], &s.flat[t]);
             s.offset[t] = s.phase[t] * pl.stride + s.flat[t];
         }
         /* SIZE masks, 2 pixel rows, the padded planes; zeros: the planes' pads */
