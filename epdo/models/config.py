@@ -31,8 +31,9 @@ class ModelConfig:
             network).
         fields: ``"regular"``, ``"quotient"`` (a regular plus a quotient-by-C_4 field, ``d = |G| + |G| / 4``) or
             ``"fourier"`` (SO(2) / O(2), ``group_order`` -1: band-limited regular fields of frequencies up to
-            ``field_frequency``, with escnn's ``FourierPointwise`` ReLU on 4 (field_frequency + 1) rotations,
-            ``IIDBatchNorm2d``, 2x2 average pooling, and the maximum over 16 rotations as invariant features).
+            ``field_frequency``, with the ReLU on 4 (field_frequency + 1) rotations (:class:`epdo.nn.FourierReLU`),
+            :class:`epdo.nn.IIDBatchNorm`, 2x2 average pooling, and the maximum over 16 rotations as invariant
+            features).
         group_order: N of C_N (or D_N with ``flip``); -1 for SO(2) (O(2) with ``flip``).
         flip: D_N for layers 1-5, restricted to C_N before layer 6 (the paper's D16|5C16 model); layer 6 then has
             twice ``widths[5]`` C_N fields, as each restricted D_N field becomes two.
@@ -42,7 +43,7 @@ class ModelConfig:
         dropout: field dropout of layers 3-6.
         head: hidden units of the two-layer classifier on the invariant features (0: one linear map).
         field_frequency: the highest frequency of ``"fourier"`` fields.
-        nonlinearity: ``"pointwise"`` (ReLU; on ``"fourier"`` fields escnn's ``FourierPointwise``), or, with
+        nonlinearity: ``"pointwise"`` (ReLU; on ``"fourier"`` fields :class:`epdo.nn.FourierReLU`), or, with
             ``"fourier"`` fields only, ``"gated"`` or ``"norm"``: each field is then split into its irreps (the same
             representation in another basis), ReLU on the frequency-0 part and, on the others, escnn's
             ``GatedNonLinearity1`` (one extra scalar gate field per irrep, made by the layer before) or

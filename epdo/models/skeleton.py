@@ -17,7 +17,9 @@ from epdo.nn import (
     FieldBatchNorm,
     FieldDropout,
     FieldMaxPool,
+    FourierReLU,
     GroupMaxPool,
+    IIDBatchNorm,
     NeuralePDO,
     PDOConv,
     RestrictToRotations,
@@ -144,7 +146,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
         return NeuralePDO(in_type, out_type, **geometry, basis=config.basis, form=config.form, **options)
 
     def norm(ftype: nn.FieldType) -> nn.EquivariantModule:
-        return nn.IIDBatchNorm2d(ftype) if fourier else FieldBatchNorm(ftype)
+        return IIDBatchNorm(ftype) if fourier else FieldBatchNorm(ftype)
 
     def pool(ftype: nn.FieldType, index: int) -> nn.EquivariantModule:
         if tutorial:
@@ -161,7 +163,7 @@ def _equivariant_model(config: ModelConfig) -> EquivariantClassifier:
 
         def nonlinearity(ftype: nn.FieldType) -> nn.EquivariantModule:
             if fourier:
-                return nn.FourierPointwise(ftype.gspace, len(ftype), irreps, type="regular", N=samples)
+                return FourierReLU(ftype.gspace, len(ftype), irreps, type="regular", N=samples)
             return _relu(ftype)
 
     image = nn.FieldType(gspace, [gspace.trivial_repr])

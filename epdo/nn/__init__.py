@@ -6,9 +6,11 @@ from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.export import export_network
 from epdo.nn.field_dropout import FieldDropout
 from epdo.nn.field_norm import BATCH_NORMS, FieldBatchNorm, FieldNorm, batch_norms
+from epdo.nn.fourier_relu import FourierReLU, fourier_relu
 from epdo.nn.functional import adaptive_pdo
 from epdo.nn.geometry import PADDING_MODES, Geometry
 from epdo.nn.group_pooling import GroupMaxPool
+from epdo.nn.iid_batch_norm import IIDBatchNorm
 from epdo.nn.max_pool import FieldMaxPool, max_pool2x2
 from epdo.nn.neural_epdo import ExportedNeuralePDO, NeuralePDO
 from epdo.nn.pdo_conv import PDOConv
@@ -23,8 +25,10 @@ __all__ = [
     "FieldDropout",
     "FieldMaxPool",
     "FieldNorm",
+    "FourierReLU",
     "Geometry",
     "GroupMaxPool",
+    "IIDBatchNorm",
     "NeuralePDO",
     "PADDING_MODES",
     "PDOBasis",
@@ -34,5 +38,6 @@ __all__ = [
     "adaptive_pdo",
     "batch_norms",
     "export_network",
+    "fourier_relu",
     "max_pool2x2",
 ]

@@ -19,6 +19,7 @@ from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.exportable import Exportable
 from epdo.nn.field_layout import channels_of, fields_by_representation
 from epdo.nn.field_norm import FieldNorm
+from epdo.nn.fourier_relu import FourierReLU
 from epdo.nn.functional import apply_pdo, stencil_key, tap_matrix, uses_native
 from epdo.nn.geometry import Geometry, checked_output_size, layer_geometry
 from epdo.nn.sampled import SampledPointwise
@@ -43,7 +44,7 @@ class NeuralePDO(Exportable, EquivariantModule):
     1. Generator (an equivariant MLP of 1x1 maps): ``in_type`` -> ``M`` hidden fields -> per-field normalization ->
        nonlinearity -> the PDO coefficients (a grouped 1x1 map, ``s`` groups).  Hidden fields: regular fields and a
        ReLU for a finite group, ``M = max(1, floor(in_type.size / (reduction |G|)))``; for SO(2) / O(2) band-limited
-       regular fields (frequencies up to the PDOs' highest) and escnn's ``FourierPointwise`` ReLU.
+       regular fields (frequencies up to the PDOs' highest) and :class:`epdo.nn.FourierReLU`.
     2. Each coefficient field's per-pixel PDOs are composed into ``k x k`` taps, scaled by 1/5 and divided by their
        norm + 0.01 (the root mean square of the field's PDOs' L2 norms: a white input keeps its variance).
     3. The coefficients take one of three forms (``form``):
@@ -196,7 +197,7 @@ class NeuralePDO(Exportable, EquivariantModule):
             rho_hidden = group.spectral_regular_representation(*irreps)
             hidden = max(1, in_type.size // (reduction * rho_hidden.size))
             grid = 4 * (len(irreps) // 2 + 1)  # >= 2 top + 1 samples of the rotations, a multiple of 4
-            self.generator_activation = FourierPointwise(gspace, hidden, irreps, type="regular", N=grid)
+            self.generator_activation = FourierReLU(gspace, hidden, irreps, type="regular", N=grid)
             hidden_type = self.generator_activation.in_type
         else:
             hidden = max(1, in_type.size // (reduction * group.order()))

@@ -1,7 +1,8 @@
 """Compiled CPU kernels: C sources built with the system's C compiler (OpenMP) at first use and cached on disk.
 
 The first call in a fresh cache compiles ``adaptive_pdo.c`` once per scalar type (float32, float64) and stencil set
-(the stencil is a compile-time constant of the kernel), 1-3 seconds each, and ``max_pool.c`` once per scalar type;
+(the stencil is a compile-time constant of the kernel), 1-3 seconds each, and ``max_pool.c`` and ``fourier_relu.c``
+once per scalar type;
 later processes load the cached shared libraries.  Settings (environment):
 
 * ``EPDO_NATIVE=0``: never build or use the compiled kernels (the pure PyTorch path runs, silently).
@@ -37,6 +38,7 @@ from epdo.nn.native.buffer_pool import BufferPool
 
 ADAPTIVE_PDO_SOURCE = Path(__file__).with_name("adaptive_pdo.c")
 MAX_POOL_SOURCE = Path(__file__).with_name("max_pool.c")
+FOURIER_RELU_SOURCE = Path(__file__).with_name("fourier_relu.c")
 HEADERS = (Path(__file__).with_name("vectors.h"),)
 """The headers the sources include, part of every build key."""
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
@@ -91,6 +93,12 @@ def load_max_pool(dtype: torch.dtype, required: bool = False) -> Optional[ctypes
     return _load_or_none(dtype, _max_pool_library, required)
 
 
+def load_fourier_relu(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
+    """The fused Fourier ReLU kernels for ``dtype`` (float32 or float64), built if needed; ``None`` or
+    :class:`NativeBuildError` as :func:`load`."""
+    return _load_or_none(dtype, _fourier_relu_library, required)
+
+
 def _load_or_none(dtype: torch.dtype, build: Callable[[str], ctypes.CDLL], required: bool) -> Optional[ctypes.CDLL]:
     """``build(scalar)`` for ``dtype``'s C type; ``None`` with a one-time warning where that fails (as :func:`load`)."""
     try:
@@ -136,6 +144,17 @@ def _max_pool_library(scalar: str) -> ctypes.CDLL:
     for function in (lib.epdo_max_pool2x2_forward, lib.epdo_max_pool2x2_backward):
         function.argtypes = [pointer, pointer, pointer, i64, i64, i64, ctypes.c_int]
         function.restype = None
+    return lib
+
+
+@functools.cache
+def _fourier_relu_library(scalar: str) -> ctypes.CDLL:
+    lib = _compiled(FOURIER_RELU_SOURCE, scalar, [])
+    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
+    sizes = [i64] * 5 + [ctypes.c_int]  # planes, d, samples, e, pixels; threads
+    lib.epdo_fourier_relu_forward.argtypes = [pointer] * 4 + sizes
+    lib.epdo_fourier_relu_backward.argtypes = [pointer] * 5 + sizes
+    lib.epdo_fourier_relu_forward.restype = lib.epdo_fourier_relu_backward.restype = None
     return lib
 
 

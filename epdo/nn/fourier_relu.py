@@ -1,0 +1,64 @@
+"""The ReLU of band-limited fields on samples of their group: escnn's ``FourierPointwise`` ReLU, fused."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from escnn.gspaces import GSpace
+from escnn.nn import FourierPointwise, GeometricTensor
+
+from epdo.nn import native
+from epdo.nn.checks import check_input
+from epdo.nn.native import fourier_relu as op
+
+
+def native_fourier_relu(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`fourier_relu` runs the compiled kernel for tensors of ``device`` and ``dtype``."""
+    if device.type != "cpu" or dtype not in native.SCALAR_TYPES:
+        return False
+    if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
+        return native.enabled()
+    return native.load_fourier_relu(dtype) is not None
+
+
+def fourier_relu(x: torch.Tensor, sample: torch.Tensor, unsample: torch.Tensor) -> torch.Tensor:
+    """``unsample @ relu(sample @ f)`` for every field ``f`` (``d`` channels) at every pixel of ``x``
+    ``(B, fields d, H, W)``: ``sample`` ``(S, d)`` evaluates a field at ``S`` group elements, ``unsample`` ``(e, S)``
+    takes a function on them to ``e`` coefficients; the result ``(B, fields e, H, W)``.  No gradient for ``sample``
+    and ``unsample``.
+
+    On float32/float64 CPU tensors it runs the compiled kernel (``torch.ops.epdo.fourier_relu``: the samples stay in
+    registers, and the backward computes them again); elsewhere, or where no C compiler is available, PyTorch's
+    matrix products.
+    """
+    if x.dim() != 4 or sample.dim() != 2 or unsample.dim() != 2 or x.shape[1] % sample.shape[1]:
+        raise ValueError(
+            f"fourier_relu: expected x (B, fields * d, H, W), sample (S, d) and unsample (e, S), got {tuple(x.shape)},"
+            f" {tuple(sample.shape)} and {tuple(unsample.shape)}"
+        )
+    if sample.requires_grad or unsample.requires_grad:
+        raise ValueError("fourier_relu: sample and unsample are constants; pass them detached")
+    if native_fourier_relu(x.device, x.dtype):
+        return op.fourier_relu_op(x, sample, unsample)
+    batch, channels, height, width = x.shape
+    fields = x.reshape(batch, channels // sample.shape[1], sample.shape[1], height * width)
+    return torch.matmul(unsample, torch.relu(torch.matmul(sample, fields))).reshape(batch, -1, height, width)
+
+
+class FourierReLU(FourierPointwise):
+    """escnn's ``FourierPointwise(gspace, channels, irreps, *grid_args, function="p_relu", **grid_kwargs)`` (its
+    fields, samples ``A`` ``(S, d)``, inverse ``Ainv`` ``(e, S)`` and state), computed by :func:`fourier_relu`:
+    ``y = Ainv relu(A f)`` per field and pixel without storing the ``S`` samples.
+    Shapes: ``(B, channels d, H, W)`` in, ``(B, channels e, H, W)`` out.
+    """
+
+    def __init__(
+        self, gspace: GSpace, channels: int, irreps: Sequence[Tuple], *grid_args, normalize: bool = True, **grid_kwargs
+    ) -> None:
+        super().__init__(gspace, channels, list(irreps), *grid_args, function="p_relu", normalize=normalize,
+                         **grid_kwargs)  # fmt: skip
+
+    def forward(self, input: GeometricTensor) -> GeometricTensor:
+        check_input("FourierReLU", input, self.in_type)
+        return GeometricTensor(fourier_relu(input.tensor, self.A, self.Ainv), self.out_type, input.coords)
