@@ -5,8 +5,8 @@ from epdo.kernels import PDOBasis
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.export import export_network
 from epdo.nn.field_dropout import FieldDropout
+from epdo.nn.field_maps import FourierReLU, field_linear, fourier_relu
 from epdo.nn.field_norm import BATCH_NORMS, FieldBatchNorm, FieldNorm, batch_norms
-from epdo.nn.fourier_relu import FourierReLU, fourier_relu
 from epdo.nn.functional import adaptive_pdo
 from epdo.nn.geometry import PADDING_MODES, Geometry
 from epdo.nn.group_pooling import GroupMaxPool
@@ -38,6 +38,7 @@ __all__ = [
     "adaptive_pdo",
     "batch_norms",
     "export_network",
+    "field_linear",
     "fourier_relu",
     "max_pool2x2",
 ]

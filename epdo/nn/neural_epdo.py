@@ -18,8 +18,8 @@ from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.exportable import Exportable
 from epdo.nn.field_layout import channels_of, fields_by_representation
+from epdo.nn.field_maps import FourierReLU, field_linear
 from epdo.nn.field_norm import FieldNorm
-from epdo.nn.fourier_relu import FourierReLU
 from epdo.nn.functional import apply_pdo, stencil_key, tap_matrix, uses_native
 from epdo.nn.geometry import Geometry, checked_output_size, layer_geometry
 from epdo.nn.sampled import SampledPointwise
@@ -280,7 +280,9 @@ class NeuralePDO(Exportable, EquivariantModule):
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), activation, self.generator_out.export()
         )
-        layout = None if self.layout is None else copy.deepcopy(self.layout)
+        layout = copy.deepcopy(self.layout) if isinstance(self.layout, CommutantLayout) else self.layout
+        if isinstance(layout, SampledLayout):
+            layout = layout.exported(native)
         d = self.in_type.representations[0].size
         return ExportedNeuralePDO(
             generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native, layout, self.geometry
@@ -297,8 +299,8 @@ class NeuralePDO(Exportable, EquivariantModule):
 class ExportedNeuralePDO(torch.nn.Module):
     """The exported form of :class:`NeuralePDO` on plain tensors ``(B, C, H, W)``: ``mix(adaptive PDO(x,
     generator(x)))``, the adaptive PDO as the compiled operator ``torch.ops.epdo.adaptive_pdo`` (``native``) or as
-    PyTorch operations (:func:`epdo.nn.functional.pixelwise_pdo`), through ``layout`` in the commutant form.  Every
-    size is a Python integer fixed here, so ``torch.fx`` and ``torch.export`` trace it.
+    PyTorch operations (:func:`epdo.nn.functional.pixelwise_pdo`), through ``layout`` in the commutant or sampled
+    form.  Every size is a Python integer fixed here, so ``torch.fx`` and ``torch.export`` trace it.
 
     Args:
         generator: the coefficients ``(B, fields * d * n_ops, H, W)`` of ``x``.
@@ -307,7 +309,8 @@ class ExportedNeuralePDO(torch.nn.Module):
         fields: coefficient fields (the layer's ``g``); d: channels of a field (diagonal form).
         normalization: one of :data:`epdo.nn.functional.NORMALIZATIONS`.
         native: the compiled operator (CPU, float32/float64) instead of PyTorch's operations.
-        layout: the commutant form's :class:`epdo.nn.neural_epdo.CommutantLayout` (``None``: the diagonal form).
+        layout: the commutant or sampled form's :class:`epdo.nn.neural_epdo.CommutantLayout` /
+            :class:`epdo.nn.neural_epdo.SampledLayout` (``None``: the diagonal form).
         geometry: where the PDOs read the input (:class:`epdo.nn.geometry.Geometry`).
     """
 
@@ -320,7 +323,7 @@ class ExportedNeuralePDO(torch.nn.Module):
         d: int,
         normalization: str,
         native: bool,
-        layout: Optional[CommutantLayout] = None,
+        layout: Optional[torch.nn.Module] = None,
         geometry: Geometry = Geometry(),
     ) -> None:
         super().__init__()
@@ -472,17 +475,30 @@ class SampledLayout(torch.nn.Module):
         self.g, self.d = g, rho.size
         self.register_buffer("sample", sampling.A.clone(), persistent=False)  # (S, d)
         self.register_buffer("unsample", sampling.Ainv.clone(), persistent=False)  # (d, S)
+        self.linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field_linear  # (P, d, Q), (e, d)
+
+    def exported(self, native: bool) -> SampledLayout:
+        """A copy that ``torch.fx`` traces (for :class:`ExportedNeuralePDO`): its per-field maps are the compiled
+        operator ``torch.ops.epdo.field_linear`` (``native``) or ``torch.matmul``, chosen now, not at each call."""
+        layout = copy.deepcopy(self)
+        layout.linear = torch.ops.epdo.field_linear if native else _matmul
+        return layout
 
     def forward(self, x: torch.Tensor, coefficients: torch.Tensor, pdo: AdaptivePDO) -> torch.Tensor:
         """``x`` ``(B, z d, H, W)``, ``coefficients`` ``(B, g d n_ops, H_out, W_out)``; ``pdo`` as in
         :class:`CommutantLayout`; the result ``(B, z d, H_out, W_out)``."""
         batch, channels, height, width = x.shape
         out_height, out_width = coefficients.shape[2], coefficients.shape[3]
-        samples = torch.matmul(self.sample, x.reshape(batch, channels // self.d, self.d, height * width))
-        operators = torch.matmul(self.sample, coefficients.reshape(batch, self.g, self.d, -1))  # (B, g, S, n_ops HW)
+        samples = self.linear(x.reshape(-1, self.d, height * width), self.sample)  # (B z, S, H W)
+        operators = self.linear(coefficients.reshape(batch * self.g, self.d, -1), self.sample)  # (B g, S, n_ops HW)
         y = pdo(samples.reshape(batch, -1, height, width), operators.reshape(batch, -1, out_height, out_width), 0)
-        y = torch.matmul(self.unsample, y.reshape(batch, channels // self.d, -1, out_height * out_width))
+        y = self.linear(y.reshape(-1, self.sample.shape[0], out_height * out_width), self.unsample)
         return y.reshape(batch, channels, out_height, out_width)
+
+
+def _matmul(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """:func:`epdo.nn.field_linear`'s PyTorch form, ``torch.matmul(matrix, x)``."""
+    return torch.matmul(matrix, x)
 
 
 def _key(module: torch.nn.Module) -> str:

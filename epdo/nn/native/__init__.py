@@ -1,7 +1,7 @@
 """Compiled CPU kernels: C sources built with the system's C compiler (OpenMP) at first use and cached on disk.
 
 The first call in a fresh cache compiles ``adaptive_pdo.c`` once per scalar type (float32, float64) and stencil set
-(the stencil is a compile-time constant of the kernel), 1-3 seconds each, and ``max_pool.c`` and ``fourier_relu.c``
+(the stencil is a compile-time constant of the kernel), 1-3 seconds each, and ``max_pool.c`` and ``field_maps.c``
 once per scalar type;
 later processes load the cached shared libraries.  Settings (environment):
 
@@ -9,9 +9,9 @@ later processes load the cached shared libraries.  Settings (environment):
 * ``CC``: the C compiler (default ``cc``); it must accept GCC-style flags and ``-fopenmp``.
 * ``EPDO_CACHE_DIR``: where built libraries are kept (default ``$XDG_CACHE_HOME/epdo`` or ``~/.cache/epdo``).
 
-The kernel's backward takes its two gradients from :data:`GRADIENT_BUFFERS` (see
-:class:`epdo.nn.native.buffer_pool.BufferPool`), which keeps up to 256 MiB of their memory between steps;
-``GRADIENT_BUFFERS.clear()`` gives it back.
+The adaptive-PDO kernel's gradients and the field maps' outputs and gradients take their memory from
+:data:`OUTPUT_BUFFERS` (see :class:`epdo.nn.native.buffer_pool.BufferPool`), which keeps up to 512 MiB of it between
+steps; ``OUTPUT_BUFFERS.clear()`` gives it back.
 
 Where no compiler exists or the build fails, :func:`load` returns ``None`` and warns once, naming the reason.
 """
@@ -38,7 +38,7 @@ from epdo.nn.native.buffer_pool import BufferPool
 
 ADAPTIVE_PDO_SOURCE = Path(__file__).with_name("adaptive_pdo.c")
 MAX_POOL_SOURCE = Path(__file__).with_name("max_pool.c")
-FOURIER_RELU_SOURCE = Path(__file__).with_name("fourier_relu.c")
+FIELD_MAPS_SOURCE = Path(__file__).with_name("field_maps.c")
 HEADERS = (Path(__file__).with_name("vectors.h"),)
 """The headers the sources include, part of every build key."""
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
@@ -47,8 +47,9 @@ SCALAR_TYPES = {torch.float32: "float", torch.float64: "double"}
 GRAIN_SIZE = 32768
 """A kernel call on fewer values than this runs on one thread, as ATen's ops do below their grain size.  On small
 inputs waking the other threads costs more than the work, most of all on a busy machine."""
-GRADIENT_BUFFERS = BufferPool()
-"""Memory of the adaptive-PDO kernel's input and coefficient gradients, reused from step to step."""
+OUTPUT_BUFFERS = BufferPool(max_free_bytes=512 * 2**20)
+"""Memory of the compiled kernels' large outputs (the adaptive-PDO kernel's input and coefficient gradients, the field
+maps' outputs and input gradients), reused from step to step."""
 
 
 class NativeBuildError(RuntimeError):
@@ -93,10 +94,10 @@ def load_max_pool(dtype: torch.dtype, required: bool = False) -> Optional[ctypes
     return _load_or_none(dtype, _max_pool_library, required)
 
 
-def load_fourier_relu(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
-    """The fused Fourier ReLU kernels for ``dtype`` (float32 or float64), built if needed; ``None`` or
-    :class:`NativeBuildError` as :func:`load`."""
-    return _load_or_none(dtype, _fourier_relu_library, required)
+def load_field_maps(dtype: torch.dtype, required: bool = False) -> Optional[ctypes.CDLL]:
+    """The per-field linear map and fused Fourier ReLU kernels for ``dtype`` (float32 or float64), built if needed;
+    ``None`` or :class:`NativeBuildError` as :func:`load`."""
+    return _load_or_none(dtype, _field_maps_library, required)
 
 
 def _load_or_none(dtype: torch.dtype, build: Callable[[str], ctypes.CDLL], required: bool) -> Optional[ctypes.CDLL]:
@@ -148,13 +149,15 @@ def _max_pool_library(scalar: str) -> ctypes.CDLL:
 
 
 @functools.cache
-def _fourier_relu_library(scalar: str) -> ctypes.CDLL:
-    lib = _compiled(FOURIER_RELU_SOURCE, scalar, [])
-    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
-    sizes = [i64] * 5 + [ctypes.c_int]  # planes, d, samples, e, pixels; threads
+def _field_maps_library(scalar: str) -> ctypes.CDLL:
+    lib = _compiled(FIELD_MAPS_SOURCE, scalar, [])
+    pointer, i64, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.epdo_field_linear.argtypes = [pointer] * 3 + [i64] * 4 + [threads]  # planes, d, e, pixels
+    sizes = [i64] * 5 + [threads]  # planes, d, samples, e, pixels
     lib.epdo_fourier_relu_forward.argtypes = [pointer] * 4 + sizes
     lib.epdo_fourier_relu_backward.argtypes = [pointer] * 5 + sizes
-    lib.epdo_fourier_relu_forward.restype = lib.epdo_fourier_relu_backward.restype = None
+    for function in (lib.epdo_field_linear, lib.epdo_fourier_relu_forward, lib.epdo_fourier_relu_backward):
+        function.restype = None
     return lib
 
 

@@ -142,11 +142,11 @@ def adaptive_pdo_backward_op(
     stride: int = 1,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_coefficients)`` of :func:`adaptive_pdo_op`'s ``out``; the taps are recomposed, never stored.
-    The gradients' memory comes from :data:`epdo.nn.native.GRADIENT_BUFFERS` (kept between steps)."""
+    The gradients' memory comes from :data:`epdo.nn.native.OUTPUT_BUFFERS` (kept between steps)."""
     x, coefficients, grad_out = x.contiguous(), coefficients.contiguous(), grad_out.contiguous()
     norm, out = norm.contiguous(), out.contiguous()
     dims = _dims(x, coefficients, stencils, fields, dilation, stride, norm, out, grad_out)
-    buffers = native.GRADIENT_BUFFERS
+    buffers = native.OUTPUT_BUFFERS
     grad_x, grad_coefficients = buffers.empty(x.shape, x.dtype), buffers.empty(coefficients.shape, x.dtype)
     status = _library(stencils, x.dtype).epdo_adaptive_pdo_backward(
         x.data_ptr(), coefficients.data_ptr(), norm.data_ptr(), out.data_ptr(), grad_out.data_ptr(),

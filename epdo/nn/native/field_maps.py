@@ -1,6 +1,7 @@
-"""The compiled Fourier ReLU as PyTorch operators, ``torch.ops.epdo.fourier_relu`` and its backward, with fake
-(meta) implementations and the autograd formula: ``torch.compile(fullgraph=True)`` traces through them and
-``torch.export`` records them."""
+"""The compiled per-field maps as PyTorch operators, ``torch.ops.epdo.field_linear`` and ``torch.ops.epdo.fourier_relu``
+(with its backward), with fake (meta) implementations and autograd formulas: ``torch.compile(fullgraph=True)`` traces
+through them and ``torch.export`` records them.  Their outputs' memory comes from
+:data:`epdo.nn.native.OUTPUT_BUFFERS` (kept between steps)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,44 @@ from epdo.nn import native
 
 
 def _library(dtype: torch.dtype):
-    library = native.load_fourier_relu(dtype, required=True)
+    library = native.load_field_maps(dtype, required=True)
     assert library is not None
     return library
+
+
+@torch.library.custom_op("epdo::field_linear", mutates_args=(), device_types="cpu")
+def field_linear_op(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``out (P, e, Q)``: ``matrix`` ``(e, d)`` applied to each of the ``Q`` columns of each plane of ``x``
+    ``(P, d, Q)``, ``torch.matmul(matrix, x)``.  No gradient for ``matrix``."""
+    if x.dim() != 3 or matrix.dim() != 2 or x.shape[1] != matrix.shape[1] or matrix.dtype != x.dtype:
+        raise ValueError(
+            f"epdo::field_linear: expected x (P, d, Q) and matrix (e, d) of one dtype, got {tuple(x.shape)} "
+            f"{x.dtype} and {tuple(matrix.shape)} {matrix.dtype}"
+        )
+    x, matrix = x.contiguous(), matrix.contiguous()
+    (planes, d, pixels), e = x.shape, matrix.shape[0]
+    out = native.OUTPUT_BUFFERS.empty((planes, e, pixels), x.dtype)
+    _library(x.dtype).epdo_field_linear(
+        x.data_ptr(), matrix.data_ptr(), out.data_ptr(), planes, d, e, pixels, native.threads_for(out)
+    )
+    return out
+
+
+@field_linear_op.register_fake
+def _(x: torch.Tensor, matrix: torch.Tensor):
+    return x.new_empty(x.shape[0], matrix.shape[0], x.shape[2])
+
+
+def _setup_linear_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[1])
+
+
+def _linear_backward(ctx, grad_out: torch.Tensor):
+    (matrix,) = ctx.saved_tensors
+    return field_linear_op(grad_out, matrix.T), None
+
+
+field_linear_op.register_autograd(_linear_backward, setup_context=_setup_linear_context)
 
 
 def _dims(x: torch.Tensor, sample: torch.Tensor, unsample: torch.Tensor) -> Tuple[int, int, int, int, int]:
@@ -44,7 +80,7 @@ def fourier_relu_op(x: torch.Tensor, sample: torch.Tensor, unsample: torch.Tenso
     ``(B, fields d, H, W)`` (``sample`` ``(S, d)``, ``unsample`` ``(e, S)``)."""
     x, sample, unsample = x.contiguous(), sample.contiguous(), unsample.contiguous()
     planes, d, samples, e, pixels = _dims(x, sample, unsample)
-    out = x.new_empty(x.shape[0], x.shape[1] // d * e, *x.shape[2:])
+    out = native.OUTPUT_BUFFERS.empty((x.shape[0], x.shape[1] // d * e, *x.shape[2:]), x.dtype)
     _library(x.dtype).epdo_fourier_relu_forward(
         x.data_ptr(), sample.data_ptr(), unsample.data_ptr(), out.data_ptr(), planes, d, samples, e, pixels,
         native.threads_for(x),
@@ -70,7 +106,7 @@ def fourier_relu_backward_op(
             f"epdo::fourier_relu_backward: grad_out {tuple(grad_out.shape)} {grad_out.dtype} does not fit x "
             f"{tuple(x.shape)} {x.dtype}"
         )
-    grad_x = torch.empty_like(x)
+    grad_x = native.OUTPUT_BUFFERS.empty(x.shape, x.dtype)
     _library(x.dtype).epdo_fourier_relu_backward(
         x.data_ptr(), sample.data_ptr(), unsample.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), planes, d,
         samples, e, pixels, native.threads_for(x),

@@ -1,4 +1,5 @@
-"""The ReLU of band-limited fields on samples of their group: escnn's ``FourierPointwise`` ReLU, fused."""
+"""Small matrices applied to every field at every pixel: a linear map, and the ReLU of band-limited fields on samples
+of their group (escnn's ``FourierPointwise`` ReLU, fused)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,34 @@ from escnn.nn import FourierPointwise, GeometricTensor
 
 from epdo.nn import native
 from epdo.nn.checks import check_input
-from epdo.nn.native import fourier_relu as op
+from epdo.nn.native import field_maps as op
 
 
-def native_fourier_relu(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`fourier_relu` runs the compiled kernel for tensors of ``device`` and ``dtype``."""
+def native_field_maps(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`field_linear` and :func:`fourier_relu` run the compiled kernels for tensors of ``device`` and
+    ``dtype``."""
     if device.type != "cpu" or dtype not in native.SCALAR_TYPES:
         return False
     if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
         return native.enabled()
-    return native.load_fourier_relu(dtype) is not None
+    return native.load_field_maps(dtype) is not None
+
+
+def field_linear(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``torch.matmul(matrix, x)``: ``matrix`` ``(e, d)`` applied to each of the ``Q`` columns of each plane of ``x``
+    ``(P, d, Q)``, the result ``(P, e, Q)``; no gradient for ``matrix``.
+
+    On float32/float64 CPU tensors it runs the compiled kernel (``torch.ops.epdo.field_linear``), whose output memory
+    is reused from step to step; elsewhere, or where no C compiler is available, ``torch.matmul``.
+    """
+    if x.dim() != 3 or matrix.dim() != 2 or x.shape[1] != matrix.shape[1]:
+        raise ValueError(f"field_linear: expected x (P, d, Q) and matrix (e, d), got {tuple(x.shape)} and "
+                         f"{tuple(matrix.shape)}")  # fmt: skip
+    if matrix.requires_grad:
+        raise ValueError("field_linear: matrix is a constant; pass it detached")
+    if native_field_maps(x.device, x.dtype):
+        return op.field_linear_op(x, matrix)
+    return torch.matmul(matrix, x)
 
 
 def fourier_relu(x: torch.Tensor, sample: torch.Tensor, unsample: torch.Tensor) -> torch.Tensor:
@@ -39,7 +58,7 @@ def fourier_relu(x: torch.Tensor, sample: torch.Tensor, unsample: torch.Tensor) 
         )
     if sample.requires_grad or unsample.requires_grad:
         raise ValueError("fourier_relu: sample and unsample are constants; pass them detached")
-    if native_fourier_relu(x.device, x.dtype):
+    if native_field_maps(x.device, x.dtype):
         return op.fourier_relu_op(x, sample, unsample)
     batch, channels, height, width = x.shape
     fields = x.reshape(batch, channels // sample.shape[1], sample.shape[1], height * width)
