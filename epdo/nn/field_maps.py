@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
-from escnn.gspaces import GSpace
+from escnn.gspaces import GSpace2D
 from escnn.nn import FourierPointwise, GeometricTensor
 
 from epdo.nn import native
@@ -15,8 +15,8 @@ from epdo.nn.native import field_maps as op
 
 
 def native_field_maps(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`field_linear` and :func:`fourier_relu` run the compiled kernels for tensors of ``device`` and
-    ``dtype``."""
+    """Whether :func:`epdo.nn.field_linear` and :func:`epdo.nn.fourier_relu` run the compiled kernels for tensors of
+    ``device`` and ``dtype``."""
     if device.type != "cpu" or dtype not in native.SCALAR_TYPES:
         return False
     if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
@@ -32,8 +32,9 @@ def field_linear(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     is reused from step to step; elsewhere, or where no C compiler is available, ``torch.matmul``.
     """
     if x.dim() != 3 or matrix.dim() != 2 or x.shape[1] != matrix.shape[1]:
-        raise ValueError(f"field_linear: expected x (P, d, Q) and matrix (e, d), got {tuple(x.shape)} and "
-                         f"{tuple(matrix.shape)}")  # fmt: skip
+        raise ValueError(
+            f"field_linear: expected x (P, d, Q) and matrix (e, d), got {tuple(x.shape)} and {tuple(matrix.shape)}"
+        )
     if matrix.requires_grad:
         raise ValueError("field_linear: matrix is a constant; pass it detached")
     if native_field_maps(x.device, x.dtype):
@@ -73,10 +74,16 @@ class FourierReLU(FourierPointwise):
     """
 
     def __init__(
-        self, gspace: GSpace, channels: int, irreps: Sequence[Tuple], *grid_args, normalize: bool = True, **grid_kwargs
+        self,
+        gspace: GSpace2D,
+        channels: int,
+        irreps: Sequence[Tuple],
+        *grid_args,
+        normalize: bool = True,
+        **grid_kwargs,
     ) -> None:
-        super().__init__(gspace, channels, list(irreps), *grid_args, function="p_relu", normalize=normalize,
-                         **grid_kwargs)  # fmt: skip
+        irreps = list(irreps)
+        super().__init__(gspace, channels, irreps, *grid_args, function="p_relu", normalize=normalize, **grid_kwargs)
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         check_input("FourierReLU", input, self.in_type)
