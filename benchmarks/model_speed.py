@@ -5,7 +5,9 @@ size class.
 Sizes: ``equal`` (the default Neural ePDO network against escnn's R2Conv 5x5 network at the same parameter count, C8,
 batch 64: the comparison a user makes), ``paper`` (the paper's four models and the escnn baseline at paper widths),
 ``so2`` / ``o2`` (the SO(2) / O(2) networks of ``benchmarks/accuracy.py``, ``so2`` / ``o2`` against ``so2-escnn`` /
-``o2-escnn``) and ``tutorial`` (escnn's tutorial shape, ``tutorial-epdo`` against ``tutorial-escnn``).
+``o2-escnn``; each also as escnn builds it, with escnn's own ``FourierPointwise`` ReLU and ``IIDBatchNorm2d`` in place
+of epdo's ``FourierReLU`` and ``IIDBatchNorm``, which compute the same) and ``tutorial`` (escnn's tutorial shape,
+``tutorial-epdo`` against ``tutorial-escnn``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from common import (
@@ -25,9 +27,38 @@ from common import (
     record,
     training_step,
 )
+from escnn import nn
 
 from epdo.models import PRESETS, ModelConfig, build_model, count_parameters
+from epdo.nn import FourierReLU, IIDBatchNorm
 
+
+class EscnnModules:
+    """``config``'s network with escnn's ``FourierPointwise`` and ``IIDBatchNorm2d`` where it has epdo's
+    ``FourierReLU`` and ``IIDBatchNorm`` (their base classes: the same state, escnn's forward)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def build(self) -> torch.nn.Module:
+        model = build_model(self.config)
+        for module in model.modules():
+            if isinstance(module, FourierReLU):
+                module.__class__ = nn.FourierPointwise
+            elif isinstance(module, IIDBatchNorm):
+                module.__class__ = nn.IIDBatchNorm2d
+        return model
+
+
+def build(entry: Union[ModelConfig, EscnnModules]) -> torch.nn.Module:
+    """The network of a :data:`SIZES` entry."""
+    return entry.build() if isinstance(entry, EscnnModules) else build_model(entry)
+
+
+SO2_SAMPLED = replace(PRESETS["so2"], form="sampled")
+O2_SAMPLED = replace(PRESETS["so2"], flip=True, form="sampled", widths=(13, 13, 19, 19, 25, 25))
+SO2_ESCNN = replace(PRESETS["so2"], layer="escnn", widths=(7, 7, 11, 11, 14, 14))
+O2_ESCNN = replace(PRESETS["so2"], flip=True, layer="escnn", widths=(5, 5, 8, 8, 10, 9))
 SIZES = {
     "equal": {
         "Neural ePDO (default)": ModelConfig(),
@@ -41,15 +72,17 @@ SIZES = {
     },
     "so2": {
         "Neural ePDO, preset so2": PRESETS["so2"],
-        "Neural ePDO, so2, sampled form": replace(PRESETS["so2"], form="sampled"),
-        "escnn R2Conv 5x5": replace(PRESETS["so2"], layer="escnn", widths=(7, 7, 11, 11, 14, 14)),
+        "Neural ePDO, so2, sampled form": SO2_SAMPLED,
+        "Neural ePDO, so2, sampled form, escnn's ReLU and batch norm": EscnnModules(SO2_SAMPLED),
+        "escnn R2Conv 5x5": SO2_ESCNN,
+        "escnn R2Conv 5x5, escnn's ReLU and batch norm": EscnnModules(SO2_ESCNN),
     },
     "o2": {
         "Neural ePDO, O(2)": replace(PRESETS["so2"], flip=True, widths=(12, 12, 19, 19, 25, 25)),
-        "Neural ePDO, O(2), sampled form": replace(
-            PRESETS["so2"], flip=True, form="sampled", widths=(13, 13, 19, 19, 25, 25)
-        ),
-        "escnn R2Conv 5x5": replace(PRESETS["so2"], flip=True, layer="escnn", widths=(5, 5, 8, 8, 10, 9)),
+        "Neural ePDO, O(2), sampled form": O2_SAMPLED,
+        "Neural ePDO, O(2), sampled form, escnn's ReLU and batch norm": EscnnModules(O2_SAMPLED),
+        "escnn R2Conv 5x5": O2_ESCNN,
+        "escnn R2Conv 5x5, escnn's ReLU and batch norm": EscnnModules(O2_ESCNN),
     },
     "tutorial": {
         "Neural ePDO, tutorial skeleton": ModelConfig(skeleton="tutorial", dropout=0.0, widths=(8, 17, 17, 34, 34, 22)),
@@ -82,7 +115,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     if args.memory_only is not None:  # a fresh process: one network's step after a batch-2 warm-up
         size, name = args.memory_only.split(":", 1)
-        model = build_model(SIZES[size][name]).to(device)
+        model = build(SIZES[size][name]).to(device)
         random_batch_step(model, device, 2)()
         print(peak_bytes(random_batch_step(model, device, args.batch), device))
         return
@@ -90,9 +123,9 @@ def main(argv=None) -> None:
     rows = {}
     for size in args.sizes.split(","):
         models = {}
-        for name, config in SIZES[size].items():
+        for name, entry in SIZES[size].items():
             start = time.perf_counter()
-            models[name] = build_model(config).to(device)
+            models[name] = build(entry).to(device)
             print(f"{name}: built in {time.perf_counter() - start:.1f} s", flush=True)
         steps = {name: random_batch_step(model, device, args.batch) for name, model in models.items()}
         seconds = interleaved_median_seconds(steps, device, args.repeats, warmup=2)

@@ -16,9 +16,9 @@ import time
 import torch
 from common import markdown_table, record
 from escnn.nn import GeometricTensor
-from model_speed import SIZES, random_batch_step
+from model_speed import SIZES, build, random_batch_step
 
-from epdo.models import build_model, count_parameters
+from epdo.models import count_parameters
 
 
 def operator_shares(step, steps: int) -> tuple[float, list[tuple[str, float]]]:
@@ -69,8 +69,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = {}
-    for name, config in SIZES[args.size].items():
-        model = build_model(config)
+    for name, entry in SIZES[args.size].items():
+        model = build(entry)
         if args.by == "module":
             totals = module_milliseconds(model, args.batch, args.steps)
             shares = sorted(totals.items(), key=lambda item: -item[1])
