@@ -60,7 +60,8 @@ def test_every_network_exports_to_its_eval_outputs(name, backend):
     uses_ops = any(op.startswith("epdo.") for op in ops)
     pdo = name not in ("escnn", "plain CNN", "static PDOs", "O(2) fourier fields, escnn")
     pooling = name in ("escnn", "static PDOs")  # their max pooling is the compiled operator too
-    assert uses_ops == (backend == "auto" and (pdo or pooling))
+    fourier_relu = "fourier fields" in name  # and so is the ReLU of Fourier fields
+    assert uses_ops == (backend == "auto" and (pdo or pooling or fourier_relu))
     modules = {type(m).__module__.split(".")[0] for m in exported.modules()}
     assert modules <= {"torch"}, modules  # nothing of escnn or epdo is left in the module tree
     norms = torch.nn.modules.batchnorm._BatchNorm  # BatchNorm1d (the classifier), 2d, 3d (FieldBatchNorm's view)

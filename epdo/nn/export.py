@@ -33,6 +33,7 @@ from epdo.nn.escnn_exports import (
     branch_channels,
 )
 from epdo.nn.exportable import Exportable
+from epdo.nn.field_maps import native_field_maps
 from epdo.nn.field_norm import FieldView
 from epdo.nn.functional import BACKENDS
 from epdo.nn.group_pooling import FieldMax
@@ -171,7 +172,10 @@ def exported_layers(
     if isinstance(module, Exportable):  # every epdo module
         return module.export(backend, like)
     if isinstance(module, FourierPointwise):  # escnn has no export() for it
-        return SampledPointwise.of(module)
+        native = backend != "pytorch" and native_field_maps(like.device, like.dtype)
+        if backend == "native" and not native:
+            raise RuntimeError(f"export: the compiled Fourier ReLU does not serve {like.dtype} on {like.device}")
+        return SampledPointwise.of(module, native)
     if isinstance(module, PointwiseAvgPool2D):  # nor for this one
         return torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
     if isinstance(module, PointwiseAvgPoolAntialiased2D):  # a depthwise blur with a stride

@@ -18,7 +18,7 @@ from epdo.nn.checks import check_field_types, check_input, check_positive_int
 from epdo.nn.conv1x1 import Conv1x1
 from epdo.nn.exportable import Exportable
 from epdo.nn.field_layout import channels_of, fields_by_representation
-from epdo.nn.field_maps import FourierReLU, field_linear
+from epdo.nn.field_maps import FourierReLU, field_linear, native_field_maps
 from epdo.nn.field_norm import FieldNorm
 from epdo.nn.functional import apply_pdo, stencil_key, tap_matrix, uses_native
 from epdo.nn.geometry import Geometry, checked_output_size, layer_geometry
@@ -274,15 +274,18 @@ class NeuralePDO(Exportable, EquivariantModule):
         parameters are float32/float64 on the CPU and it builds, PyTorch's operations otherwise)."""
         own = next(self.parameters()).new_empty(0)  # the layer's own dtype and device decide, not ``like``
         native = uses_native(own, self.stencils, _key(self), backend)
+        native_maps = native and native_field_maps(own.device, own.dtype)
         activation = (
-            torch.nn.ReLU() if self.generator_activation is None else SampledPointwise.of(self.generator_activation)
+            torch.nn.ReLU()
+            if self.generator_activation is None
+            else SampledPointwise.of(self.generator_activation, native_maps)
         )
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), activation, self.generator_out.export()
         )
         layout = copy.deepcopy(self.layout) if isinstance(self.layout, CommutantLayout) else self.layout
         if isinstance(layout, SampledLayout):
-            layout = layout.exported(native)
+            layout = layout.exported(native_maps)
         d = self.in_type.representations[0].size
         return ExportedNeuralePDO(
             generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native, layout, self.geometry
