@@ -283,9 +283,8 @@ class NeuralePDO(Exportable, EquivariantModule):
         generator = torch.nn.Sequential(
             self.generator_in.export(), self.generator_norm.export(), activation, self.generator_out.export()
         )
-        layout = copy.deepcopy(self.layout) if isinstance(self.layout, CommutantLayout) else self.layout
-        if isinstance(layout, SampledLayout):
-            layout = layout.exported(native_maps)
+        sampled = isinstance(self.layout, SampledLayout)
+        layout = self.layout.exported(native_maps) if sampled else copy.deepcopy(self.layout)
         d = self.in_type.representations[0].size
         return ExportedNeuralePDO(
             generator, self.mix.export(), self.stencils, self.g, d, self.normalization, native, layout, self.geometry
