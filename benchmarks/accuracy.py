@@ -94,6 +94,7 @@ MODELS: Dict[str, List[str]] = {
     # ... SO(2) with Adam's steps halved / 1.5x (its seed-to-seed spread: too large a step, or too small?)
     "so2-sampled-lr05": ["--preset", "so2", "--form", "sampled", "--lr-scale", "0.5"],
     "so2-sampled-lr15": ["--preset", "so2", "--form", "sampled", "--lr-scale", "1.5"],
+    "so2-escnn-lr15": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14", "--lr-scale", "1.5"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
