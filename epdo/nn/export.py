@@ -33,11 +33,11 @@ from epdo.nn.escnn_exports import (
     branch_channels,
 )
 from epdo.nn.exportable import Exportable
-from epdo.nn.field_maps import native_field_maps
 from epdo.nn.field_norm import FieldView
 from epdo.nn.functional import BACKENDS
 from epdo.nn.group_pooling import FieldMax
 from epdo.nn.max_pool import NativeMaxPool2x2
+from epdo.nn.native import exported_native, load_field_maps
 from epdo.nn.neural_epdo import ExportedNeuralePDO
 from epdo.nn.sampled import SampledPointwise
 
@@ -172,9 +172,7 @@ def exported_layers(
     if isinstance(module, Exportable):  # every epdo module
         return module.export(backend, like)
     if isinstance(module, FourierPointwise):  # escnn has no export() for it
-        native = backend != "pytorch" and native_field_maps(like.device, like.dtype)
-        if backend == "native" and not native:
-            raise RuntimeError(f"export: the compiled Fourier ReLU does not serve {like.dtype} on {like.device}")
+        native = exported_native(backend, like, load_field_maps, "export: the compiled Fourier ReLU")
         return SampledPointwise.of(module, native)
     if isinstance(module, PointwiseAvgPool2D):  # nor for this one
         return torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)

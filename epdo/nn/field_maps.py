@@ -17,11 +17,7 @@ from epdo.nn.native import field_maps as op
 def native_field_maps(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`epdo.nn.field_linear` and :func:`epdo.nn.fourier_relu` run the compiled kernels for tensors of
     ``device`` and ``dtype``."""
-    if device.type != "cpu" or dtype not in native.SCALAR_TYPES:
-        return False
-    if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
-        return native.enabled()
-    return native.load_field_maps(dtype) is not None
+    return native.serves(device, dtype, native.load_field_maps)
 
 
 def field_linear(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

@@ -17,11 +17,7 @@ from epdo.representations import is_permutation_representation
 
 def native_max_pool(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`max_pool2x2` runs the compiled kernel for tensors of ``device`` and ``dtype``."""
-    if device.type != "cpu" or dtype not in native.SCALAR_TYPES:
-        return False
-    if torch.compiler.is_compiling():  # traced: the operator builds its kernel when the graph first runs
-        return native.enabled()
-    return native.load_max_pool(dtype) is not None
+    return native.serves(device, dtype, native.load_max_pool)
 
 
 def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +69,9 @@ class FieldMaxPool(Exportable, EquivariantModule):
         if backend not in ("auto", "native", "pytorch"):
             raise ValueError(f"FieldMaxPool.export: backend must be 'auto', 'native' or 'pytorch', got {backend!r}")
         like = torch.empty(0) if like is None else like
-        compiled = backend != "pytorch" and native_max_pool(like.device, like.dtype)
-        if backend == "native" and not compiled:
-            raise RuntimeError(f"FieldMaxPool.export: the compiled kernel does not serve {like.dtype} on {like.device}")
+        compiled = native.exported_native(
+            backend, like, native.load_max_pool, "FieldMaxPool.export: the compiled kernel"
+        )
         return NativeMaxPool2x2() if compiled else torch.nn.MaxPool2d(2)
 
 

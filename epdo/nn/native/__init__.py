@@ -67,6 +67,29 @@ def threads_for(values: torch.Tensor) -> int:
     return torch.get_num_threads() if values.numel() >= GRAIN_SIZE else 1
 
 
+def serves(device: torch.device, dtype: torch.dtype, load: Callable[[torch.dtype], Optional[ctypes.CDLL]]) -> bool:
+    """Whether the compiled kernels that ``load`` (:func:`load_max_pool`, :func:`load_field_maps`) builds run for
+    tensors of ``device`` and ``dtype``: CPU float32/float64 tensors, where the kernels build (under
+    ``torch.compile``, where they are enabled: the operator builds its kernel when the graph first runs)."""
+    if device.type != "cpu" or dtype not in SCALAR_TYPES:
+        return False
+    if torch.compiler.is_compiling():
+        return enabled()
+    return load(dtype) is not None
+
+
+def exported_native(
+    backend: str, like: torch.Tensor, load: Callable[[torch.dtype], Optional[ctypes.CDLL]], kernel: str
+) -> bool:
+    """Whether a module exported with ``backend`` (``"auto"``, ``"native"``, ``"pytorch"``) for tensors like ``like``
+    calls the compiled kernels of ``load``: never with ``"pytorch"``, otherwise where they serve ``like``
+    (:func:`serves`); ``RuntimeError`` naming ``kernel`` where ``"native"`` asks for kernels that do not."""
+    native = backend != "pytorch" and serves(like.device, like.dtype, load)
+    if backend == "native" and not native:
+        raise RuntimeError(f"{kernel} does not serve {like.dtype} on {like.device}")
+    return native
+
+
 def cache_dir() -> Path:
     if os.environ.get("EPDO_CACHE_DIR"):
         return Path(os.environ["EPDO_CACHE_DIR"])
