@@ -95,6 +95,10 @@ MODELS: Dict[str, List[str]] = {
     "so2-sampled-lr05": ["--preset", "so2", "--form", "sampled", "--lr-scale", "0.5"],
     "so2-sampled-lr15": ["--preset", "so2", "--form", "sampled", "--lr-scale", "1.5"],
     "so2-escnn-lr15": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14", "--lr-scale", "1.5"],
+    # ... SO(2) on seed 2's data (its slow seed) with every seed's initialization, order, augmentation and dropout:
+    # does the spread follow the data or the rest?
+    "so2-sampled-data2": ["--preset", "so2", "--form", "sampled", "--data-seed", "2"],
+    "so2-escnn-data2": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14", "--data-seed", "2"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],

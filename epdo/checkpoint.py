@@ -65,7 +65,7 @@ class Checkpoint:
         """The run's training and test images: its dataset, seed and limits (``limit_test`` replaces the run's), read
         from ``data_dir`` or the run's data directory.  Raises :class:`epdo.data.DatasetError`."""
         training = self.training
-        train, test = load_dataset(training.dataset, data_dir or self.data_dir, seed=training.seed)
+        train, test = load_dataset(training.dataset, data_dir or self.data_dir, seed=training.dataset_seed)
         return train.limit(training.limit_train), test.limit(limit_test or training.limit_test)
 
     def as_dict(self) -> Dict[str, Any]:

@@ -74,9 +74,9 @@ MODEL_FLAGS = {
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
 TRAINING_FLAGS = {
-    "dataset": "--dataset", "seed": "--seed", "limit_train": "--limit-train", "limit_test": "--limit-test",
-    "augment": "--no-augment", "epochs": "--epochs", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
-    "lr_scale": "--lr-scale", "bn_batches": "--bn-batches",
+    "dataset": "--dataset", "seed": "--seed", "data_seed": "--data-seed", "limit_train": "--limit-train",
+    "limit_test": "--limit-test", "augment": "--no-augment", "epochs": "--epochs", "batch_size": "--batch-size",
+    "weight_decay": "--weight-decay", "lr_scale": "--lr-scale", "bn_batches": "--bn-batches",
     "reset_optimizer_each_epoch": "--reset-optimizer-each-epoch", "amp": "--amp",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.training.TrainingConfig`."""
@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data (with --resume: the run's)", argument_default=argparse.SUPPRESS)
     data.add_argument("--dataset", choices=DATASETS, help=f"default: {default.dataset}")
     data.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default $EPDO_DATA or ~/.cache/epdo)")
+    data.add_argument(
+        "--data-seed",
+        type=int,
+        help="draw the dataset (fashion-rot's sample and angles, synthetic) from this seed (default: --seed)",
+    )
     data.add_argument("--limit-train", type=positive_int, help="the first N training images (default: all)")
     data.add_argument("--limit-test", type=positive_int, help="the first N test images (default: all)")
     data.add_argument(
@@ -296,7 +301,7 @@ def _train(
     random.seed(training.seed)
     np.random.seed(training.seed % 2**32)
     torch.manual_seed(training.seed)
-    train, test = load_dataset(training.dataset, args.data_dir, seed=training.seed)
+    train, test = load_dataset(training.dataset, args.data_dir, seed=training.dataset_seed)
     train, test = train.limit(training.limit_train), test.limit(training.limit_test)
     start_time = time.perf_counter()
     model = build_model(config).to(group.device)

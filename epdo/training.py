@@ -34,7 +34,9 @@ class TrainingConfig:
 
     Args:
         dataset: one of ``epdo.data.DATASETS``.
-        seed: the data sample (``fashion-rot``), initialization, batch order, augmentation and dropout.
+        seed: the initialization, batch order, augmentation and dropout, and the data unless ``data_seed``.
+        data_seed: the dataset's draw (``fashion-rot``: its training sample and every image's angle; ``synthetic``:
+            its images) from a seed of its own (``None``: ``seed``); ``mnist-rot`` is one fixed set.
         limit_train, limit_test: the first images of each split (``None``: all).
         augment: random rotations of the training images (:func:`epdo.data.random_rotation`).
         epochs: epochs to train.
@@ -49,6 +51,7 @@ class TrainingConfig:
 
     dataset: str = "mnist-rot"
     seed: int = 0
+    data_seed: Optional[int] = None
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
     augment: bool = True
@@ -73,18 +76,26 @@ class TrainingConfig:
                 f"{self.weight_decay} and {self.lr_scale}"
             )
 
+    @property
+    def dataset_seed(self) -> int:
+        """The seed of the dataset's draw: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def as_dict(self) -> Dict[str, Any]:
         """A plain dictionary, as stored in checkpoints."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> TrainingConfig:
-        """The inverse of :meth:`as_dict`; raises ``ValueError`` naming a missing, unknown or ill-typed field."""
+        """The inverse of :meth:`as_dict`; raises ``ValueError`` naming a missing, unknown or ill-typed field.  A
+        dictionary without ``data_seed`` (written before it existed) draws its data from ``seed``."""
+        if isinstance(values, dict):
+            values = {"data_seed": None, **values}
         return cls(**checked_fields("training configuration", values, _TRAINING_KINDS))
 
 
-_TRAINING_KINDS = dict(dataset=str, seed=int, limit_train=(int, None), limit_test=(int, None), augment=bool,
-                       epochs=int, batch_size=int, weight_decay=float, lr_scale=float, bn_batches=int,
+_TRAINING_KINDS = dict(dataset=str, seed=int, data_seed=(int, None), limit_train=(int, None), limit_test=(int, None),
+                       augment=bool, epochs=int, batch_size=int, weight_decay=float, lr_scale=float, bn_batches=int,
                        reset_optimizer_each_epoch=bool, amp=bool)  # fmt: skip
 
 
