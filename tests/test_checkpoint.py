@@ -19,6 +19,7 @@ from epdo.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from epdo.data import load_dataset
 from epdo.evaluate import main as evaluate_main
 from epdo.models import ModelConfig
 from epdo.models.config import _BASIS_KINDS, _MODEL_KINDS
@@ -202,11 +203,13 @@ def test_a_resume_refuses_flags_that_contradict_the_run(trained, tmp_path, capsy
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes((trained / "checkpoint.pt").read_bytes())
-    given = ["--widths", "8,8,8,8,8,8", "--seed", "3", "--lr-scale", "2", "--no-augment", "--dis", "fd"]
+    given = ["--widths", "8,8,8,8,8,8", "--seed", "3", "--data-seed", "5", "--lr-scale", "2", "--no-augment"]
+    given += ["--dis", "fd"]
     assert train_main(["--out", str(out), "--resume", "--epochs", "2", *given]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     for shown in ("--widths 8,8,8,8,8,8 (the run's widths: 4,4,4,4,4,4)", "--seed 3 (the run's seed: 0)",
+                  "--data-seed 5 (the run's data_seed: None)",
                   "--lr-scale 2.0 (the run's lr_scale: 1.0)", "--no-augment (the run's augment: True)",
                   "--dis fd (the run's basis.discretization: gauss)"):  # fmt: skip
         assert shown in err
@@ -323,3 +326,21 @@ def test_a_model_configuration_written_before_the_stencil_scale_existed_reads_wi
     values = ModelConfig().as_dict()
     del values["basis"]["scale"]
     assert ModelConfig.from_dict(values) == ModelConfig()
+
+
+def test_a_training_configuration_written_before_the_data_seed_existed_draws_its_data_from_the_seed():
+    values = TrainingConfig(seed=3).as_dict()
+    del values["data_seed"]
+    assert TrainingConfig.from_dict(values) == TrainingConfig(seed=3)
+    assert TrainingConfig.from_dict(values).dataset_seed == 3
+
+
+def test_the_data_seed_draws_the_runs_data(trained, tmp_path):
+    state = content(trained / "checkpoint.pt")
+    state["training"]["data_seed"] = 1
+    torch.save(state, tmp_path / "other.pt")
+    own_train, own_test = read_checkpoint(trained / "checkpoint.pt").run_data()
+    other_train, other_test = read_checkpoint(tmp_path / "other.pt").run_data()
+    drawn_train, _ = load_dataset("synthetic", seed=1)
+    assert torch.equal(torch.as_tensor(other_train.images), torch.as_tensor(drawn_train.limit(64).images))
+    assert not torch.equal(torch.as_tensor(own_train.images), torch.as_tensor(other_train.images))

@@ -161,6 +161,7 @@ def test_cli_model_flags_reach_the_model_configuration():
     assert training_config(parse(["--no-augment", "--amp", "--weight-decay", "0"])) == TrainingConfig(
         augment=False, amp=True, weight_decay=0.0
     )
+    assert training_config(parse(["--seed", "4", "--data-seed", "1"])) == TrainingConfig(seed=4, data_seed=1)
     assert model_config(parse(["--bandwidth", "None"])).basis.bandwidth is None
     assert model_config(parse(["--bandwidth", "0.15", "--max-frequency", "none"])).basis == PDOBasis(
         max_frequency=None, bandwidth=0.15
@@ -256,3 +257,18 @@ def test_resuming_with_a_preset_that_differs_in_a_field_without_a_flag_is_one_li
     args = build_parser().parse_args(["--preset", "default", "--resume"])
     with pytest.raises(ValueError, match=r"--preset default sets basis.max_order 4 \(the run's: 3\)"):
         resumed_configs(args, stored)
+
+
+def test_cli_draws_the_data_from_the_data_seed_and_the_rest_from_the_seed(tmp_path, monkeypatch):
+    drawn, built = [], []
+    monkeypatch.setattr(
+        train_module, "load_dataset", lambda name, data_dir, seed: drawn.append(seed) or load_dataset(name, seed=seed)
+    )
+    monkeypatch.setattr(
+        train_module, "build_model", lambda config: built.append(torch.random.get_rng_state()) or build_model(config)
+    )
+    for data_seed in ("1", "2"):
+        run = ["--epochs", "1", "--seed", "4", "--data-seed", data_seed, "--out", str(tmp_path / data_seed)]
+        assert train_main([*TINY, *run]) == 0
+    assert drawn == [1, 2]
+    assert torch.equal(built[0], built[1]) and torch.equal(built[0], torch.manual_seed(4).get_state())
