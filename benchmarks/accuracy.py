@@ -99,6 +99,10 @@ MODELS: Dict[str, List[str]] = {
     # does the spread follow the data or the rest?
     "so2-sampled-data2": ["--preset", "so2", "--form", "sampled", "--data-seed", "2"],
     "so2-escnn-data2": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14", "--data-seed", "2"],
+    # ... SO(2) with a wider generator (hidden fields in_type / (2 d), 9 on layer 2, against 4) or two PDO sets (g 2),
+    # at R2Conv's parameters (27,634; 27,172)
+    "so2-sampled-r2": ["--preset", "so2", "--form", "sampled", "--reduction", "2", "--widths", "16,16,24,24,32,32"],
+    "so2-sampled-g2": ["--preset", "so2", "--form", "sampled", "--g", "2", "--widths", "18,18,26,26,34,34"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
