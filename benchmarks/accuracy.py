@@ -103,6 +103,10 @@ MODELS: Dict[str, List[str]] = {
     # at R2Conv's parameters (27,634; 27,172)
     "so2-sampled-r2": ["--preset", "so2", "--form", "sampled", "--reduction", "2", "--widths", "16,16,24,24,32,32"],
     "so2-sampled-g2": ["--preset", "so2", "--form", "sampled", "--g", "2", "--widths", "18,18,26,26,34,34"],
+    # ... SO(2) with stencils that rotate better off the grid (static PDOs at initialization: RBF-FD 0.47x R2Conv's
+    # off-grid error, the band limit 0.15 0.75x, the default Gaussian stencils 1.40x)
+    "so2-sampled-rbffd": ["--preset", "so2", "--form", "sampled", "--dis", "rbffd"],
+    "so2-sampled-bw15": ["--preset", "so2", "--form", "sampled", "--bandwidth", "0.15"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],
