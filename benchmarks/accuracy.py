@@ -107,6 +107,8 @@ MODELS: Dict[str, List[str]] = {
     # off-grid error, the band limit 0.15 0.75x, the default Gaussian stencils 1.40x)
     "so2-sampled-rbffd": ["--preset", "so2", "--form", "sampled", "--dis", "rbffd"],
     "so2-sampled-bw15": ["--preset", "so2", "--form", "sampled", "--bandwidth", "0.15"],
+    # ... and without the 4th-order stencils, whose off-grid error is the largest, at R2Conv's parameters (27,595)
+    "so2-sampled-o3": ["--preset", "so2", "--form", "sampled", "--max-order", "3", "--widths", "18,18,27,27,36,36"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],

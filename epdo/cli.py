@@ -64,6 +64,14 @@ def max_frequency(text: str) -> Optional[int]:
     return None if text.lower() == "none" else non_negative_int(text)
 
 
+def max_order(text: str) -> int:
+    """An integer in 0..4, the highest derivative order of the PDOs."""
+    value = non_negative_int(text)
+    if value > 4:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..4, got {value}")
+    return value
+
+
 def optional_bandwidth(text: str) -> Optional[float]:
     """``none`` or a band limit in ``[0.1, 1]`` cycles per pixel (:class:`epdo.kernels.PDOBasis`)."""
     if text.lower() == "none":

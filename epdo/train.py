@@ -36,6 +36,7 @@ from epdo.checkpoint import (
 from epdo.cli import (
     kernel_size,
     max_frequency,
+    max_order,
     non_negative_float,
     non_negative_int,
     one_line_warnings,
@@ -66,7 +67,7 @@ METRICS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error"
 MODEL_FLAGS = {
     "layer": "--layer", "fields": "--model", "group_order": "--group-order", "flip": "--flip", "widths": "--widths",
     "basis.discretization": "--dis", "basis.max_frequency": "--max-frequency", "basis.bandwidth": "--bandwidth",
-    "basis.size": "--kernel-size",
+    "basis.size": "--kernel-size", "basis.max_order": "--max-order",
     "g": "--g", "s": "--s", "reduction": "--reduction", "dropout": "--dropout", "head": "--head",
     "field_frequency": "--field-frequency", "nonlinearity": "--nonlinearity", "skeleton": "--skeleton",
     "form": "--form",
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--layer", choices=LAYERS, help="layers 2-6: epdo, reference, or a baseline (pdo, escnn, cnn)")
     model.add_argument("--group-order", type=positive_int, help="N of C_N / D_N")
     model.add_argument("--widths", type=widths, help="fields of layers 1-6, e.g. 14,14,21,21,28,28")
+    model.add_argument(
+        "--max-order", type=max_order, help="highest derivative order of the PDOs: 0..4, below the stencils' width"
+    )
     model.add_argument(
         "--max-frequency", type=max_frequency, help="highest angular frequency of the PDOs: 'none' or 0..4"
     )
@@ -178,7 +182,12 @@ def model_config(args: argparse.Namespace, base: Optional[ModelConfig] = None) -
                 else f"paper-R-{'gauss' if given.get('dis') == 'gauss' else 'fd'}"
             )
     config = preset(name) if name else base or preset("default")
-    basis = {"discretization": "dis", "max_frequency": "max_frequency", "bandwidth": "bandwidth"}
+    basis = {
+        "discretization": "dis",
+        "max_order": "max_order",
+        "max_frequency": "max_frequency",
+        "bandwidth": "bandwidth",
+    }
     names = ("layer", "flip", "g", "s", "reduction", "group_order", "widths", "dropout", "head", "field_frequency",
              "nonlinearity", "skeleton", "form")  # fmt: skip
     changes = {k: given[k] for k in names if k in given}
@@ -210,7 +219,7 @@ def resumed_configs(args: argparse.Namespace, checkpoint: Checkpoint) -> Tuple[M
     stored_model, new_model = _flat(asdict(checkpoint.model_config)), _flat(asdict(model))
     for name, value in new_model.items():
         if value != stored_model[name]:
-            flag = MODEL_FLAGS.get(name)  # basis.max_order and basis.size have none: only a preset sets them
+            flag = MODEL_FLAGS.get(name)  # basis.scale has none: only a preset sets it
             if flag is None or chosen and flag.lstrip("-").replace("-", "_") not in given:  # set by the preset
                 conflicts.append(f"{chosen} sets {name} {_shown(value)} (the run's: {_shown(stored_model[name])})")
             else:

@@ -134,7 +134,8 @@ def test_evaluate_refuses_other_files(tmp_path, capsys):
      ("--group-order", "0"), ("--g", "0"), ("--s", "-2"), ("--reduction", "0"), ("--threads", "0"),
      ("--widths", "4,4,0,4,4,4"), ("--epochs", "two"), ("--weight-decay", "-1"), ("--bandwidth", "0"),
      ("--bandwidth", "1.5"), ("--bandwidth", "wide"), ("--kernel-size", "4"), ("--kernel-size", "1"),
-     ("--max-frequency", "-1"), ("--max-frequency", "low"), ("--preset", "R-fd")],
+     ("--max-frequency", "-1"), ("--max-frequency", "low"), ("--max-order", "5"), ("--max-order", "-1"),
+     ("--preset", "R-fd")],
 )  # fmt: skip
 def test_cli_refuses_bad_values(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -171,6 +172,8 @@ def test_cli_model_flags_reach_the_model_configuration():
     )
     assert model_config(parse(["--layer", "escnn", "--widths", "5,5,7,7,10,11"])).widths == (5, 5, 7, 7, 10, 11)
     assert model_config(parse(["--kernel-size", "7"])).basis == PDOBasis(size=7)
+    assert model_config(parse(["--max-order", "3", "--dis", "fd"])).basis == PDOBasis("fd", max_order=3)
+    assert model_config(parse(["--max-order", "4", "--kernel-size", "3"])).basis == PDOBasis(max_order=2, size=3)
     assert model_config(parse(["--kernel-size", "3", "--dis", "fd"])).basis == PDOBasis("fd", max_order=2, size=3)
     escnn = build_model(model_config(parse(["--layer", "escnn", "--kernel-size", "3", *TINY[2:6]])))
     assert {m.kernel_size for m in escnn.modules() if isinstance(m, nn.R2Conv)} == {3}
@@ -247,16 +250,19 @@ def test_an_epoch_leaves_the_global_random_state_as_it_was():
     assert results[0] == results[1]
 
 
-def test_resuming_with_a_preset_that_differs_in_a_field_without_a_flag_is_one_line():
-    """``basis.max_order`` and ``basis.size`` have no flag: a preset that differs from the run in them is named."""
+def test_resuming_with_a_preset_that_differs_in_a_field_not_flagged_is_one_line():
+    """A preset that differs from the run in a field no flag given sets (``basis.max_order``) or that has no flag
+    (``basis.scale``) is named."""
     from types import SimpleNamespace
 
     from epdo.train import resumed_configs
 
-    stored = SimpleNamespace(model_config=ModelConfig(basis=PDOBasis(max_order=3)), training=TrainingConfig(), epoch=1)
     args = build_parser().parse_args(["--preset", "default", "--resume"])
-    with pytest.raises(ValueError, match=r"--preset default sets basis.max_order 4 \(the run's: 3\)"):
-        resumed_configs(args, stored)
+    for basis, message in ((PDOBasis(max_order=3), r"basis.max_order 4 \(the run's: 3\)"),
+                           (PDOBasis(scale=0.9), r"basis.scale None \(the run's: 0.9\)")):  # fmt: skip
+        stored = SimpleNamespace(model_config=ModelConfig(basis=basis), training=TrainingConfig(), epoch=1)
+        with pytest.raises(ValueError, match="--preset default sets " + message):
+            resumed_configs(args, stored)
 
 
 def test_cli_draws_the_data_from_the_data_seed_and_the_rest_from_the_seed(tmp_path, monkeypatch):
