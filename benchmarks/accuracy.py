@@ -99,6 +99,8 @@ MODELS: Dict[str, List[str]] = {
     # does the spread follow the data or the rest?
     "so2-sampled-data2": ["--preset", "so2", "--form", "sampled", "--data-seed", "2"],
     "so2-escnn-data2": ["--preset", "so2", "--layer", "escnn", "--widths", "7,7,11,11,14,14", "--data-seed", "2"],
+    # ... and seed 2's initial weights with every seed's data, order, augmentation and dropout
+    "so2-sampled-init2": ["--preset", "so2", "--form", "sampled", "--init-seed", "2"],
     # ... SO(2) with a wider generator (hidden fields in_type / (2 d), 9 on layer 2, against 4) or two PDO sets (g 2),
     # at R2Conv's parameters (27,634; 27,172)
     "so2-sampled-r2": ["--preset", "so2", "--form", "sampled", "--reduction", "2", "--widths", "16,16,24,24,32,32"],

@@ -75,10 +75,10 @@ MODEL_FLAGS = {
 """The flag that sets each field of :class:`epdo.models.ModelConfig` (``basis.*``: of its :class:`PDOBasis`)."""
 
 TRAINING_FLAGS = {
-    "dataset": "--dataset", "seed": "--seed", "data_seed": "--data-seed", "limit_train": "--limit-train",
-    "limit_test": "--limit-test", "augment": "--no-augment", "epochs": "--epochs", "batch_size": "--batch-size",
-    "weight_decay": "--weight-decay", "lr_scale": "--lr-scale", "bn_batches": "--bn-batches",
-    "reset_optimizer_each_epoch": "--reset-optimizer-each-epoch", "amp": "--amp",
+    "dataset": "--dataset", "seed": "--seed", "data_seed": "--data-seed", "init_seed": "--init-seed",
+    "limit_train": "--limit-train", "limit_test": "--limit-test", "augment": "--no-augment", "epochs": "--epochs",
+    "batch_size": "--batch-size", "weight_decay": "--weight-decay", "lr_scale": "--lr-scale",
+    "bn_batches": "--bn-batches", "reset_optimizer_each_epoch": "--reset-optimizer-each-epoch", "amp": "--amp",
 }  # fmt: skip
 """The flag that sets each field of :class:`epdo.training.TrainingConfig`."""
 
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weight-decay", type=non_negative_float, help=f"default: {default.weight_decay}")
     run.add_argument("--lr-scale", type=positive_float, help="multiply the schedule's rates (default: 1)")
     run.add_argument("--seed", type=int, help=f"default: {default.seed}")
+    run.add_argument("--init-seed", type=int, help="draw the initial weights from this seed (default: --seed's stream)")
     run.add_argument(
         "--bn-batches",
         type=non_negative_int,
@@ -313,7 +314,13 @@ def _train(
     train, test = load_dataset(training.dataset, args.data_dir, seed=training.dataset_seed)
     train, test = train.limit(training.limit_train), test.limit(training.limit_test)
     start_time = time.perf_counter()
-    model = build_model(config).to(group.device)
+    if training.init_seed is None:
+        model = build_model(config)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(training.init_seed)
+            model = build_model(config)
+    model = model.to(group.device)
     build_seconds = time.perf_counter() - start_time
     if group.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)

@@ -34,9 +34,12 @@ class TrainingConfig:
 
     Args:
         dataset: one of ``epdo.data.DATASETS``.
-        seed: the initialization, batch order, augmentation and dropout, and the data unless ``data_seed``.
+        seed: the batch order, augmentation and dropout, and the data and the initialization unless ``data_seed`` /
+            ``init_seed``.
         data_seed: the dataset's draw (``fashion-rot``: its training sample and every image's angle; ``synthetic``:
             its images) from a seed of its own (``None``: ``seed``); ``mnist-rot`` is one fixed set.
+        init_seed: the weights' initialization from a seed of its own, the training's draws then starting from
+            ``seed`` as if the build drew nothing (``None``: the weights are ``seed``'s first draws).
         limit_train, limit_test: the first images of each split (``None``: all).
         augment: random rotations of the training images (:func:`epdo.data.random_rotation`).
         epochs: epochs to train.
@@ -52,6 +55,7 @@ class TrainingConfig:
     dataset: str = "mnist-rot"
     seed: int = 0
     data_seed: Optional[int] = None
+    init_seed: Optional[int] = None
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
     augment: bool = True
@@ -88,15 +92,17 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> TrainingConfig:
         """The inverse of :meth:`as_dict`; raises ``ValueError`` naming a missing, unknown or ill-typed field.  A
-        dictionary without ``data_seed`` (written before it existed) draws its data from ``seed``."""
+        dictionary without ``data_seed`` / ``init_seed`` (written before they existed) draws its data / weights from
+        ``seed``."""
         if isinstance(values, dict):
-            values = {"data_seed": None, **values}
+            values = {"data_seed": None, "init_seed": None, **values}
         return cls(**checked_fields("training configuration", values, _TRAINING_KINDS))
 
 
-_TRAINING_KINDS = dict(dataset=str, seed=int, data_seed=(int, None), limit_train=(int, None), limit_test=(int, None),
-                       augment=bool, epochs=int, batch_size=int, weight_decay=float, lr_scale=float, bn_batches=int,
-                       reset_optimizer_each_epoch=bool, amp=bool)  # fmt: skip
+_TRAINING_KINDS = dict(dataset=str, seed=int, data_seed=(int, None), init_seed=(int, None),
+                       limit_train=(int, None), limit_test=(int, None), augment=bool, epochs=int, batch_size=int,
+                       weight_decay=float, lr_scale=float, bn_batches=int, reset_optimizer_each_epoch=bool,
+                       amp=bool)  # fmt: skip
 
 
 def learning_rate(epoch: int, schedule: Sequence[Tuple[int, float]] = SCHEDULE) -> float:

@@ -328,9 +328,9 @@ def test_a_model_configuration_written_before_the_stencil_scale_existed_reads_wi
     assert ModelConfig.from_dict(values) == ModelConfig()
 
 
-def test_a_training_configuration_written_before_the_data_seed_existed_draws_its_data_from_the_seed():
+def test_a_training_configuration_written_before_the_data_and_init_seeds_existed_draws_from_the_seed():
     values = TrainingConfig(seed=3).as_dict()
-    del values["data_seed"]
+    del values["data_seed"], values["init_seed"]
     assert TrainingConfig.from_dict(values) == TrainingConfig(seed=3)
     assert TrainingConfig.from_dict(values).dataset_seed == 3
 

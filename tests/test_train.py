@@ -278,3 +278,28 @@ def test_cli_draws_the_data_from_the_data_seed_and_the_rest_from_the_seed(tmp_pa
         assert train_main([*TINY, *run]) == 0
     assert drawn == [1, 2]
     assert torch.equal(built[0], built[1]) and torch.equal(built[0], torch.manual_seed(4).get_state())
+
+
+def test_cli_draws_the_weights_from_the_init_seed_and_the_training_from_the_seed(tmp_path, monkeypatch):
+    built, trained = [], []
+    monkeypatch.setattr(
+        train_module, "build_model", lambda config: built.append(torch.random.get_rng_state()) or build_model(config)
+    )
+    epoch = train_module.train_epoch
+    monkeypatch.setattr(
+        train_module, "train_epoch", lambda *a, **k: trained.append(torch.random.get_rng_state()) or epoch(*a, **k)
+    )
+    runs = {
+        "own": ["--seed", "2"],
+        "2 for 4": ["--seed", "4", "--init-seed", "2"],
+        "2 for 5": ["--seed", "5", "--init-seed", "2"],
+    }
+    for name, flags in runs.items():
+        assert train_main([*TINY, "--epochs", "1", *flags, "--out", str(tmp_path / name)]) == 0
+    weights = [load_checkpoint(tmp_path / name / "checkpoint.pt")[0] for name in runs]
+    assert all(torch.equal(b, torch.manual_seed(2).get_state()) for b in built)  # the same weights are drawn
+    assert torch.equal(trained[1], torch.manual_seed(4).get_state())  # the training starts at --seed's stream
+    assert torch.equal(trained[2], torch.manual_seed(5).get_state())
+    assert not torch.equal(trained[0], torch.manual_seed(2).get_state())  # without: after the weights' draws
+    differ = [not torch.equal(a, b) for a, b in zip(*(w.state_dict().values() for w in weights[1:]))]
+    assert any(differ)  # other batches and dropout: other trained weights
