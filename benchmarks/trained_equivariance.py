@@ -27,19 +27,20 @@ from epdo.nn import NeuralePDO, PDOConv
 LAYERS = (NeuralePDO, PDOConv, nn.R2Conv)
 
 
+def layer_error(layer: torch.nn.Module, size: int) -> float:
+    """``layer``'s mean off-grid error on smooth fields of its input type (``size`` pixels) scaled to unit RMS."""
+    torch.manual_seed(0)
+    x = smooth_field(layer.in_type, 2, size).tensor
+    x = nn.GeometricTensor(x / x.pow(2).mean().sqrt(), layer.in_type)
+    with torch.no_grad():
+        found = equivariance_errors(layer, x, off_grid_elements(layer.in_type.gspace), margin=4)
+    return float(np.mean(list(found.values())))
+
+
 def layer_errors(checkpoint: Path, size: int) -> List[float]:
     """The mean off-grid error of each convolution of the network in ``checkpoint``, in order."""
     model, _ = load_checkpoint(checkpoint)
-    errors = []
-    for layer in model.eval().body.children():
-        if isinstance(layer, LAYERS):
-            torch.manual_seed(0)
-            x = smooth_field(layer.in_type, 2, size).tensor
-            x = nn.GeometricTensor(x / x.pow(2).mean().sqrt(), layer.in_type)
-            with torch.no_grad():
-                found = equivariance_errors(layer, x, off_grid_elements(layer.in_type.gspace), margin=4)
-            errors.append(float(np.mean(list(found.values()))))
-    return errors
+    return [layer_error(layer, size) for layer in model.eval().body.children() if isinstance(layer, LAYERS)]
 
 
 def main(argv=None) -> None:
