@@ -36,6 +36,9 @@ from epdo.evaluate import parse_angles
 from epdo.nn import batch_norms
 from epdo.training import evaluate, reestimate_batch_norm, rotation_errors
 
+SO2_SAMPLED_R2 = ["--preset", "so2", "--form", "sampled", "--reduction", "2"]
+"""The SO(2) sampled form with its generator twice as wide as the preset's."""
+
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
     "half": ["--preset", "half"],  # the half preset: 13,814 parameters, half escnn's count
@@ -103,12 +106,17 @@ MODELS: Dict[str, List[str]] = {
     "so2-sampled-init2": ["--preset", "so2", "--form", "sampled", "--init-seed", "2"],
     # ... SO(2) with a wider generator (hidden fields in_type / (2 d), 9 on layer 2, against 4) or two PDO sets (g 2),
     # at R2Conv's parameters (27,634; 27,172)
-    "so2-sampled-r2": ["--preset", "so2", "--form", "sampled", "--reduction", "2", "--widths", "16,16,24,24,32,32"],
+    "so2-sampled-r2": [*SO2_SAMPLED_R2, "--widths", "16,16,24,24,32,32"],
     "so2-sampled-g2": ["--preset", "so2", "--form", "sampled", "--g", "2", "--widths", "18,18,26,26,34,34"],
     # ... SO(2) with stencils that rotate better off the grid (static PDOs at initialization: RBF-FD 0.47x R2Conv's
     # off-grid error, the band limit 0.15 0.75x, the default Gaussian stencils 1.40x)
     "so2-sampled-rbffd": ["--preset", "so2", "--form", "sampled", "--dis", "rbffd"],
     "so2-sampled-bw15": ["--preset", "so2", "--form", "sampled", "--bandwidth", "0.15"],
+    # ... the wider generator again (hidden fields in_type / d, 14 on layer 2), and with the band limit 0.15 or without
+    # the 4th-order stencils, at R2Conv's parameters (27,573; 27,634; 27,579)
+    "so2-sampled-r1": ["--preset", "so2", "--form", "sampled", "--reduction", "1", "--widths", "14,14,20,20,27,27"],
+    "so2-sampled-r2-bw15": [*SO2_SAMPLED_R2, "--widths", "16,16,24,24,32,32", "--bandwidth", "0.15"],
+    "so2-sampled-r2-o3": [*SO2_SAMPLED_R2, "--widths", "16,16,25,25,32,32", "--max-order", "3"],
     # ... and without the 4th-order stencils, whose off-grid error is the largest, at R2Conv's parameters (27,595)
     "so2-sampled-o3": ["--preset", "so2", "--form", "sampled", "--max-order", "3", "--widths", "18,18,27,27,36,36"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
