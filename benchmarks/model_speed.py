@@ -4,10 +4,10 @@ size class.
 
 Sizes: ``equal`` (the default Neural ePDO network against escnn's R2Conv 5x5 network at the same parameter count, C8,
 batch 64: the comparison a user makes), ``paper`` (the paper's four models and the escnn baseline at paper widths),
-``so2`` / ``o2`` (the SO(2) / O(2) networks of ``benchmarks/accuracy.py``, ``so2`` / ``o2`` against ``so2-escnn`` /
-``o2-escnn``; the sampled forms and R2Conv also with escnn's own ``FourierPointwise`` ReLU and ``IIDBatchNorm2d`` in
-place of epdo's ``FourierReLU`` and ``IIDBatchNorm``, which compute the same: R2Conv's so is the network escnn builds)
-and ``tutorial`` (escnn's tutorial shape, ``tutorial-epdo`` against ``tutorial-escnn``).
+``so2`` / ``o2`` (the SO(2) / O(2) networks of ``benchmarks/accuracy.py`` and the preset ``so2-sampled``, against
+``so2-escnn`` / ``o2-escnn``; the sampled forms and R2Conv also with escnn's own ``FourierPointwise`` ReLU and
+``IIDBatchNorm2d`` in place of epdo's ``FourierReLU`` and ``IIDBatchNorm``, which compute the same: R2Conv's so is the
+network escnn builds) and ``tutorial`` (escnn's tutorial shape, ``tutorial-epdo`` against ``tutorial-escnn``).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ SIZES = {
     "so2": {
         "Neural ePDO, preset so2": PRESETS["so2"],
         "Neural ePDO, so2, sampled form": SO2_SAMPLED,
+        "Neural ePDO, preset so2-sampled (sampled form, generator 2x as wide)": PRESETS["so2-sampled"],
         "Neural ePDO, so2, sampled form, escnn's ReLU and batch norm": EscnnModules(SO2_SAMPLED),
         "escnn R2Conv 5x5": SO2_ESCNN,
         "escnn R2Conv 5x5, escnn's ReLU and batch norm": EscnnModules(SO2_ESCNN),

@@ -255,10 +255,11 @@ def test_config_round_trips_through_a_dictionary():
     assert ModelConfig.from_dict(older) == preset("so2")
 
 
-def test_the_so2_preset_matches_escnns_count_within_three_percent():
-    ours = count_parameters(build_model("so2"))
+def test_the_so2_presets_match_escnns_count():
     escnn = count_parameters(build_model(preset("so2", layer="escnn", widths=(7, 7, 11, 11, 14, 14))))
-    assert abs(ours - escnn) / escnn < 0.03, (ours, escnn)
+    for name, within in (("so2", 0.03), ("so2-sampled", 0.005)):
+        ours = count_parameters(build_model(name))
+        assert abs(ours - escnn) / escnn < within, (name, ours, escnn)
     with pytest.raises(ValueError, match="or -1 .SO.2. / O.2.. with fourier fields; got -1 with 'regular' fields"):
         ModelConfig(group_order=-1)
 
