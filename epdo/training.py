@@ -82,7 +82,7 @@ class TrainingConfig:
 
     @property
     def dataset_seed(self) -> int:
-        """The seed of the dataset's draw: ``data_seed``, else ``seed``."""
+        """The seed the dataset is drawn from (``data_seed``, else ``seed``)."""
         return self.seed if self.data_seed is None else self.data_seed
 
     def as_dict(self) -> Dict[str, Any]:
