@@ -117,6 +117,8 @@ MODELS: Dict[str, List[str]] = {
     "so2-sampled-r1": ["--preset", "so2", "--form", "sampled", "--reduction", "1", "--widths", "14,14,20,20,27,27"],
     "so2-sampled-r2-bw15": [*SO2_SAMPLED_R2, "--widths", "16,16,24,24,32,32", "--bandwidth", "0.15"],
     "so2-sampled-r2-o3": [*SO2_SAMPLED_R2, "--widths", "16,16,25,25,32,32", "--max-order", "3"],
+    # O(2) with the preset so2-sampled's 2x generator, at R2Conv's parameters (27,415)
+    "o2-sampled-r2": ["--preset", "so2-sampled", "--flip", "--widths", "11,11,17,17,23,23"],
     # ... and without the 4th-order stencils, whose off-grid error is the largest, at R2Conv's parameters (27,595)
     "so2-sampled-o3": ["--preset", "so2", "--form", "sampled", "--max-order", "3", "--widths", "18,18,27,27,36,36"],
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
