@@ -36,9 +36,6 @@ from epdo.evaluate import parse_angles
 from epdo.nn import batch_norms
 from epdo.training import evaluate, reestimate_batch_norm, rotation_errors
 
-SO2_SAMPLED_R2 = ["--preset", "so2", "--form", "sampled", "--reduction", "2"]
-"""The SO(2) sampled form with its generator twice as wide as the preset's."""
-
 MODELS: Dict[str, List[str]] = {
     "default": [],  # the library's default network, C8, 27,454 parameters
     "half": ["--preset", "half"],  # the half preset: 13,814 parameters, half escnn's count
@@ -106,7 +103,7 @@ MODELS: Dict[str, List[str]] = {
     "so2-sampled-init2": ["--preset", "so2", "--form", "sampled", "--init-seed", "2"],
     # ... SO(2) with a wider generator (hidden fields in_type / (2 d), 9 on layer 2, against 4) or two PDO sets (g 2),
     # at R2Conv's parameters (27,634; 27,172)
-    "so2-sampled-r2": [*SO2_SAMPLED_R2, "--widths", "16,16,24,24,32,32"],
+    "so2-sampled-r2": ["--preset", "so2-sampled"],  # = --preset so2 --form sampled --reduction 2 --widths 16,...
     "so2-sampled-g2": ["--preset", "so2", "--form", "sampled", "--g", "2", "--widths", "18,18,26,26,34,34"],
     # ... SO(2) with stencils that rotate better off the grid (static PDOs at initialization: RBF-FD 0.47x R2Conv's
     # off-grid error, the band limit 0.15 0.75x, the default Gaussian stencils 1.40x)
@@ -115,8 +112,8 @@ MODELS: Dict[str, List[str]] = {
     # ... the wider generator again (hidden fields in_type / d, 14 on layer 2), and with the band limit 0.15 or without
     # the 4th-order stencils, at R2Conv's parameters (27,573; 27,634; 27,579)
     "so2-sampled-r1": ["--preset", "so2", "--form", "sampled", "--reduction", "1", "--widths", "14,14,20,20,27,27"],
-    "so2-sampled-r2-bw15": [*SO2_SAMPLED_R2, "--widths", "16,16,24,24,32,32", "--bandwidth", "0.15"],
-    "so2-sampled-r2-o3": [*SO2_SAMPLED_R2, "--widths", "16,16,25,25,32,32", "--max-order", "3"],
+    "so2-sampled-r2-bw15": ["--preset", "so2-sampled", "--bandwidth", "0.15"],
+    "so2-sampled-r2-o3": ["--preset", "so2-sampled", "--max-order", "3", "--widths", "16,16,25,25,32,32"],
     # O(2) with the preset so2-sampled's 2x generator, at R2Conv's parameters (27,415)
     "o2-sampled-r2": ["--preset", "so2-sampled", "--flip", "--widths", "11,11,17,17,23,23"],
     # ... and without the 4th-order stencils, whose off-grid error is the largest, at R2Conv's parameters (27,595)

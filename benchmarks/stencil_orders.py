@@ -27,7 +27,7 @@ from trained_equivariance import layer_error
 
 from epdo.checkpoint import load_checkpoint, read_checkpoint
 from epdo.diffops import DISCRETIZATIONS, derivative_matrix, frequency_projector, multi_indices, stencils_numpy
-from epdo.equivariance import disk_mask, smooth_field
+from epdo.equivariance import disk_mask, relative_error, smooth_field
 from epdo.nn import NeuralePDO
 from epdo.nn.neural_epdo import SampledLayout
 
@@ -50,20 +50,15 @@ def stencil_errors(discretization: str, angle: float, size: int, sigma: float) -
         return nn.GeometricTensor(t, nn.FieldType(gspace, [gspace.trivial_repr] * t.shape[1])).transform(element).tensor
 
     stencils = torch.tensor(stencils_numpy(discretization, MAX_ORDER), dtype=torch.float64)[:, None]
-    theta = np.radians(angle)
-    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     projector = torch.tensor(frequency_projector(MAX_ORDER, MAX_FREQUENCY).T)
-    action = projector @ torch.tensor(derivative_matrix(rotation, MAX_ORDER))
+    action = projector @ torch.tensor(derivative_matrix(gspace.basespace_action(element), MAX_ORDER))
     torch.manual_seed(0)
     field = smooth_field(nn.FieldType(gspace, [gspace.trivial_repr]), 4, size, sigma).tensor.double()
     pad = stencils.shape[-1] // 2
     found = torch.einsum("ij,bjhw->bihw", projector, F.conv2d(rotated(field), stencils, padding=pad))
     expected = torch.einsum("ij,bjhw->bihw", action, rotated(F.conv2d(field, stencils, padding=pad)))
     inside = disk_mask(size, size, margin=8.0).double()
-    return [
-        float(((found - expected)[:, s] * inside).norm() / (expected[:, s] * inside).norm())
-        for s in order_slices(MAX_ORDER)
-    ]
+    return [relative_error(found[:, s] * inside, expected[:, s] * inside) for s in order_slices(MAX_ORDER)]
 
 
 def order_shares(layer: NeuralePDO, x: nn.GeometricTensor) -> List[float]:
@@ -91,7 +86,8 @@ def static_part(module: torch.nn.Module, _, out: nn.GeometricTensor) -> nn.Geome
 
 
 def trained_layers(checkpoint: str, size: int) -> Dict[str, List[float]]:
-    """Per ``NeuralePDO`` of the run: ``{"shares": [...], "error": e, "static": e_static}``, flattened by layer."""
+    """``{"layer k": [share of order 0, ..., share of the top order, off-grid error, its static part's]}`` for each
+    ``NeuralePDO`` of the run."""
     model, _ = load_checkpoint(checkpoint)
     _, test = read_checkpoint(checkpoint).run_data(limit_test=32)
     inputs: Dict[int, nn.GeometricTensor] = {}

@@ -9,6 +9,7 @@ import sys
 import warnings
 from typing import Callable, Iterator, List, Optional
 
+from epdo.diffops import check_max_order
 from epdo.kernels.pdo_basis import check_bandwidth
 
 
@@ -65,10 +66,12 @@ def max_frequency(text: str) -> Optional[int]:
 
 
 def max_order(text: str) -> int:
-    """An integer in 0..4, the highest derivative order of the PDOs."""
+    """An integer in 0..4, the highest derivative order of the PDOs (:func:`epdo.diffops.check_max_order`)."""
     value = non_negative_int(text)
-    if value > 4:
-        raise argparse.ArgumentTypeError(f"expected an integer in 0..4, got {value}")
+    try:
+        check_max_order(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return value
 
 
