@@ -3,7 +3,8 @@
 1. **Stencils.** Each order ``k``'s stencils ``S_k`` on smooth scalar fields inside a disk (``smooth_field``), rotated
    by escnn's interpolating ``transform`` as test images are: ``|P (S_k (g f) - D_k(g) g(S_k f))| / |P D_k(g) g(S_k
    f)|``, ``D_k`` the order's block of the derivative representation and ``P`` the projection onto the PDOs'
-   angular frequencies ``<= 2`` (the default basis keeps no others), at 22.5 and 45 degrees.
+   angular frequencies ``<= 2`` (the default basis keeps no others), at 22.5 and 45 degrees; and the same without
+   interpolation (:func:`epdo.diffops.stencil_rotation_error`), the stencils' own error.
 2. **Trained layers** (``--runs``: ``epdo-train`` checkpoints): each ``NeuralePDO``'s share of its composed taps'
    energy by order on the run's first 32 test images (the sampled form: per sampled rotation), its off-grid error
    as ``trained_equivariance.py`` measures it, and the same with its coefficients replaced by their pixel mean (one
@@ -26,7 +27,14 @@ from escnn import gspaces, nn
 from trained_equivariance import layer_error
 
 from epdo.checkpoint import load_checkpoint, read_checkpoint
-from epdo.diffops import DISCRETIZATIONS, derivative_matrix, frequency_projector, multi_indices, stencils_numpy
+from epdo.diffops import (
+    DISCRETIZATIONS,
+    derivative_matrix,
+    frequency_projector,
+    multi_indices,
+    stencil_rotation_error,
+    stencils_numpy,
+)
 from epdo.equivariance import disk_mask, relative_error, smooth_field
 from epdo.nn import NeuralePDO
 from epdo.nn.neural_epdo import SampledLayout
@@ -114,12 +122,20 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma", type=float, default=2.0, help="their smoothing, pixels (part 1)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
-    rows = {}
-    for discretization in DISCRETIZATIONS:
-        for angle in ANGLES:
-            errors = enumerate(stencil_errors(discretization, angle, args.size, args.sigma))
-            rows[f"{discretization} stencils, {angle:g} degrees"] = {f"order {k}": f"{e:.4f}" for k, e in errors}
-    report_table(rows, "Off-grid error of the stencils by derivative order", __file__, argv, args.record)
+    measures = {
+        "Off-grid error of the stencils by derivative order": lambda d, a: stencil_errors(d, a, args.size, args.sigma),
+        "The same without interpolation (fields sampled exactly; epdo.diffops.stencil_rotation_error)": lambda d, a: (
+            stencil_rotation_error(d, a, MAX_ORDER, MAX_FREQUENCY, width=args.sigma)
+        ),
+    }
+    for title, measure in measures.items():
+        rows = {
+            f"{discretization} stencils, {angle:g} degrees": {f"order {k}": f"{e:.4f}" for k, e in enumerate(errors)}
+            for discretization in DISCRETIZATIONS
+            for angle in ANGLES
+            for errors in [measure(discretization, angle)]
+        }
+        report_table(rows, title, __file__, argv, args.record)
     if args.runs:
         rows = {}
         runs = sorted(glob.glob(args.runs))

@@ -1,15 +1,33 @@
-"""One memoization helper for the library's expensive, deterministic constructions (bases, representations)."""
+"""One memoization helper for the library's expensive, deterministic constructions (bases, representations), and the
+lock that makes them safe to run from several threads."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import threading
 from typing import Any, Callable, Dict, Hashable, TypeVar
 
 from threadpoolctl import threadpool_limits
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+CONSTRUCTION_LOCK = threading.RLock()
+"""Held while a memoized construction runs or a representation is entered in escnn's registries: both are "look up,
+else build and insert", which two threads building the same layer would otherwise both do (escnn refuses the second
+insertion)."""
+
+
+def serialized(fn: F) -> F:
+    """``fn`` run under :data:`CONSTRUCTION_LOCK`."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with CONSTRUCTION_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def argument_key(value: Any) -> Hashable:
@@ -39,8 +57,9 @@ def memoize(fn: F) -> F:
         bound.apply_defaults()
         key = tuple(argument_key(value) for value in bound.arguments.values())
         if key not in cache:
-            with threadpool_limits(limits=1, user_api="blas"):
-                cache[key] = fn(*args, **kwargs)
+            with CONSTRUCTION_LOCK, threadpool_limits(limits=1, user_api="blas"):
+                if key not in cache:
+                    cache[key] = fn(*args, **kwargs)
         return cache[key]
 
     cached.cache = cache  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from escnn.group import Group, GroupElement, Representation, cyclic_group, dihedral_group
 
-from epdo.memo import memoize
+from epdo.memo import memoize, serialized
 
 Matrices = Dict[GroupElement, np.ndarray]
 """A representation given by its matrices, ``{g: A(g)}`` over the group's elements."""
@@ -119,6 +119,7 @@ def is_permutation(matrices: Matrices) -> bool:
     )
 
 
+@serialized
 def from_matrices(group: Group, name: str, matrices: Matrices) -> Representation:
     """The escnn ``Representation`` named ``name`` with ``rho(g) = matrices[g]`` (taken from the group's registry when
     one of that name exists).
@@ -145,6 +146,7 @@ def from_matrices(group: Group, name: str, matrices: Matrices) -> Representation
     )
 
 
+@serialized
 def tensor_product(group: Group, name: str, left: Matrices, right: Matrices) -> Representation:
     """:func:`from_matrices` of ``{g: left(g) (x) right(g)}`` (index ``(i, j)``, ``i`` of ``left`` outer), each factor
     made orthogonal before the product (cheaper than orthogonalizing the product); in closed form when ``left`` is

@@ -116,3 +116,36 @@ def test_coefficients_of_band_limited_fields_transform_by_the_kronecker_product(
     elements = [group.element((k % 2, t) if flip else t, "radians") for k, t in enumerate(angles)]
     for g in elements:
         np.testing.assert_allclose(product(g), np.kron(rho(g), dual(g)), atol=1e-12)
+
+
+def test_threads_building_the_same_layer_share_its_representations():
+    """Bases and representations are "look up, else build and register": two threads building the same new layer
+    both missed, and escnn refused the second registration.  Built from 4 threads at once, one layer type never
+    built before in this process (C11, gauss-exact stencils) gives every thread the same representation objects."""
+    import threading
+
+    from escnn import nn
+
+    from epdo.kernels import PDOBasis
+    from epdo.nn import NeuralePDO
+
+    gs = gspaces.rot2dOnR2(11)
+    field = nn.FieldType(gs, [gs.regular_repr])
+    start, built, failed = threading.Barrier(4), [], []
+
+    def build() -> None:
+        start.wait()
+        try:
+            built.append(NeuralePDO(field, field, basis=PDOBasis("gauss-exact", max_order=3)))
+        except Exception as error:  # the assertion below names it
+            failed.append(repr(error))
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed, failed[0]
+    assert len(built) == 4
+    rho = coefficient_representation(gs, 3, gs.regular_repr)
+    assert gs.fibergroup.representations[rho.name] is rho

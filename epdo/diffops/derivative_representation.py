@@ -17,7 +17,7 @@ from escnn.group import Group, Representation
 from escnn.gspaces import GSpace2D
 
 from epdo.diffops.multiindex import check_max_order, multi_indices
-from epdo.memo import memoize
+from epdo.memo import memoize, serialized
 from epdo.representations import (
     Matrices,
     continuous_element,
@@ -111,11 +111,13 @@ def derivative_matrices(gspace: GSpace2D, max_order: int = 4, order: Optional[in
     return matrices
 
 
+@serialized
 def derivative_representation(gspace: GSpace2D, max_order: int = 4) -> Representation:
     """escnn ``Representation`` ``D`` of ``gspace.fibergroup`` on the derivative vector (cached)."""
     return _from_derivatives(gspace, max_order, f"derivatives{max_order}@{gspace.name}", dual=False)
 
 
+@serialized
 def coefficient_representation(
     gspace: GSpace2D, max_order: int = 4, field: Optional[Representation] = None
 ) -> Representation:

@@ -45,8 +45,9 @@ class PDOBasis:
     """Which PDOs a layer is built from, and the metric its parameters are orthonormal in.
 
     Args:
-        discretization: the derivative stencils, ``"gauss"`` (derivatives of a Gaussian), ``"fd"`` (central finite
-            differences) or ``"rbffd"`` (RBF-FD); see :func:`epdo.diffops.stencils`.
+        discretization: the derivative stencils, ``"gauss"`` (derivatives of a Gaussian), ``"gauss-exact"`` (the
+            same, made exact on polynomials), ``"fd"`` (central finite differences) or ``"rbffd"`` (RBF-FD); see
+            :func:`epdo.diffops.stencils`.
         max_order: highest derivative order, 0..4 (15 operators at 4).
         max_frequency: highest angular frequency of the PDOs' symbols ``sum_a h_a omega^a``; ``None`` keeps every
             PDO up to ``max_order``.  ``2`` keeps 11 of the 15 operator dimensions: escnn's 5x5 filter space (rings of
