@@ -103,7 +103,8 @@ MODELS: Dict[str, List[str]] = {
     "so2-sampled-init2": ["--preset", "so2", "--form", "sampled", "--init-seed", "2"],
     # ... SO(2) with a wider generator (hidden fields in_type / (2 d), 9 on layer 2, against 4) or two PDO sets (g 2),
     # at R2Conv's parameters (27,634; 27,172)
-    "so2-sampled-r2": ["--preset", "so2-sampled"],  # = --preset so2 --form sampled --reduction 2 --widths 16,...
+    # (--dis gauss: the stencils the preset so2-sampled had when these ran)
+    "so2-sampled-r2": ["--preset", "so2-sampled", "--dis", "gauss"],  # = --preset so2 --form sampled --reduction 2 ...
     "so2-sampled-g2": ["--preset", "so2", "--form", "sampled", "--g", "2", "--widths", "18,18,26,26,34,34"],
     # ... SO(2) with stencils that rotate better off the grid (static PDOs at initialization: RBF-FD 0.47x R2Conv's
     # off-grid error, the band limit 0.15 0.75x, the default Gaussian stencils 1.40x)
@@ -112,15 +113,17 @@ MODELS: Dict[str, List[str]] = {
     # ... the wider generator again (hidden fields in_type / d, 14 on layer 2), and with the band limit 0.15 or without
     # the 4th-order stencils, at R2Conv's parameters (27,573; 27,634; 27,579)
     "so2-sampled-r1": ["--preset", "so2", "--form", "sampled", "--reduction", "1", "--widths", "14,14,20,20,27,27"],
-    "so2-sampled-r2-bw15": ["--preset", "so2-sampled", "--bandwidth", "0.15"],
-    "so2-sampled-r2-o3": ["--preset", "so2-sampled", "--max-order", "3", "--widths", "16,16,25,25,32,32"],
+    "so2-sampled-r2-bw15": ["--preset", "so2-sampled", "--dis", "gauss", "--bandwidth", "0.15"],
+    "so2-sampled-r2-o3": "--preset so2-sampled --dis gauss --max-order 3 --widths 16,16,25,25,32,32".split(),
     # O(2) with the preset so2-sampled's 2x generator, at R2Conv's parameters (27,415)
-    "o2-sampled-r2": ["--preset", "so2-sampled", "--flip", "--widths", "11,11,17,17,23,23"],
+    "o2-sampled-r2": ["--preset", "so2-sampled", "--dis", "gauss", "--flip", "--widths", "11,11,17,17,23,23"],
     # ... and without the 4th-order stencils, whose off-grid error is the largest, at R2Conv's parameters (27,595)
     "so2-sampled-o3": ["--preset", "so2", "--form", "sampled", "--max-order", "3", "--widths", "18,18,27,27,36,36"],
-    # ... the preset with Gaussian stencils made exact on polynomials (--dis gauss-exact), whose error under a 22.5
-    # degree rotation is 10x below the Gaussian's at orders 3 and 4 (stencil_rotation_error; 27,634)
+    # ... on Gaussian stencils made exact on polynomials, whose error under a 22.5 degree rotation is 10x below the
+    # Gaussian's at orders 3 and 4 (stencil_rotation_error; 27,634): the preset so2-sampled since 2026-12-06
     "so2-sampled-gaussexact": ["--preset", "so2-sampled", "--dis", "gauss-exact"],
+    # ... and the O(2) network of the sampled form on them (27,143)
+    "o2-sampled-gaussexact": "--preset so2 --flip --form sampled --dis gauss-exact --widths 13,13,19,19,25,25".split(),
     # escnn's tutorial shape (7x7 lift, 5x5 layers, antialiased pooling; --skeleton tutorial) without dropout, as the
     # tutorial has none: R2Conv (33,710), static PDOs at the same widths (33,689) and Neural ePDOs (33,766)
     "tutorial-escnn": ["--skeleton", "tutorial", "--layer", "escnn", "--dropout", "0", "--widths", "3,6,6,12,12,8"],

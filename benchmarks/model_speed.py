@@ -29,6 +29,7 @@ from common import (
 )
 from escnn import nn
 
+from epdo.kernels import PDOBasis
 from epdo.models import PRESETS, ModelConfig, build_model, count_parameters
 from epdo.nn import FourierReLU, IIDBatchNorm
 
@@ -73,7 +74,8 @@ SIZES = {
     "so2": {
         "Neural ePDO, preset so2": PRESETS["so2"],
         "Neural ePDO, so2, sampled form": SO2_SAMPLED,
-        "Neural ePDO, preset so2-sampled (sampled form, generator 2x as wide)": PRESETS["so2-sampled"],
+        "Neural ePDO, preset so2-sampled (sampled form, generator 2x as wide, gauss-exact)": PRESETS["so2-sampled"],
+        "Neural ePDO, preset so2-sampled on Gaussian stencils": replace(PRESETS["so2-sampled"], basis=PDOBasis()),
         "Neural ePDO, so2, sampled form, escnn's ReLU and batch norm": EscnnModules(SO2_SAMPLED),
         "escnn R2Conv 5x5": SO2_ESCNN,
         "escnn R2Conv 5x5, escnn's ReLU and batch norm": EscnnModules(SO2_ESCNN),

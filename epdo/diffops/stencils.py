@@ -20,8 +20,8 @@ Methods:
   combination of the Gaussian's derivatives of orders ``n, n - 2, ...`` (default ``eps``) with
   ``sum_t p_n(t) t^m = n! [m == n]`` for ``m = n, n - 2, ...``, so ``d_x^i d_y^j`` is exact on every polynomial of
   degree ``<= i + j``, as ``"fd"`` is, and smooths as ``"gauss"`` does.  On 5x5 the factors of orders 3 and 4 are the
-  central differences (five points leave them no freedom).  It commutes with off-grid rotations 10x better than
-  ``"gauss"`` at orders 3 and 4 (:func:`epdo.diffops.stencil_rotation_error`).
+  central differences (five points leave them no freedom), smoothed across their axis.  Its orders 3 and 4 commute
+  with off-grid rotations far better than ``"gauss"``'s (:func:`epdo.diffops.stencil_rotation_error`).
 * ``"rbffd"``: polyharmonic-spline (``r^5``) RBF-FD weights with polynomial augmentation of degree 4
   (degree 2 on a 3x3 grid): exact on every polynomial of that degree, not separable.
 """
@@ -111,7 +111,7 @@ def _gauss_exact(max_order: int, size: int) -> np.ndarray:
     _check_support("gauss-exact", max_order, size)
     eps, offsets = gauss_scale(size), np.arange(size) - size // 2
 
-    def gaussian(n: int, t: np.ndarray) -> np.ndarray:  # (-1)^n d^n/dt^n exp(-(eps t)^2), up to eps^n
+    def gaussian(n: int, t: np.ndarray) -> np.ndarray:  # (-1)^n d^n/dt^n exp(-(eps t)^2) / eps^n
         return np.polynomial.hermite.hermval(eps * t, [0.0] * n + [1.0]) * np.exp(-((eps * t) ** 2))
 
     def one_d(n: int, t: np.ndarray) -> np.ndarray:

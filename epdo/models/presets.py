@@ -22,7 +22,12 @@ PRESETS: Dict[str, ModelConfig] = {
     "half": ModelConfig(widths=(10, 11, 15, 15, 21, 21), reduction=8, dropout=0.0),
     "so2": ModelConfig(group_order=-1, fields="fourier", widths=(18, 18, 27, 27, 35, 35)),
     "so2-sampled": ModelConfig(
-        group_order=-1, fields="fourier", widths=(16, 16, 24, 24, 32, 32), reduction=2, form="sampled"
+        group_order=-1,
+        fields="fourier",
+        widths=(16, 16, 24, 24, 32, 32),
+        reduction=2,
+        form="sampled",
+        basis=PDOBasis("gauss-exact"),
     ),
     "paper-R-fd": ModelConfig(
         group_order=16, widths=PAPER_WIDTHS["regular"], basis=PDOBasis("fd", max_frequency=None), g=4, s=4, reduction=1
@@ -54,7 +59,8 @@ network at half escnn's parameter count, 13,814: a narrower generator and no dro
 (the same skeleton on SO(2) band-limited regular fields of frequencies up to 2, in the commutant form, 27,481
 parameters; escnn's R2Conv on it at 27,614: ``layer="escnn", widths=(7, 7, 11, 11, 14, 14)``), ``"so2-sampled"`` (the
 SO(2) network that learns as R2Conv's: the sampled form, each sampled rotation its own PDO, with a generator twice as
-wide, 27,634 parameters; benchmarks/RESULTS.md compares it with R2Conv) and the paper's four MNIST-rot models (C16;
+wide, on Gaussian stencils made exact on polynomials, which keep its off-grid error below R2Conv's; 27,634 parameters;
+benchmarks/RESULTS.md compares it with R2Conv) and the paper's four MNIST-rot models (C16;
 D16|5C16), whose parameter counts are within 1% of the reference implementation's.
 ``replace(PRESETS[name], layer="reference")`` gives a paper model with the reference implementation's layers."""
 
