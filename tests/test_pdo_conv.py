@@ -153,7 +153,7 @@ def test_bad_input_is_refused_clearly():
         PDOConv(a, nn.FieldType(gspaces.rot2dOnR2(4), [gspaces.rot2dOnR2(4).regular_repr]))
     with pytest.raises(TypeError, match="FieldType"):
         PDOConv(a, 3)
-    with pytest.raises(ValueError, match="fd, gauss, rbffd"):
+    with pytest.raises(ValueError, match="fd, gauss, gauss-exact, rbffd"):
         PDOBasis("spline")
     with pytest.raises(TypeError, match="basis must be an epdo.kernels.PDOBasis, got str"):
         PDOConv(a, b, basis="fd")
