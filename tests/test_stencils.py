@@ -173,3 +173,12 @@ def test_the_gaussian_scale_is_part_of_the_basis():
         PDOBasis(scale=-1.0)
     with pytest.raises(ValueError, match="scale=1.5 makes the 5x5 Gaussian stencils of orders <= 4 nearly linearly"):
         PDOBasis(scale=1.5)
+
+
+def test_rotation_error_refuses_bad_arguments_in_one_line():
+    with pytest.raises(ValueError, match="angle must be a finite number of degrees, got 'x'"):
+        stencil_rotation_error("fd", "x")
+    with pytest.raises(ValueError, match="width must be a positive number of pixels .* got 0"):
+        stencil_rotation_error("fd", 22.5, width=0)
+    with pytest.raises(ValueError, match="unknown discretization 'spline'"):
+        stencil_rotation_error("spline", 22.5)

@@ -10,7 +10,7 @@ from epdo.diffops.derivative_representation import (
     frequency_projector,
 )
 from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators
-from epdo.diffops.rotation_error import smooth_bumps, stencil_rotation_error
+from epdo.diffops.rotation_error import stencil_rotation_error
 from epdo.diffops.stencils import (
     DISCRETIZATIONS,
     check_discretization,
@@ -37,7 +37,6 @@ __all__ = [
     "grid_coordinates",
     "multi_indices",
     "num_operators",
-    "smooth_bumps",
     "stencil_rotation_error",
     "stencils",
     "stencils_numpy",

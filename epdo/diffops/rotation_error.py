@@ -10,6 +10,7 @@ rounding for every discretization; the error at other angles is the stencils' ow
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -22,7 +23,7 @@ from epdo.diffops.stencils import grid_coordinates, stencils_numpy
 _BUMPS = ((-3.0, 1.0, 1.0), (2.0, 2.5, -0.7), (0.5, -2.0, 0.8), (4.0, -1.0, 0.5))
 
 
-def smooth_bumps(x: np.ndarray, y: np.ndarray, width: float = 2.0) -> np.ndarray:
+def _smooth_bumps(x: np.ndarray, y: np.ndarray, width: float = 2.0) -> np.ndarray:
     """A smooth test field at the points ``(x, y)`` (any shape): four Gaussian bumps of standard deviation ``width``
     pixels, centred within 4.2 pixels of the origin."""
     return sum(w * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width**2)) for cx, cy, w in _BUMPS)
@@ -46,6 +47,10 @@ def stencil_rotation_error(
         size: the stencils' width.
         width: the test field's smoothness, the bumps' standard deviation in pixels.
     """
+    if isinstance(angle, bool) or not isinstance(angle, (int, float)) or not math.isfinite(angle):
+        raise ValueError(f"angle must be a finite number of degrees, got {angle!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < math.inf:
+        raise ValueError(f"width must be a positive number of pixels (the test field's bumps), got {width!r}")
     stack = stencils_numpy(discretization, max_order, size)
     offset_x, offset_y = grid_coordinates(size)
     t = np.radians(angle)
@@ -59,7 +64,7 @@ def stencil_rotation_error(
         return np.einsum("auv,nuv->an", stack, field(x[:, None, None] + offset_x, y[:, None, None] + offset_y))
 
     def rotated(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return smooth_bumps(*np.einsum("ji,j...->i...", rotation, np.stack([x, y])), width=width)
+        return _smooth_bumps(*np.einsum("ji,j...->i...", rotation, np.stack([x, y])), width=width)
 
     back_x, back_y = np.einsum("ji,jn->in", rotation, np.stack([px, py]))  # g^-1 p
     projector = frequency_projector(max_order, max_frequency).T
@@ -67,7 +72,7 @@ def stencil_rotation_error(
     expected = (
         projector
         @ derivative_matrix(rotation, max_order)
-        @ derivatives(lambda x, y: smooth_bumps(x, y, width), back_x, back_y)
+        @ derivatives(lambda x, y: _smooth_bumps(x, y, width), back_x, back_y)
     )
     orders = np.array([i + j for i, j in multi_indices(max_order)])
     return np.array(

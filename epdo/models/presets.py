@@ -59,9 +59,9 @@ network at half escnn's parameter count, 13,814: a narrower generator and no dro
 (the same skeleton on SO(2) band-limited regular fields of frequencies up to 2, in the commutant form, 27,481
 parameters; escnn's R2Conv on it at 27,614: ``layer="escnn", widths=(7, 7, 11, 11, 14, 14)``), ``"so2-sampled"`` (the
 SO(2) network that learns as R2Conv's: the sampled form, each sampled rotation its own PDO, with a generator twice as
-wide, on Gaussian stencils made exact on polynomials, which keep its off-grid error below R2Conv's; 27,634 parameters;
-benchmarks/RESULTS.md compares it with R2Conv) and the paper's four MNIST-rot models (C16;
-D16|5C16), whose parameter counts are within 1% of the reference implementation's.
+wide, on Gaussian stencils made exact on polynomials (``"gauss-exact"``: its trained layers rotate off the grid with
+less error than R2Conv's); 27,634 parameters; benchmarks/RESULTS.md compares it with R2Conv) and the paper's four
+MNIST-rot models (C16; D16|5C16), whose parameter counts are within 1% of the reference implementation's.
 ``replace(PRESETS[name], layer="reference")`` gives a paper model with the reference implementation's layers."""
 
 
