@@ -103,7 +103,7 @@ MODELS: Dict[str, List[str]] = {
     "so2-sampled-init2": ["--preset", "so2", "--form", "sampled", "--init-seed", "2"],
     # ... SO(2) with a wider generator (hidden fields in_type / (2 d), 9 on layer 2, against 4) or two PDO sets (g 2),
     # at R2Conv's parameters (27,634; 27,172)
-    # (--dis gauss: the stencils the preset so2-sampled had when these ran)
+    # (--dis gauss: this and the preset's other variants below run on Gaussian stencils)
     "so2-sampled-r2": ["--preset", "so2-sampled", "--dis", "gauss"],  # = --preset so2 --form sampled --reduction 2 ...
     "so2-sampled-g2": ["--preset", "so2", "--form", "sampled", "--g", "2", "--widths", "18,18,26,26,34,34"],
     # ... SO(2) with stencils that rotate better off the grid (static PDOs at initialization: RBF-FD 0.47x R2Conv's
@@ -120,7 +120,7 @@ MODELS: Dict[str, List[str]] = {
     # ... and without the 4th-order stencils, whose off-grid error is the largest, at R2Conv's parameters (27,595)
     "so2-sampled-o3": ["--preset", "so2", "--form", "sampled", "--max-order", "3", "--widths", "18,18,27,27,36,36"],
     # ... on Gaussian stencils made exact on polynomials, whose error under a 22.5 degree rotation is 10x below the
-    # Gaussian's at orders 3 and 4 (stencil_rotation_error; 27,634): the preset so2-sampled since 2026-12-06
+    # Gaussian's at orders 3 and 4 (stencil_rotation_error; 27,634): the preset so2-sampled
     "so2-sampled-gaussexact": ["--preset", "so2-sampled", "--dis", "gauss-exact"],
     # ... and the O(2) network of the sampled form on them (27,143)
     "o2-sampled-gaussexact": "--preset so2 --flip --form sampled --dis gauss-exact --widths 13,13,19,19,25,25".split(),

@@ -21,26 +21,29 @@ from common import report_table
 
 from epdo.checkpoint import load_checkpoint, read_checkpoint
 from epdo.data.augment import rotate_batch
-from epdo.training import evaluate
+from epdo.training import evaluate, rotation_errors
 
 ANGLES = (22.5, 45.0)
 
 
-def rotated(images: torch.Tensor, *angles: float) -> torch.Tensor:
-    """``images`` rotated by each of ``angles`` degrees in turn, each time bilinearly resampled."""
-    for angle in angles:
-        images = rotate_batch(images, torch.full((len(images),), math.radians(angle)), mode="bilinear")
+def rotated_and_back(images: torch.Tensor, angle: float) -> torch.Tensor:
+    """``images`` rotated by ``angle`` degrees and back, each time bilinearly resampled."""
+    for step in (angle, -angle):
+        images = rotate_batch(images, torch.full((len(images),), math.radians(step)), mode="bilinear")
     return images
 
 
 def errors(checkpoint: Path) -> List[float]:
-    """Test error (%) as stored, then at each of :data:`ANGLES` and rotated there and back."""
+    """Test error (%) as stored, then at each of :data:`ANGLES` (:func:`epdo.training.rotation_errors`, as
+    ``epdo-evaluate`` computes it) and rotated there and back."""
     model, _ = load_checkpoint(checkpoint)
     _, test = read_checkpoint(checkpoint).run_data()
-    variants = [test.images]
+    at = dict(rotation_errors(model, test, [0.0, *ANGLES], batch_size=500))
+    found = [100 * at[0.0]]
     for angle in ANGLES:
-        variants += [rotated(test.images, angle), rotated(test.images, angle, -angle)]
-    return [100 * evaluate(model, replace(test, images=images), batch_size=500)[1] for images in variants]
+        back = evaluate(model, replace(test, images=rotated_and_back(test.images, angle)), batch_size=500)[1]
+        found += [100 * at[angle], 100 * back]
+    return found
 
 
 def main(argv=None) -> None:

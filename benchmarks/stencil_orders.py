@@ -31,7 +31,7 @@ from epdo.diffops import (
     DISCRETIZATIONS,
     derivative_matrix,
     frequency_projector,
-    multi_indices,
+    order_slice,
     stencil_rotation_error,
     stencils_numpy,
 )
@@ -41,12 +41,6 @@ from epdo.nn.neural_epdo import SampledLayout
 
 ANGLES = (22.5, 45.0)
 MAX_ORDER, MAX_FREQUENCY = 4, 2
-
-
-def order_slices(max_order: int) -> List[slice]:
-    """The operators of each order ``0..max_order`` in the stacking of :func:`epdo.diffops.multi_indices`."""
-    orders = [i + j for i, j in multi_indices(max_order)]
-    return [slice(orders.index(k), orders.index(k) + k + 1) for k in range(max_order + 1)]
 
 
 def stencil_errors(discretization: str, angle: float, size: int, sigma: float) -> List[float]:
@@ -66,7 +60,8 @@ def stencil_errors(discretization: str, angle: float, size: int, sigma: float) -
     found = torch.einsum("ij,bjhw->bihw", projector, F.conv2d(rotated(field), stencils, padding=pad))
     expected = torch.einsum("ij,bjhw->bihw", action, rotated(F.conv2d(field, stencils, padding=pad)))
     inside = disk_mask(size, size, margin=8.0).double()
-    return [relative_error(found[:, s] * inside, expected[:, s] * inside) for s in order_slices(MAX_ORDER)]
+    orders = map(order_slice, range(MAX_ORDER + 1))
+    return [relative_error(found[:, s] * inside, expected[:, s] * inside) for s in orders]
 
 
 def order_shares(layer: NeuralePDO, x: nn.GeometricTensor) -> List[float]:
@@ -83,7 +78,7 @@ def order_shares(layer: NeuralePDO, x: nn.GeometricTensor) -> List[float]:
         taps = layer.stencils.to(coefficients.dtype).reshape(n, -1)
         energy = [
             float(torch.einsum("bcnhw,nt->bchwt", coefficients[:, :, s], taps[s]).pow(2).sum())
-            for s in order_slices(layer.basis.max_order)
+            for s in map(order_slice, range(layer.basis.max_order + 1))
         ]
     return [e / sum(energy) for e in energy]
 

@@ -10,6 +10,7 @@ from epdo.diffops import (
     grid_coordinates,
     multi_indices,
     num_operators,
+    order_slice,
     stencil_rotation_error,
     stencils,
     stencils_numpy,
@@ -33,6 +34,8 @@ def test_shape_and_order(discretization):
     assert s.shape == (15, 5, 5) and s.dtype == torch.get_default_dtype()
     assert stencils(discretization, max_order=2, size=3).shape == (6, 3, 3)
     assert num_operators(4) == 15 and multi_indices(2) == [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    for k in range(5):
+        assert multi_indices(4)[order_slice(k)] == [(k - j, j) for j in range(k + 1)]
 
 
 def test_fd_exact_on_monomials_up_to_order_plus_one():
@@ -143,6 +146,8 @@ def test_bad_arguments():
         stencils("spectral")
     with pytest.raises(ValueError, match="max_order"):
         stencils("fd", max_order=5)
+    with pytest.raises(ValueError, match="max_order must be an integer in .0, 4. .5x5 stencils., got 5"):
+        order_slice(5)
     with pytest.raises(ValueError, match="odd"):
         stencils("fd", size=4)
     with pytest.raises(ValueError, match="size >= 5"):

@@ -8,8 +8,9 @@ from epdo.diffops.derivative_representation import (
     derivative_matrix,
     derivative_representation,
     frequency_projector,
+    rotation_matrix,
 )
-from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators
+from epdo.diffops.multiindex import check_max_order, multi_indices, num_operators, order_slice
 from epdo.diffops.rotation_error import stencil_rotation_error
 from epdo.diffops.stencils import (
     DISCRETIZATIONS,
@@ -37,6 +38,8 @@ __all__ = [
     "grid_coordinates",
     "multi_indices",
     "num_operators",
+    "order_slice",
+    "rotation_matrix",
     "stencil_rotation_error",
     "stencils",
     "stencils_numpy",

@@ -58,6 +58,11 @@ def check_max_frequency(max_frequency: Optional[int]) -> None:
         raise ValueError(f"max_frequency must be None or a non-negative integer, got {max_frequency!r}")
 
 
+def rotation_matrix(angle: float) -> np.ndarray:
+    """The 2x2 counterclockwise rotation by ``angle`` radians (x right, y up)."""
+    return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+
 def frequency_projector(max_order: int = 4, max_frequency: Optional[int] = None) -> np.ndarray:
     """``P`` ``(n_ops, n_ops)``: a PDO's coefficient row ``h`` (``sum_a h_a d^a``) becomes ``h P``, the part of it whose
     symbol ``sum_a h_a (i omega)^a`` has angular frequencies ``<= max_frequency`` in the direction of ``omega``.
@@ -73,8 +78,7 @@ def frequency_projector(max_order: int = 4, max_frequency: Optional[int] = None)
     angles = 2 * np.pi * np.arange(4 * (max_order + 1)) / (4 * (max_order + 1))
     cutoff = max_order if max_frequency is None else min(max_frequency, max_order)
     weights = 1 + 2 * sum((np.cos(m * angles) for m in range(1, cutoff + 1)), np.zeros_like(angles))
-    rotations = [np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) for t in angles]
-    return sum(w * derivative_matrix(r, max_order) for w, r in zip(weights, rotations)) / len(angles)
+    return sum(w * derivative_matrix(rotation_matrix(t), max_order) for w, t in zip(weights, angles)) / len(angles)
 
 
 def check_planar_gspace(gspace: Any, context: str = "") -> None:

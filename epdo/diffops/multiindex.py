@@ -22,6 +22,12 @@ def multi_indices(max_order: int = 4) -> List[Tuple[int, int]]:
     return [(k - j, j) for k in range(max_order + 1) for j in range(k + 1)]
 
 
+def order_slice(order: int) -> slice:
+    """The operators of one ``order`` in the stacking of :func:`multi_indices`: ``d_x^order`` to ``d_y^order``."""
+    check_max_order(order)
+    return slice(order * (order + 1) // 2, (order + 1) * (order + 2) // 2)
+
+
 def num_operators(max_order: int = 4) -> int:
     """Number of derivative operators of order ``<= max_order``: ``(m + 1)(m + 2) / 2``."""
     check_max_order(max_order)

@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from epdo.diffops.derivative_representation import derivative_matrix, frequency_projector
-from epdo.diffops.multiindex import multi_indices
+from epdo.diffops.derivative_representation import derivative_matrix, frequency_projector, rotation_matrix
+from epdo.diffops.multiindex import order_slice
 from epdo.diffops.stencils import grid_coordinates, stencils_numpy
 
 # (x, y, weight) of the bumps of the test field, in pixels
@@ -53,31 +53,29 @@ def stencil_rotation_error(
         raise ValueError(f"width must be a positive number of pixels (the test field's bumps), got {width!r}")
     stack = stencils_numpy(discretization, max_order, size)
     offset_x, offset_y = grid_coordinates(size)
-    t = np.radians(angle)
-    rotation = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    rotation = rotation_matrix(np.radians(angle))
     grid = np.arange(-4.0, 5.0)
     px, py = (a.ravel() for a in np.meshgrid(grid, grid))
-    px, py = px[px**2 + py**2 <= 16], py[px**2 + py**2 <= 16]
+    inside = px**2 + py**2 <= 16
+    px, py = px[inside], py[inside]
 
     def derivatives(field, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """``S field`` at the points ``(x, y)``, shape ``(n_ops, n_points)``."""
         return np.einsum("auv,nuv->an", stack, field(x[:, None, None] + offset_x, y[:, None, None] + offset_y))
 
-    def rotated(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return _smooth_bumps(*np.einsum("ji,j...->i...", rotation, np.stack([x, y])), width=width)
+    def back(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``g^-1 (x, y)``, stacked on a first axis of 2."""
+        return np.einsum("ji,j...->i...", rotation, np.stack([x, y]))
 
-    back_x, back_y = np.einsum("ji,jn->in", rotation, np.stack([px, py]))  # g^-1 p
+    def field(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return _smooth_bumps(x, y, width)
+
     projector = frequency_projector(max_order, max_frequency).T
-    found = projector @ derivatives(rotated, px, py)
-    expected = (
-        projector
-        @ derivative_matrix(rotation, max_order)
-        @ derivatives(lambda x, y: _smooth_bumps(x, y, width), back_x, back_y)
-    )
-    orders = np.array([i + j for i, j in multi_indices(max_order)])
+    found = projector @ derivatives(lambda x, y: field(*back(x, y)), px, py)  # S(g.f)(p)
+    expected = projector @ derivative_matrix(rotation, max_order) @ derivatives(field, *back(px, py))
     return np.array(
         [
-            np.linalg.norm(found[orders == k] - expected[orders == k]) / np.linalg.norm(expected[orders == k])
-            for k in range(max_order + 1)
+            np.linalg.norm(found[s] - expected[s]) / np.linalg.norm(expected[s])
+            for s in map(order_slice, range(max_order + 1))
         ]
     )
